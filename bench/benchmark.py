@@ -1,0 +1,50 @@
+"""`editsweep bench`: time a sweep from scratch and say where the wall time goes.
+
+Reports seconds per edit and the fraction of wall time spent outside method code (planning, Ray
+startup and model loading, sample loading, scoring, storage, scheduling), from one run measured
+side by side: the method's own seconds are timed inside the worker around `invert` and `edit`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from editsweep.bench.runner import run_sweep
+from editsweep.bench.spec import load_spec
+from editsweep.bench.store import RunStore
+
+
+def benchmark_sweep(spec_path: str | Path, out: str | None = None) -> dict[str, Any]:
+    """Run `spec_path` into a fresh directory (no resume) and return the timing breakdown."""
+    spec = load_spec(spec_path)
+    run_dir = Path(out or tempfile.mkdtemp(prefix="editsweep-bench-")) / "run"
+    if RunStore(str(run_dir)).list_files("results"):
+        raise FileExistsError(f"{run_dir} already holds results; a benchmark needs a fresh directory")
+    summary = run_sweep(spec, run_dir, progress=False)
+    edits = summary.n_ok + summary.n_error
+    n_workers = max(1, len(summary.workers))
+    worker_wall = summary.wall_seconds * n_workers  # worker-seconds available during the run
+    method_s = summary.seconds["invert"] + summary.seconds["edit"]
+    after_start = (summary.wall_seconds - summary.startup_seconds) * n_workers
+    result = dict(
+        spec=str(spec_path),
+        run_dir=str(run_dir),
+        edits=edits,
+        workers=n_workers,
+        devices=sorted({w["device"] for w in summary.workers}),
+        wall_seconds=round(summary.wall_seconds, 3),
+        seconds_per_edit=round(summary.wall_seconds / max(edits, 1), 4),
+        method_seconds_per_edit=round(method_s / max(edits, 1), 4),
+        fraction_outside_method=round(1 - method_s / worker_wall, 4),
+        fraction_outside_method_after_startup=round(1 - method_s / max(after_start, 1e-9), 4),
+        breakdown_seconds=dict(
+            startup=round(summary.startup_seconds, 3),
+            **{k: round(v, 3) for k, v in sorted(summary.seconds.items())},
+        ),
+        invert_calls=summary.invert_calls,
+        edit_calls=summary.edit_calls,
+    )
+    RunStore(str(run_dir)).write_json("bench.json", result)
+    return result

@@ -1,0 +1,117 @@
+"""The `editsweep` command line: run a sweep, report a run, list what is registered, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `editsweep` console script."""
+    parser = argparse.ArgumentParser(
+        prog="editsweep", description="Distributed batch benchmarking of text-guided diffusion image editing."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a sweep spec (resumes: finished tasks are skipped), then report it")
+    run.add_argument("spec", type=Path, help="sweep spec YAML, e.g. configs/quickstart.yaml")
+    run.add_argument("--out", help="run directory or URI (default: runs/<spec name>)")
+    run.add_argument("--address", help="Ray cluster address, e.g. 'auto' on a cluster node (default: local Ray)")
+    run.add_argument("--no-report", action="store_true", help="skip the report stage")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    report = sub.add_parser("report", help="aggregate a run directory into curves, leaderboard and MLflow")
+    report.add_argument("run_dir", help="run directory or URI written by `editsweep run`")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite in RUN_DIR)")
+    report.add_argument("--experiment", help="MLflow experiment name (default: the spec's name)")
+
+    listing = sub.add_parser("list", help="list registered methods, datasets or metrics with their parameters")
+    listing.add_argument("what", choices=["methods", "datasets", "metrics"])
+
+    bench = sub.add_parser("bench", help="time a sweep from scratch: seconds per edit, time outside method code")
+    bench.add_argument("spec", type=Path, nargs="?", default=Path("configs/quickstart.yaml"))
+    bench.add_argument("--out", help="where to write the run and bench.json (default: a temporary directory)")
+
+    args = parser.parse_args(argv)
+    try:
+        return {"run": _run, "report": _report, "list": _list, "bench": _bench}[args.command](args)
+    except Exception as err:  # noqa: BLE001 - user-facing errors become one clear message
+        from editsweep.bench.spec import SpecError
+
+        if isinstance(err, (SpecError, FileNotFoundError, KeyError, RuntimeError, ValueError)):
+            print(f"editsweep {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
+    from editsweep.bench.runner import run_sweep
+    from editsweep.bench.spec import load_spec
+
+    spec = load_spec(args.spec)
+    out = args.out or f"runs/{spec.name}"
+    summary = run_sweep(spec, out, address=args.address, progress=not args.quiet)
+    print(
+        f"{summary.n_tasks} tasks: {summary.n_skipped} already done, {summary.n_ok} ok, {summary.n_error} errors "
+        f"in {summary.wall_seconds:.1f} s -> {summary.run_dir}"
+    )
+    if not args.no_report:
+        from editsweep.reports.report import build_report
+
+        result = build_report(summary.run_dir, spec.mlflow.tracking_uri, spec.mlflow.experiment or spec.name)
+        print(f"report: {result}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from editsweep.reports.report import build_report
+
+    print(f"report: {build_report(args.run_dir, args.tracking_uri, args.experiment)}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from editsweep.bench.spec import load_registries
+
+    load_registries()
+    from editsweep.bench.metrics.base import SCORERS
+    from editsweep.datasets.base import DATASETS
+    from editsweep.methods.base import METHODS
+
+    if args.what == "methods":
+        for name, cls in sorted(METHODS.items()):
+            print(f"{name}: {_doc(cls)}")
+            print(f"  invert: {_params(cls.InvertParams)}")
+            print(f"  edit:   {_params(cls.EditParams)}")
+    elif args.what == "datasets":
+        for name, cls in sorted(DATASETS.items()):
+            print(f"{name}: {_doc(cls)}\n  params: {_params(cls.Params)}")
+    else:
+        for name, cls in sorted(SCORERS.items()):
+            print(f"{name}: {_doc(cls)}\n  params: {_params(cls.Params)}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from editsweep.bench.benchmark import benchmark_sweep
+
+    result = benchmark_sweep(args.spec, args.out)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _doc(cls: type) -> str:
+    return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+def _params(model: type[BaseModel]) -> str:
+    fields = [f"{n}={f.default!r}" for n, f in model.model_fields.items()]
+    return ", ".join(fields) or "(none)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The per-image `Scorer` API and the scorer registry.
+
+A scorer runs on the worker right after an edit, on a batch: edited images, the (resized) input
+images and the samples they came from. It returns one float per image for each score it names,
+and may return feature vectors that the report turns into set-level metrics (FID, CSFID).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from editsweep.datasets.base import Sample
+
+
+class ScorerParams(BaseModel):
+    """Base of every scorer's parameters.
+
+    `weights`: "pretrained" loads the standard published weights (offline: from the local cache,
+    or an error naming what is missing), "random" builds seeded random weights (allowed only when
+    asked for; every row made with them says so), anything else is a local file or folder path.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    weights: Literal["pretrained", "random"] | str = "pretrained"
+
+
+class ScorerWeightsError(RuntimeError):
+    """A scorer's weights are not available: the message names them and how to provide them."""
+
+
+@dataclass
+class ScoreBatch:
+    """What a scorer returns for a batch of N images."""
+
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,) float
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N, d) float
+
+
+class Scorer(ABC):
+    """A per-image metric with its weights loaded once per worker."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[ScorerParams]] = ScorerParams
+
+    def __init__(self, params: ScorerParams | dict[str, Any] | None, device: torch.device) -> None:
+        self.params = params if isinstance(params, ScorerParams) else self.Params(**(params or {}))
+        self.device = device
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the scores come from random weights (not comparable to published numbers)."""
+        return self.params.weights == "random"
+
+    @property
+    def weights_source(self) -> str:
+        """Where the weights come from, recorded in every row (e.g. 'ViT-B-32:openai')."""
+        return str(self.params.weights)
+
+    @abstractmethod
+    def score(self, edited: torch.Tensor, sources: torch.Tensor, samples: list[Sample]) -> ScoreBatch:
+        """Score N edited images (N,3,H,W) in [0,1] against their inputs (same shape) and samples."""
+
+
+SCORERS: dict[str, type[Scorer]] = {}
+
+
+def register_scorer(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: make a scorer available by its `name` in sweep specs."""
+    if cls.name in SCORERS and SCORERS[cls.name] is not cls:
+        raise ValueError(f"scorer name {cls.name!r} is registered twice")
+    SCORERS[cls.name] = cls
+    return cls
+
+
+def get_scorer_class(name: str) -> type[Scorer]:
+    """The scorer class registered as `name`, or an error listing the known names."""
+    try:
+        return SCORERS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(sorted(SCORERS))}") from None

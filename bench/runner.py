@@ -1,0 +1,237 @@
+"""Run a sweep on Ray: plan, hand units to worker actors as they free up, survive dead workers.
+
+The driver keeps one unit in flight per actor and gives the next pending unit to whichever actor
+finishes first (pull, not a fixed split). Workers write their own rows, so the driver never
+holds results. When an actor dies, its unit goes back to the queue and the actor is replaced by a
+fresh one (models reloaded); a unit that has killed `max_retries + 1` workers becomes error rows.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from editsweep.bench.plan import Unit, plan
+from editsweep.bench.spec import SweepSpec
+from editsweep.bench.store import RunStore
+from editsweep.bench.worker import SweepWorker, UnitReport, task_row
+
+PACKAGES = (
+    "editsweep", "torch", "diffusers", "transformers", "open-clip-torch", "lpips", "torchmetrics",
+    "ray", "pyarrow", "pandas", "pydantic", "mlflow", "numpy",
+)  # fmt: skip
+
+
+@dataclass
+class RunSummary:
+    """What a sweep did: task counts, where the time went, and the run's identity."""
+
+    run_id: str
+    run_dir: str
+    n_tasks: int
+    n_skipped: int
+    n_ok: int = 0
+    n_error: int = 0
+    invert_calls: int = 0
+    edit_calls: int = 0
+    worker_deaths: int = 0
+    wall_seconds: float = 0.0
+    startup_seconds: float = 0.0
+    seconds: Counter = field(default_factory=Counter)
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form, stored next to the run's manifest."""
+        out = dict(self.__dict__)
+        out["seconds"] = dict(self.seconds)
+        return out
+
+
+def run_sweep(
+    spec: SweepSpec, run_dir: str | os.PathLike, address: str | None = None, progress: bool = True
+) -> RunSummary:
+    """Run every task of `spec` not yet stored as ok in `run_dir`; returns what happened."""
+    started = time.perf_counter()
+    store = RunStore(str(run_dir))
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    tasks, units = plan(spec, store.completed_task_keys())
+    pending = sum(len(u.tasks) for u in units)
+    summary = RunSummary(run_id=run_id, run_dir=store.uri, n_tasks=len(tasks), n_skipped=len(tasks) - pending)
+    store.write_json(f"manifests/{run_id}.json", _manifest(spec, run_id, summary))
+    if units:
+        _ensure_ray(address)
+        worker_options = _worker_options(spec)
+        spec_payload = spec.model_dump(mode="json")
+        n_workers = min(len(units), _n_workers(spec, worker_options))
+        pool = _Pool(spec_payload, store.uri, run_id, worker_options, n_workers)
+        summary.startup_seconds = time.perf_counter() - started
+        summary.workers = pool.infos
+        bar = tqdm(total=pending, desc=f"sweep {spec.name}", unit="edit", disable=not progress, file=sys.stderr)
+        try:
+            _drive(pool, deque(units), spec, store, summary, bar)
+        finally:
+            bar.close()
+            pool.shutdown()
+    summary.wall_seconds = time.perf_counter() - started
+    store.write_json(f"manifests/{run_id}-summary.json", summary.as_dict())
+    return summary
+
+
+class _Pool:
+    """The worker actors, replaced one by one when they die."""
+
+    def __init__(self, spec: dict, run_uri: str, run_id: str, options: dict, size: int) -> None:
+        self._args = (spec, run_uri, run_id)
+        self._cls = ray.remote(SweepWorker).options(max_restarts=0, max_task_retries=0, **options)
+        self.actors = [self._cls.remote(*self._args) for _ in range(size)]
+        try:
+            self.infos: list[dict[str, Any]] = ray.get([a.info.remote() for a in self.actors])
+        except ray.exceptions.RayActorError as err:
+            self.shutdown()
+            raise RuntimeError(f"a worker failed to start (loading the backbone, scorers or datasets):\n{err}") from None
+        self.replacements = 0
+
+    def replace(self, actor: Any) -> Any:
+        """Kill a dead or broken actor and start a fresh one in its place."""
+        ray.kill(actor, no_restart=True)
+        fresh = self._cls.remote(*self._args)
+        self.actors[self.actors.index(actor)] = fresh
+        self.replacements += 1
+        return fresh
+
+    def shutdown(self) -> None:
+        """Stop every actor."""
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+def _drive(pool: _Pool, queue: deque[Unit], spec: SweepSpec, store: RunStore, summary: RunSummary, bar: tqdm) -> None:
+    attempts: Counter = Counter()
+    in_flight: dict[Any, tuple[Unit, Any]] = {}
+
+    def submit(actor: Any) -> None:
+        if queue:
+            unit = queue.popleft()
+            in_flight[actor.process.remote(unit)] = (unit, actor)
+
+    for actor in pool.actors:
+        submit(actor)
+    while in_flight:
+        (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+        unit, actor = in_flight.pop(ref)
+        try:
+            report: UnitReport = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            summary.worker_deaths += 1
+            attempts[id(unit)] += 1
+            if attempts[id(unit)] <= spec.execution.max_retries:
+                queue.appendleft(unit)
+            else:
+                message = f"the worker died {attempts[id(unit)]} times on this unit; last error: {_first_line(err)}"
+                store.write_rows(task_row(t, status="error", error=message, run_id=summary.run_id) for t in unit.tasks)
+                summary.n_error += len(unit.tasks)
+                bar.update(len(unit.tasks))
+            if pool.replacements >= spec.execution.max_restarts * len(pool.actors):
+                raise RuntimeError(
+                    f"workers died {pool.replacements} times (execution.max_restarts={spec.execution.max_restarts} "
+                    f"per worker); stopping. Finished rows are stored in {store.uri}; last error: {_first_line(err)}"
+                ) from err
+            submit(pool.replace(actor))
+            continue
+        summary.n_ok += report.n_ok
+        summary.n_error += report.n_error
+        summary.invert_calls += report.invert_calls
+        summary.edit_calls += report.edit_calls
+        summary.seconds.update(report.seconds)
+        bar.update(report.n_ok + report.n_error)
+        bar.set_postfix(ok=summary.n_ok, error=summary.n_error, refresh=False)
+        submit(actor)
+
+
+def _ensure_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    if address is None:
+        # A local instance for this run only: no token under ~/.ray, no dashboard process.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(include_dashboard=False, log_to_driver=True)
+    else:
+        ray.init(address=address)
+
+
+def _worker_options(spec: SweepSpec) -> dict[str, Any]:
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if spec.backbone.device != "cpu" and gpus >= 1:
+        return dict(num_gpus=1, num_cpus=spec.execution.cpus_per_worker)
+    if spec.backbone.device == "cuda":
+        raise RuntimeError("backbone.device is 'cuda' but the Ray cluster has no GPU; use 'auto' or 'cpu'")
+    return dict(num_cpus=spec.execution.cpus_per_worker)
+
+
+def _n_workers(spec: SweepSpec, options: dict[str, Any]) -> int:
+    if spec.execution.workers != "auto":
+        return int(spec.execution.workers)
+    if "num_gpus" in options:
+        return int(ray.cluster_resources().get("GPU", 1))
+    return 1
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _manifest(spec: SweepSpec, run_id: str, summary: RunSummary) -> dict[str, Any]:
+    """Everything needed to reproduce the run: spec, code version, packages, machine."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return dict(
+        run_id=run_id,
+        started_at=datetime.now(timezone.utc).isoformat(),
+        spec=spec.model_dump(mode="json"),
+        git_commit=_git_commit(),
+        versions=versions,
+        python=sys.version,
+        platform=platform.platform(),
+        host=socket.gethostname(),
+        devices=_devices(),
+        n_tasks=summary.n_tasks,
+        n_skipped=summary.n_skipped,
+    )
+
+
+def _git_commit() -> str | None:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _devices() -> dict[str, Any]:
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return dict(driver_cuda=gpus, driver_cpus=os.cpu_count())

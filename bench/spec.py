@@ -1,0 +1,232 @@
+"""The sweep spec: YAML validated by pydantic before anything starts.
+
+A spec names a backbone, datasets, methods with parameter grids, seeds, metrics and execution
+settings. In a method's `invert:` / `edit:` mapping a scalar is a fixed value and a list is a grid
+axis; the sweep is the cartesian product of all axes. Every error names the key path
+(`methods[1].edit.guidance`) and what is allowed, so a typo never costs a cluster job.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from editsweep.bench.metrics.base import SCORERS, get_scorer_class
+from editsweep.datasets.base import DATASETS, get_dataset_class
+from editsweep.methods.base import METHODS, get_method_class
+
+
+class SpecError(ValueError):
+    """The spec is invalid; the message lists every problem with its key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackboneSpec(_Strict):
+    """Which diffusion model to load and how: a preset (`tiny`, `sd-v1-arch`), Hub id or folder."""
+
+    name: str = "tiny"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class DatasetSpec(_Strict):
+    """A registered dataset and its parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class MethodSpec(_Strict):
+    """A registered method with its inversion and edit parameter grids."""
+
+    name: str
+    invert: dict[str, Any] = Field(default_factory=dict)
+    edit: dict[str, Any] = Field(default_factory=dict)
+
+    def invert_grid(self) -> list[dict[str, Any]]:
+        """Every point of the inversion grid, with the method's defaults filled in."""
+        return [_full(get_method_class(self.name).InvertParams, p) for p in _product(self.invert)]
+
+    def edit_grid(self) -> list[dict[str, Any]]:
+        """Every point of the edit grid, with the method's defaults filled in."""
+        return [_full(get_method_class(self.name).EditParams, p) for p in _product(self.edit)]
+
+
+class ExecutionSpec(_Strict):
+    """How the sweep runs on the Ray cluster."""
+
+    workers: int | Literal["auto"] = Field("auto", description="actors; auto = one per GPU, else 1")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1, description="samples inverted together in one call")
+    edit_batch_size: int = Field(16, ge=1, description="images denoised together in one edit call")
+    max_retries: int = Field(2, ge=0, description="re-runs of a unit whose worker died")
+    max_restarts: int = Field(4, ge=0, description="restarts of a dead worker actor")
+
+
+class MlflowSpec(_Strict):
+    """Where the report logs; defaults to a sqlite file in the run directory."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+class SweepSpec(_Strict):
+    """A whole sweep: methods x datasets x seeds x parameter grids."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    imports: list[str] = Field(default_factory=list, description="modules or .py files registering plugins")
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    allow_random_weights: bool = Field(False, description="let scorers use random weights when asked")
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
+
+    @property
+    def dtype(self) -> str:
+        """The backbone dtype name."""
+        return self.backbone.dtype
+
+
+def import_plugins(imports: list[str], base_dir: Path | None = None) -> None:
+    """Import user modules (dotted names or .py paths) so their methods/datasets/metrics register."""
+    for entry in imports:
+        if entry.endswith(".py"):
+            path = Path(entry)
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            if not path.is_file():
+                raise SpecError(f"imports: no such file {path}")
+            module_name = f"editsweep_plugin_{path.stem}"
+            if module_name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(entry)
+            except ImportError as err:
+                raise SpecError(f"imports: cannot import {entry!r}: {err}") from err
+
+
+def load_spec(source: str | Path | dict[str, Any]) -> SweepSpec:
+    """Parse and fully validate a spec from a YAML file path or a mapping."""
+    base_dir = None
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"spec file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise SpecError(f"{path} is not valid YAML: {err}") from err
+        base_dir = path.parent
+        if not isinstance(raw, dict):
+            raise SpecError(f"{path}: a spec is a YAML mapping with keys name, datasets, methods, ...")
+    load_registries()
+    import_plugins(list(raw.get("imports") or []), base_dir)
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, "")) from None
+    problems = _check_registered(spec)
+    if problems:
+        raise SpecError("invalid sweep spec:\n" + "\n".join(f"  - {p}" for p in problems))
+    return spec
+
+
+def load_registries() -> None:
+    """Import the built-in methods, datasets and metrics so that their names are registered."""
+    import editsweep.bench.metrics  # noqa: F401
+    import editsweep.datasets  # noqa: F401
+    import editsweep.methods  # noqa: F401
+
+
+def _check_registered(spec: SweepSpec) -> list[str]:
+    """Names must be registered and every grid point must satisfy its pydantic model."""
+    problems: list[str] = []
+    for i, d in enumerate(spec.datasets):
+        if d.name not in DATASETS:
+            problems.append(f"datasets[{i}].name: unknown dataset {d.name!r}; known: {', '.join(sorted(DATASETS))}")
+            continue
+        problems += _validate(get_dataset_class(d.name).Params, d.params, f"datasets[{i}].params")
+    for i, m in enumerate(spec.methods):
+        if m.name not in METHODS:
+            problems.append(f"methods[{i}].name: unknown method {m.name!r}; known: {', '.join(sorted(METHODS))}")
+            continue
+        cls = get_method_class(m.name)
+        for kind, grid, model in (("invert", m.invert, cls.InvertParams), ("edit", m.edit, cls.EditParams)):
+            for key, values in grid.items():
+                if isinstance(values, list) and not values:
+                    problems.append(f"methods[{i}].{kind}.{key}: an empty list makes an empty grid")
+            for point in _product(grid):
+                problems += _validate(model, point, f"methods[{i}].{kind}")
+    for name, params in spec.metrics.items():
+        if name not in SCORERS:
+            problems.append(f"metrics.{name}: unknown metric; known: {', '.join(sorted(SCORERS))}")
+            continue
+        problems += _validate(get_scorer_class(name).Params, params or {}, f"metrics.{name}")
+        if (params or {}).get("weights") == "random" and not spec.allow_random_weights:
+            problems.append(
+                f"metrics.{name}.weights: 'random' gives scores that are not comparable to published "
+                "numbers; set allow_random_weights: true to use them anyway"
+            )
+    return sorted(set(problems), key=problems.index)
+
+
+def _validate(model: type[BaseModel], values: dict[str, Any], where: str) -> list[str]:
+    try:
+        model.model_validate(values)
+    except ValidationError as err:
+        allowed = ", ".join(model.model_fields) or "(none)"
+        return [f"{line} (parameters of this model: {allowed})" for line in _format_errors(err, where).splitlines()]
+    return []
+
+
+def _format_errors(err: ValidationError, prefix: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = prefix
+        for part in e["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        value = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""
+        lines.append(f"{path or '<spec>'}: {e['msg']}{value}")
+    return "\n".join(lines)
+
+
+def _product(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Cartesian product of a grid mapping: lists are axes, scalars are fixed values."""
+    keys = sorted(grid)
+    axes = [grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+
+
+def _full(model: type[BaseModel], point: dict[str, Any]) -> dict[str, Any]:
+    """A grid point with defaults filled in, in canonical JSON-able form."""
+    return model.model_validate(point).model_dump(mode="json")
+
+
+__all__ = ["SpecError", "SweepSpec", "import_plugins", "load_registries", "load_spec"]

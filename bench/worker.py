@@ -1,0 +1,261 @@
+"""The sweep worker: owns one device, a loaded backbone and the scorers, and processes units.
+
+`SweepWorker` is a plain class, so tests can drive it in-process; the runner wraps it as a Ray
+actor. A unit is inverted as one batch and edited in chunks of edit points; its rows and images
+are written to the store before the call returns, so a worker that dies later loses nothing that
+was already returned. Failures are contained: a batch that raises is retried group by group,
+and a group that still fails becomes error rows with the exception's message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+import traceback
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from editsweep.bench.metrics.base import ScoreBatch, get_scorer_class
+from editsweep.bench.plan import Group, Task, Unit
+from editsweep.bench.spec import SweepSpec, load_spec
+from editsweep.bench.store import RunStore
+from editsweep.datasets.base import Sample, get_dataset_class
+from editsweep.datasets.images import fit_square
+from editsweep.methods.backbone import load_backbone
+from editsweep.methods.base import Method, get_method_class, images_tensor
+
+
+@dataclass
+class UnitReport:
+    """What a worker sends back for a unit: counts and where the time went (seconds)."""
+
+    n_ok: int = 0
+    n_error: int = 0
+    invert_calls: int = 0
+    edit_calls: int = 0
+    seconds: Counter = field(default_factory=Counter)  # load, invert, edit, score, store
+
+
+def task_row(task: Task, **fields: Any) -> dict[str, Any]:
+    """A result row for `task` with the plan's identity columns filled in."""
+    row = dict(
+        task_key=task.task_key,
+        group_key=task.group_key,
+        method=task.method,
+        dataset=task.dataset,
+        backbone=task.backbone,
+        dtype=task.dtype,
+        sample_id=task.sample_id,
+        seed=task.seed,
+        invert_params=task.invert_params,
+        edit_params=task.edit_params,
+        created_at=datetime.now(timezone.utc),
+    )
+    row.update(fields)
+    return row
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """A per-(seed, sample) RNG seed, so results do not depend on batch composition."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:8], "little") >> 1
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A (3, H, W) tensor in [0, 1] as an 8-bit RGB image."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+class SweepWorker:
+    """Processes units of a sweep on one device with models loaded once."""
+
+    def __init__(self, spec: SweepSpec | dict[str, Any], run_dir: str, run_id: str) -> None:
+        started = time.perf_counter()
+        self.spec = spec if isinstance(spec, SweepSpec) else load_spec(spec)
+        self.run_id = run_id
+        self.store = RunStore(run_dir)
+        wanted = self.spec.backbone.device
+        use_cuda = wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.backbone = load_backbone(self.spec.backbone.name, self.device, self.spec.backbone.dtype)
+        self.scorers = [get_scorer_class(n)(p or {}, self.device) for n, p in self.spec.metrics.items()]
+        self.datasets = {d.name: get_dataset_class(d.name)(d.params) for d in self.spec.datasets}
+        self.methods: dict[str, Method] = {m.name: get_method_class(m.name)() for m in self.spec.methods}
+        self.random_weights = self.backbone.random_weights or any(s.random_weights for s in self.scorers)
+        self.weights = ";".join(
+            [f"backbone={self.backbone.weights_source}"] + [f"{s.name}={s.weights_source}" for s in self.scorers]
+        )
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.device_name = torch.cuda.get_device_name(self.device) if use_cuda else "cpu"
+        self.init_seconds = time.perf_counter() - started
+
+    def info(self) -> dict[str, Any]:
+        """Who this worker is and how long it took to load its models."""
+        return dict(worker=self.name, device=self.device_name, init_seconds=self.init_seconds)
+
+    def process(self, unit: Unit) -> UnitReport:
+        """Invert, edit, score and store every task of the unit; never raises for a task's failure."""
+        report = UnitReport()
+        rows: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        loaded: list[tuple[Group, Sample]] = []
+        for group in unit.groups:
+            try:
+                loaded.append((group, self._load_sample(group.head)))
+            except Exception as err:  # noqa: BLE001 - any unreadable sample becomes error rows
+                rows += self._error_rows(group.tasks, f"cannot load sample {group.head.sample_id!r}: {err}")
+        report.seconds["load"] += time.perf_counter() - t0
+        if loaded:
+            try:
+                rows += self._run_batch(loaded, report)
+            except Exception:  # noqa: BLE001 - isolate the failing group(s)
+                if len(loaded) == 1:
+                    rows += self._error_rows(loaded[0][0].tasks, _describe(traceback.format_exc()))
+                else:
+                    for item in loaded:
+                        try:
+                            rows += self._run_batch([item], report)
+                        except Exception:  # noqa: BLE001
+                            rows += self._error_rows(item[0].tasks, _describe(traceback.format_exc()))
+        t0 = time.perf_counter()
+        self.store.write_rows(rows)
+        report.seconds["store"] += time.perf_counter() - t0
+        report.n_ok += sum(r["status"] == "ok" for r in rows)
+        report.n_error += sum(r["status"] == "error" for r in rows)
+        return report
+
+    def _load_sample(self, task: Task) -> Sample:
+        sample = self.datasets[task.dataset].load(task.sample_id)
+        if not sample.target_prompt:
+            raise ValueError("the sample has no target prompt")
+        sample.image = fit_square(sample.image, self.backbone.resolution)
+        return sample
+
+    def _generators(self, groups: Sequence[Group]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(sample_seed(g.head.seed, g.head.sample_id)) for g in groups]
+
+    def _run_batch(self, loaded: list[tuple[Group, Sample]], report: UnitReport) -> list[dict[str, Any]]:
+        groups = [g for g, _ in loaded]
+        samples = [s for _, s in loaded]
+        head = groups[0].head
+        method = self.methods[head.method]
+        invert_params = method.InvertParams.model_validate(json.loads(head.invert_params))
+        edit_points = [t.edit_params for t in groups[0].tasks]
+        batch = len(samples)
+
+        t0 = time.perf_counter()
+        state = method.invert(self.backbone, samples, invert_params, self._generators(groups))
+        invert_s = self._elapsed(t0)
+        report.seconds["invert"] += invert_s
+        report.invert_calls += 1
+        sources = images_tensor(samples, self.device)
+        rows: list[dict[str, Any]] = []
+        chunk = max(1, self.spec.execution.edit_batch_size // batch)
+        for start in range(0, len(edit_points), chunk):
+            points = list(range(start, min(start + chunk, len(edit_points))))
+            params = [method.EditParams.model_validate(json.loads(edit_points[k])) for k in points]
+            t0 = time.perf_counter()
+            # Fresh generators per call: a point's result does not depend on how points are chunked.
+            edited = method.edit(self.backbone, state, samples, invert_params, params, self._generators(groups))
+            edit_s = self._elapsed(t0)
+            report.seconds["edit"] += edit_s
+            report.edit_calls += 1
+            images = torch.cat([e.float() for e in edited])
+            t0 = time.perf_counter()
+            scores = self._score(images, sources.repeat(len(points), 1, 1, 1), samples * len(points))
+            score_s = time.perf_counter() - t0
+            report.seconds["score"] += score_s
+            n_images = len(points) * batch
+            t0 = time.perf_counter()
+            for j, k in enumerate(points):
+                for b, (group, sample) in enumerate(loaded):
+                    i = j * batch + b
+                    rows.append(
+                        self._result_row(
+                            group.tasks[k],
+                            sample,
+                            images[i],
+                            {n: v[i].item() for n, v in scores.scores.items()},
+                            {n: v[i].cpu().numpy() for n, v in scores.features.items()},
+                            timing=dict(
+                                invert_s=invert_s / (batch * len(edit_points)),
+                                edit_s=edit_s / n_images,
+                                score_s=score_s / n_images,
+                            ),
+                        )
+                    )
+            report.seconds["store"] += time.perf_counter() - t0
+        return rows
+
+    def _score(self, images: torch.Tensor, sources: torch.Tensor, samples: list[Sample]) -> ScoreBatch:
+        merged = ScoreBatch()
+        finite = torch.isfinite(images.flatten(1)).all(1)
+        safe = torch.where(finite.view(-1, 1, 1, 1), images, torch.zeros_like(images))
+        for scorer in self.scorers:
+            out = scorer.score(safe.to(self.device), sources, samples)
+            merged.scores.update(out.scores)
+            merged.features.update(out.features)
+        return merged
+
+    def _result_row(
+        self,
+        task: Task,
+        sample: Sample,
+        image: torch.Tensor,
+        scores: dict[str, float],
+        features: dict[str, np.ndarray],
+        timing: dict[str, float],
+    ) -> dict[str, Any]:
+        common = dict(
+            run_id=self.run_id,
+            source_prompt=sample.source_prompt,
+            target_prompt=sample.target_prompt,
+            random_weights=self.random_weights,
+            weights=self.weights,
+            worker=self.name,
+            device=self.device_name,
+            **timing,
+        )
+        if not bool(torch.isfinite(image).all()):
+            return task_row(task, status="error", error="the method produced NaN or infinite pixels", **common)
+        path = self.store.write_image(task.task_key, to_pil(image))
+        return task_row(task, status="ok", image_path=path, scores=scores, features=features, **common)
+
+    def _error_rows(self, tasks: Sequence[Task], message: str) -> list[dict[str, Any]]:
+        return [
+            task_row(
+                t,
+                status="error",
+                error=message,
+                run_id=self.run_id,
+                random_weights=self.random_weights,
+                weights=self.weights,
+                worker=self.name,
+                device=self.device_name,
+            )
+            for t in tasks
+        ]
+
+    def _elapsed(self, t0: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
+
+
+def _describe(trace: str) -> str:
+    """The exception line plus the innermost frames: enough to debug from the row alone."""
+    lines = trace.strip().splitlines()
+    message = lines[-1]
+    if "OutOfMemoryError" in message:
+        message += " (lower execution.batch_size or execution.edit_batch_size)"
+    return message + "\n" + "\n".join(lines[-7:-1])

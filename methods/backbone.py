@@ -1,0 +1,310 @@
+"""Load a Stable Diffusion backbone: from a Hub id, a local diffusers folder, or an offline preset.
+
+Presets build the model from configs with seeded random weights, so that the project runs and is
+tested without downloading anything:
+
+- `tiny`: a small SD-shaped model (64 px images, 8x8 latents) with the real CLIP BPE tokenizer,
+  conditioned so that it behaves like a trained model where tests need it (see `_condition`);
+- `sd-v1-arch`: the full-size SD v1 architecture (512 px), for speed and memory measurements.
+
+Real weights load from safetensors only. Offline (`HF_HUB_OFFLINE=1`) a missing model is an error
+that names what is missing and how to provide it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+PRESETS = ("tiny", "sd-v1-arch")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# The DDIM schedule Stable Diffusion 1.x/2.x were trained with.
+SD_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+
+
+class BackboneLoadError(RuntimeError):
+    """The backbone's weights cannot be loaded; the message says which and how to fix it."""
+
+
+@dataclass
+class Backbone:
+    """The parts of a latent diffusion model that editing methods share, on one device."""
+
+    name: str
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
+    device: torch.device
+    dtype: torch.dtype
+    random_weights: bool
+
+    @property
+    def resolution(self) -> int:
+        """Image side in pixels that the UNet was built for."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along one side."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def weights_source(self) -> str:
+        """Recorded in every row: where the backbone's weights came from."""
+        return f"{self.name}:random" if self.random_weights else self.name
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP text embeddings (B, 77, D) of the prompts, padded to the model's max length."""
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0].to(self.dtype)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Latents (B, 4, h, w) of images (B, 3, H, W) in [0, 1]: the posterior mean, scaled."""
+        x = images.to(self.device, self.dtype) * 2 - 1
+        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1], float32, from scaled latents."""
+        x = self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def load_backbone(
+    name: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", seed: int = 0
+) -> Backbone:
+    """A backbone from a preset name, a local diffusers folder, or a Hugging Face Hub id."""
+    device = torch.device(device)
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if name == "tiny":
+        parts = _build_tiny(seed)
+    elif name == "sd-v1-arch":
+        parts = _build_sd_v1_arch(seed)
+    else:
+        parts = _load_pretrained(name, dtype)
+    unet, vae, text_encoder, tokenizer, scheduler = parts
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False).eval().to(device)
+        if module.dtype != dtype:
+            module.to(dtype)
+    return Backbone(
+        name=name,
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        device=device,
+        dtype=dtype,
+        random_weights=name in PRESETS,
+    )
+
+
+def _load_pretrained(source: str, dtype: torch.dtype):
+    """Each part from `source` (local folder or Hub id), safetensors only, cache first."""
+    local = Path(source).expanduser()
+    if local.exists() and not (local / "model_index.json").exists() and not (local / "unet").is_dir():
+        raise BackboneLoadError(
+            f"{local} is not a diffusers Stable Diffusion folder (no model_index.json or unet/): "
+            "save one with `StableDiffusionPipeline.save_pretrained(dir, safe_serialization=True)`"
+        )
+    src = str(local) if local.exists() else source
+
+    def load_all(local_only: bool):
+        kw = dict(local_files_only=local_only)
+        weights = dict(use_safetensors=True, torch_dtype=dtype, **kw)
+        return (
+            UNet2DConditionModel.from_pretrained(src, subfolder="unet", **weights),
+            AutoencoderKL.from_pretrained(src, subfolder="vae", **weights),
+            CLIPTextModel.from_pretrained(src, subfolder="text_encoder", use_safetensors=True, dtype=dtype, **kw),
+            CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", model_max_length=77, **kw),
+            DDIMScheduler.from_pretrained(src, subfolder="scheduler", **kw),
+        )
+
+    # Try the local cache first: it is instant, and offline a network attempt only adds retries.
+    with contextlib.suppress(OSError, ValueError):
+        return load_all(local_only=True)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if local.exists() or offline:
+        raise BackboneLoadError(_missing_message(source, local.exists()))
+    try:
+        return load_all(local_only=False)
+    except (OSError, ValueError) as err:
+        raise BackboneLoadError(f"{_missing_message(source, False)}\ncause: {err}") from err
+
+
+def _missing_message(source: str, is_folder: bool) -> str:
+    if is_folder:
+        return (
+            f"cannot load a Stable Diffusion backbone from {source}: it needs unet/, vae/, "
+            "text_encoder/ (safetensors weights), tokenizer/ and scheduler/ subfolders"
+        )
+    return (
+        f"the weights of backbone {source!r} are not in the local Hugging Face cache and cannot be "
+        f"downloaded here. Download them where there is a network "
+        f"(`huggingface-cli download {source} --include '*.safetensors' '*.json' '*.txt'`), "
+        "or give a local diffusers folder as the backbone, or use the offline presets "
+        f"{', '.join(PRESETS)}"
+    )
+
+
+@lru_cache(maxsize=1)
+def clip_bpe_tokenizer() -> CLIPTokenizer:
+    """The real CLIP tokenizer, built offline from the BPE merges that ship inside open_clip.
+
+    Built the way open_clip's SimpleTokenizer builds its encoder, so ids match open_clip exactly.
+    """
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+
+    path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.open(path).read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_tokens = list(bytes_to_unicode().values())
+    vocab = byte_tokens + [t + "</w>" for t in byte_tokens]
+    vocab += ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(
+        vocab={token: i for i, token in enumerate(vocab)}, merges=merges, model_max_length=77
+    )
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed the global RNG for weight initialisation without disturbing the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _build_tiny(seed: int):
+    with _seeded(seed):
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(32, 32, 64, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=64,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                max_position_embeddings=77,
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+            )
+        )
+    _condition(unet, vae, seed)
+    return unet, vae, text_encoder, clip_bpe_tokenizer(), DDIMScheduler(**SD_SCHEDULER)
+
+
+def _build_sd_v1_arch(seed: int):
+    with _seeded(seed):
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=768,
+                intermediate_size=3072,
+                num_attention_heads=12,
+                num_hidden_layers=12,
+                max_position_embeddings=77,
+                hidden_act="quick_gelu",
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+            )
+        )
+    _condition(unet, vae, seed)
+    return unet, vae, text_encoder, clip_bpe_tokenizer(), DDIMScheduler(**SD_SCHEDULER)
+
+
+@torch.no_grad()
+def _condition(unet: UNet2DConditionModel, vae: AutoencoderKL, seed: int) -> None:
+    """Make random weights behave like a trained model where the algorithms depend on it.
+
+    As seeded, a random UNet is not DDIM-invertible and a random VAE's latents have std ~0.05
+    instead of SD's ~1 (STACK.md). Scaling `conv_out` by 0.1 makes noise predictions small and
+    smooth; scaling the posterior mean by c = 1/std and `post_quant_conv` by 1/c gives latents of
+    unit std while leaving decode(encode(x)) unchanged.
+    """
+    unet.conv_out.weight.mul_(0.1)
+    unet.conv_out.bias.mul_(0.1)
+    gen = torch.Generator().manual_seed(seed)
+    side = vae.config.sample_size
+    coarse = torch.rand(4, 3, 8, 8, generator=gen)
+    probe = torch.nn.functional.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False)
+    latents = vae.encode(probe.clamp(0, 1) * 2 - 1).latent_dist.mean * vae.config.scaling_factor
+    c = 1.0 / latents.std().item()
+    mean_channels = vae.config.latent_channels
+    vae.quant_conv.weight[:mean_channels].mul_(c)
+    vae.quant_conv.bias[:mean_channels].mul_(c)
+    vae.post_quant_conv.weight.div_(c)

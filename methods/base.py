@@ -1,0 +1,94 @@
+"""The `Method` API that every editing method implements, and the method registry.
+
+A method is one registered file: a `Method` subclass naming its `InvertParams` (what changes the
+inversion, so shared by every edit point of a group) and its `EditParams` (what only changes the
+edit), and two batch-first calls. `invert` runs once per group; `edit` receives every edit point
+of the grid at once, so a method can batch them through one denoising loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from editsweep.datasets.base import Sample
+from editsweep.methods.backbone import Backbone
+
+State = dict[str, torch.Tensor]
+"""What `invert` hands to `edit`: plain tensors, batch-first, so it can be cached by group key."""
+
+
+class Params(BaseModel):
+    """Base of every method's parameters: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Method(ABC):
+    """A text-guided image editing method.
+
+    `generators` holds one torch.Generator per sample, seeded from (seed, sample id), so a
+    sample's result does not depend on which other samples share its batch.
+    """
+
+    name: ClassVar[str]
+    InvertParams: ClassVar[type[Params]] = Params
+    EditParams: ClassVar[type[Params]] = Params
+
+    @abstractmethod
+    def invert(
+        self, backbone: Backbone, samples: Sequence[Sample], params: Params, generators: Sequence[torch.Generator]
+    ) -> State:
+        """Prepare the inputs for editing (e.g. DDIM-invert them); batch-first tensors."""
+
+    @abstractmethod
+    def edit(
+        self,
+        backbone: Backbone,
+        state: State,
+        samples: Sequence[Sample],
+        invert_params: Params,
+        edit_params: Sequence[Params],
+        generators: Sequence[torch.Generator],
+    ) -> list[torch.Tensor]:
+        """Edit every sample at every edit point: one (B, 3, H, W) tensor in [0, 1] per point."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its `name` in sweep specs."""
+    if cls.name in METHODS and METHODS[cls.name].__qualname__ != cls.__qualname__:
+        raise ValueError(f"method name {cls.name!r} is registered twice")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method_class(name: str) -> type[Method]:
+    """The method class registered as `name`, or an error listing the known names."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}") from None
+
+
+def images_tensor(samples: Sequence[Sample], device: torch.device) -> torch.Tensor:
+    """The samples' images as one (B, 3, H, W) float tensor in [0, 1] (images already resized)."""
+    arrays = np.stack([np.asarray(s.image.convert("RGB"), dtype=np.float32) / 255.0 for s in samples])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).to(device)
+
+
+def source_prompts(samples: Sequence[Sample]) -> list[str]:
+    """Each sample's source prompt, or the empty prompt when the dataset has none (TEdBench)."""
+    return [s.source_prompt or "" for s in samples]
+
+
+def target_prompts(samples: Sequence[Sample]) -> list[str]:
+    """Each sample's target prompt."""
+    return [s.target_prompt for s in samples]

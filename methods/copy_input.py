@@ -1,0 +1,34 @@
+"""`copy`: returns the input image unchanged, the fidelity ceiling of every benchmark (FlexIT's COPY)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from editsweep.datasets.base import Sample
+from editsweep.methods.backbone import Backbone
+from editsweep.methods.base import Method, Params, State, images_tensor, register_method
+
+
+@register_method
+class Copy(Method):
+    """Output = input: LPIPS 0, PSNR infinite, and the CLIP-T of doing nothing."""
+
+    name = "copy"
+
+    def invert(
+        self, backbone: Backbone, samples: Sequence[Sample], params: Params, generators: Sequence[torch.Generator]
+    ) -> State:
+        return {"images": images_tensor(samples, backbone.device)}
+
+    def edit(
+        self,
+        backbone: Backbone,
+        state: State,
+        samples: Sequence[Sample],
+        invert_params: Params,
+        edit_params: Sequence[Params],
+        generators: Sequence[torch.Generator],
+    ) -> list[torch.Tensor]:
+        return [state["images"].float().clone() for _ in edit_params]

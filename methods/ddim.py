@@ -1,0 +1,136 @@
+"""Shared diffusion primitives: the DDIM schedule, guided noise prediction, inversion and sampling.
+
+Every method that inverts or samples uses these, so that the round trip is exact by construction:
+inversion and sampling walk the same list of (timestep, alpha) pairs with one update formula.
+We write the DDIM update here instead of calling `DDIMScheduler.step` / `DDIMInverseScheduler`
+because the inverse scheduler's timestep offsets differ from the forward schedule's, which breaks
+exact reconstruction, and because guidance scales vary per batch row (a sweep batches its points).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from editsweep.methods.backbone import Backbone
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The DDIM timesteps (descending) and alpha-bars around them.
+
+    `alphas[i]` is alpha-bar at `timesteps[i]`; `alphas[n]` is the final alpha-bar (x_0's).
+    Sampling step i moves from alphas[i] to alphas[i + 1]; inversion walks the same steps backwards.
+    """
+
+    timesteps: torch.Tensor
+    alphas: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        """The number of denoising steps."""
+        return len(self.timesteps)
+
+
+def make_schedule(backbone: Backbone, steps: int) -> Schedule:
+    """The DDIM schedule of `steps` steps for the backbone's training noise schedule."""
+    scheduler = backbone.scheduler
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps.clone().long()
+    alphas_cumprod = scheduler.alphas_cumprod.double()
+    final = torch.tensor(1.0, dtype=torch.float64) if scheduler.config.set_alpha_to_one else alphas_cumprod[0]
+    alphas = torch.cat([alphas_cumprod[timesteps], final[None]])
+    return Schedule(timesteps=timesteps, alphas=alphas)
+
+
+def ddim_move(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float) -> torch.Tensor:
+    """Deterministic DDIM update from noise level alpha_from to alpha_to (either direction)."""
+    x0 = (x - (1 - alpha_from) ** 0.5 * eps) / alpha_from**0.5
+    return alpha_to**0.5 * x0 + (1 - alpha_to) ** 0.5 * eps
+
+
+def predict_noise(
+    backbone: Backbone,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None = None,
+    guidance: torch.Tensor | float = 1.0,
+    alpha: float | None = None,
+) -> torch.Tensor:
+    """Classifier-free-guided noise prediction eps_u + g * (eps_c - eps_u), g per batch row.
+
+    With every g equal to 1 (or no `uncond`) the unconditional pass is skipped. v-prediction
+    models (SD 2.x 768 px) are converted to epsilon, which needs the step's `alpha`.
+    """
+    batch = latents.shape[0]
+    g = torch.as_tensor(guidance, dtype=torch.float32, device=latents.device).reshape(-1)
+    g = g.expand(batch) if g.numel() == 1 else g
+    unet_dtype = backbone.unet.dtype
+    if uncond is None or bool((g == 1).all()):
+        out = backbone.unet(latents.to(unet_dtype), t, encoder_hidden_states=cond.to(unet_dtype)).sample.float()
+        return _to_epsilon(backbone, out, latents, alpha)
+    both = backbone.unet(
+        torch.cat([latents, latents]).to(unet_dtype),
+        t,
+        encoder_hidden_states=torch.cat([uncond, cond]).to(unet_dtype),
+    ).sample.float()
+    both = _to_epsilon(backbone, both, torch.cat([latents, latents]), alpha)
+    eps_u, eps_c = both.chunk(2)
+    return eps_u + g.view(-1, 1, 1, 1) * (eps_c - eps_u)
+
+
+def _to_epsilon(backbone: Backbone, out: torch.Tensor, latents: torch.Tensor, alpha: float | None) -> torch.Tensor:
+    kind = backbone.scheduler.config.prediction_type
+    if kind == "epsilon":
+        return out
+    if kind == "v_prediction":
+        if alpha is None:
+            raise ValueError("a v-prediction backbone needs the step's alpha to predict noise")
+        return alpha**0.5 * out + (1 - alpha) ** 0.5 * latents.float()
+    raise ValueError(f"unsupported prediction_type {kind!r}: editsweep handles 'epsilon' and 'v_prediction'")
+
+
+@torch.no_grad()
+def ddim_invert(
+    backbone: Backbone,
+    latents: torch.Tensor,
+    schedule: Schedule,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None = None,
+    guidance: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """DDIM inversion of clean latents; returns the trajectory (steps + 1, B, C, h, w), [0] = x_0.
+
+    Each step evaluates the noise at the current (less noisy) latent with the next timestep,
+    the usual approximation that makes inversion exact in the limit of many steps.
+    """
+    x = latents.float()
+    trajectory = [x]
+    n = schedule.steps
+    for i in reversed(range(n)):
+        a_from, a_to = schedule.alphas[i + 1].item(), schedule.alphas[i].item()
+        eps = predict_noise(backbone, x, schedule.timesteps[i], cond, uncond, guidance, alpha=a_from)
+        x = ddim_move(x, eps, a_from, a_to)
+        trajectory.append(x)
+    return torch.stack(trajectory)
+
+
+@torch.no_grad()
+def ddim_sample(
+    backbone: Backbone,
+    latents: torch.Tensor,
+    schedule: Schedule,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None = None,
+    guidance: torch.Tensor | float = 1.0,
+    start: int = 0,
+) -> torch.Tensor:
+    """Denoise latents that sit at `schedule.timesteps[start]` down to x_0 with DDIM (eta 0)."""
+    x = latents.float()
+    for i in range(start, schedule.steps):
+        a_from, a_to = schedule.alphas[i].item(), schedule.alphas[i + 1].item()
+        eps = predict_noise(backbone, x, schedule.timesteps[i], cond, uncond, guidance, alpha=a_from)
+        x = ddim_move(x, eps, a_from, a_to)
+    return x

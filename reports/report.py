@@ -1,0 +1,109 @@
+"""The report stage: read a run's result rows, write summary, leaderboard and figures, log to MLflow.
+
+Everything comes from the run store (no model runs here) and lands in `<run_dir>/report/`,
+overwriting an earlier report; each build is a new MLflow run. A figure that cannot be drawn
+(a metric nobody scored, no ok row) is skipped with a note in the leaderboard and the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from editsweep.bench.store import RunStore
+from editsweep.reports.aggregate import aggregate, summary_metrics
+from editsweep.reports.leaderboard import leaderboard_markdown
+from editsweep.reports.plots import image_grid, tradeoff_plot
+from editsweep.reports.tracking import log_to_mlflow, resolve_tracking_uri
+
+
+class ReportError(RuntimeError):
+    """The report cannot be built: the message says what is missing."""
+
+
+@dataclass
+class ReportResult:
+    """Where a report's files are, its MLflow run, and what was skipped and why."""
+
+    report_dir: Path
+    summary_csv: Path
+    leaderboard_md: Path
+    tradeoff_png: Path | None
+    grid_png: Path | None
+    mlflow_run_id: str
+    tracking_uri: str
+    notes: list[str] = field(default_factory=list)
+
+
+def build_report(
+    run_dir: str,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    *,
+    x: str = "lpips",
+    y: str = "clip_t",
+) -> ReportResult:
+    """Build the report of the run in `run_dir` and log it to MLflow (see `log_to_mlflow`).
+
+    The trade-off plot shows `y` against `x`. Raises ReportError when the run dir is not local,
+    does not exist or has no result rows.
+    """
+    store = RunStore(run_dir)
+    if not isinstance(store.fs, pafs.LocalFileSystem):
+        raise ReportError(f"reports are written into the run dir, which must be local; {run_dir!r} is not")
+    if not Path(store.root).is_dir():
+        raise ReportError(f"run dir {store.root} does not exist")
+    results = store.read_results()
+    if results.empty:
+        raise ReportError(f"no results in run dir {store.root}: no result rows under {store.path('results')}")
+
+    out = Path(store.path("report"))
+    out.mkdir(parents=True, exist_ok=True)
+    summary = aggregate(results)
+    metrics = summary_metrics(summary)
+    notes = []
+    if not metrics:
+        notes.append(f"no scores: none of the {len(results)} tasks has an ok row with scores")
+
+    summary_csv = out / "summary.csv"
+    summary.to_csv(summary_csv, index=False)
+    tradeoff_png: Path | None = out / "tradeoff.png"
+    missing = [m for m in (x, y) if m not in metrics]
+    if missing:
+        notes.append(f"trade-off plot skipped: no {' or '.join(missing)} scores in this run")
+        tradeoff_png.unlink(missing_ok=True)
+        tradeoff_png = None
+    else:
+        tradeoff_plot(summary, tradeoff_png, x=x, y=y)
+    grid_png: Path | None = out / "grid.png"
+    if results["status"].eq("ok").any():
+        image_grid(store, results, grid_png)
+    else:
+        notes.append(f"image grid skipped: all {len(results)} tasks failed")
+        grid_png.unlink(missing_ok=True)
+        grid_png = None
+
+    leaderboard_md = out / "leaderboard.md"
+    text = leaderboard_markdown(summary, metrics, sort_by=y if y in metrics else (metrics[0] if metrics else None))
+    if notes:
+        text += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
+    leaderboard_md.write_text(text)
+
+    uri = resolve_tracking_uri(store.root, tracking_uri)
+    params = {
+        "run_dir": store.root,
+        "store_run_ids": ",".join(sorted(results["run_id"].dropna().unique())),
+        "tasks": len(results),
+        "error_tasks": int(results["status"].ne("ok").sum()),
+        "methods": ",".join(sorted(results["method"].unique())),
+        "datasets": ",".join(sorted(results["dataset"].unique())),
+        "metrics": ",".join(metrics),
+        "ci": summary.attrs["ci"],
+        "n_boot": summary.attrs["n_boot"],
+        "notes": " | ".join(notes),
+    }
+    artifacts = [p for p in (summary_csv, leaderboard_md, tradeoff_png, grid_png) if p is not None]
+    run_id = log_to_mlflow(store.root, summary, artifacts, params, tracking_uri=uri, experiment=experiment)
+    return ReportResult(out, summary_csv, leaderboard_md, tradeoff_png, grid_png, run_id, uri, notes)

@@ -1,0 +1,86 @@
+"""Synthetic run directories for the report tests: rows written through RunStore, no model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from editsweep.bench.store import RunStore
+
+
+def make_row(method: str, guidance: float, sample: int, seed: int, scores: dict[str, float], **extra: Any) -> dict:
+    """One result row of a sweep over guidance (steps fixed), with SCHEMA's columns."""
+    invert = {"steps": 10}
+    edit = {"guidance": guidance, "steps": 10}
+    key = f"{method}-{guidance}-{sample}-{seed}"
+    row = {
+        "task_key": key,
+        "group_key": f"{method}-{sample}",
+        "run_id": "run-1",
+        "method": method,
+        "dataset": "toy",
+        "backbone": "tiny",
+        "dtype": "float32",
+        "sample_id": f"s{sample}",
+        "seed": seed,
+        "invert_params": json.dumps(invert, sort_keys=True),
+        "edit_params": json.dumps(edit, sort_keys=True),
+        "source_prompt": "a cat",
+        "target_prompt": f"a dog number {sample}",
+        "status": "ok",
+        "scores": scores,
+        "random_weights": True,
+        "weights": "backbone=tiny:random",
+        "invert_s": 0.5,
+        "edit_s": 0.1,
+        "created_at": datetime.now(timezone.utc),
+    }
+    row.update(extra)
+    return row
+
+
+def synthetic_rows(n_samples: int = 4, n_seeds: int = 2) -> list[dict]:
+    """Two methods swept over guidance: CLIP-T and LPIPS both rise with guidance; one error row."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for method, offset in (("ddim", 0.0), ("nti", -0.1)):
+        for guidance in (3.0, 7.5, 12.0):
+            for sample in range(n_samples):
+                for seed in range(n_seeds):
+                    scores = {
+                        "clip_t": 0.2 + 0.01 * guidance + rng.normal(0, 0.01),
+                        "lpips": 0.2 + 0.02 * guidance + offset + rng.normal(0, 0.01),
+                        "psnr": 20.0 + rng.normal(0, 1),
+                    }
+                    rows.append(make_row(method, guidance, sample, seed, scores))
+    rows.append(
+        make_row("nti", 12.0, n_samples, 0, {}, status="error", error="RuntimeError: out of memory")
+    )
+    return rows
+
+
+def write_run(run_dir: str, rows: list[dict], images: bool = True) -> RunStore:
+    """Write rows (and a small PNG per ok row) into a run directory."""
+    store = RunStore(run_dir)
+    for row in rows:
+        if images and row["status"] == "ok":
+            shade = int(255 * (hash(row["task_key"]) % 97) / 97)
+            row["image_path"] = store.write_image(row["task_key"], Image.new("RGB", (16, 16), (shade, 64, 128)))
+    store.write_rows(rows)
+    return store
+
+
+@pytest.fixture
+def run_factory(tmp_path_factory) -> Callable[..., RunStore]:
+    """Build a run dir from rows: run_factory(rows, images=True) -> RunStore."""
+
+    def build(rows: list[dict], images: bool = True) -> RunStore:
+        return write_run(str(tmp_path_factory.mktemp("run")), rows, images)
+
+    return build
