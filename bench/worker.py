@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from editsweep.bench.metrics.base import ScoreBatch, get_scorer_class
 from editsweep.bench.plan import Group, Task, Unit
@@ -32,7 +31,7 @@ from editsweep.bench.store import RunStore
 from editsweep.datasets.base import Sample, get_dataset_class
 from editsweep.datasets.images import fit_square
 from editsweep.methods.backbone import load_backbone
-from editsweep.methods.base import Method, get_method_class, images_tensor
+from editsweep.methods.base import Method, get_method_class, images_tensor, to_pil
 
 
 @dataclass
@@ -68,12 +67,6 @@ def task_row(task: Task, **fields: Any) -> dict[str, Any]:
 def sample_seed(seed: int, sample_id: str) -> int:
     """A per-(seed, sample) RNG seed, so results do not depend on batch composition."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:8], "little") >> 1
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """A (3, H, W) tensor in [0, 1] as an 8-bit RGB image."""
-    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
 
 
 class SweepWorker:

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from editsweep.datasets.base import Sample
@@ -82,6 +83,12 @@ def images_tensor(samples: Sequence[Sample], device: torch.device) -> torch.Tens
     """The samples' images as one (B, 3, H, W) float tensor in [0, 1] (images already resized)."""
     arrays = np.stack([np.asarray(s.image.convert("RGB"), dtype=np.float32) / 255.0 for s in samples])
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).to(device)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A (3, H, W) tensor in [0, 1] as an 8-bit RGB image (the inverse of `images_tensor`)."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
 
 
 def source_prompts(samples: Sequence[Sample]) -> list[str]:

@@ -56,7 +56,7 @@ def metric_info(name: str) -> MetricInfo:
     for key in sorted(METRIC_INFO, key=len, reverse=True):
         if name == key or name.startswith(key + "_"):
             info = METRIC_INFO[key]
-            return info if name == key else replace(info, display=f"{info.display} ({name[len(key) + 1:]})")
+            return info if name == key else replace(info, display=f"{info.display} ({name[len(key) + 1 :]})")
     return MetricInfo(name, None)
 
 
@@ -117,7 +117,7 @@ def aggregate(
     for key, group in rows.groupby(POINT_KEYS, sort=False, dropna=False):
         good = group[ok.loc[group.index]]
         errors = group.loc[~ok.loc[group.index], "error"].dropna()
-        record: dict[str, Any] = dict(zip(POINT_KEYS, key))
+        record: dict[str, Any] = dict(zip(POINT_KEYS, key, strict=True))
         record.update(
             n=len(good),
             n_samples=good["sample_id"].nunique(),
@@ -185,7 +185,7 @@ def label_points(points: pd.DataFrame) -> pd.Series:
     labels = pd.Series("default", index=points.index, dtype="str")
     for _, group in points.groupby("method", sort=False):
         varying = _varying_params(group)
-        for idx, params in zip(group.index, _flat_params(group)):
+        for idx, params in zip(group.index, _flat_params(group), strict=True):
             parts = [f"{name}={_fmt(params.get(path, _MISSING))}" for path, name in varying]
             if parts:
                 labels[idx] = ", ".join(parts)
@@ -244,7 +244,7 @@ def sort_points(points: pd.DataFrame) -> pd.DataFrame:
     sort_keys: list[tuple] = [()] * len(points)
     for _, group in points.groupby("method", sort=False):
         varying = _varying_params(group)
-        for idx, params in zip(group.index, _flat_params(group)):
+        for idx, params in zip(group.index, _flat_params(group), strict=True):
             values = tuple(_sortable(params.get(path, _MISSING)) for path, _ in varying)
             sort_keys[idx] = (*points.loc[idx, ["method", "dataset", "backbone"]].fillna(""), values)
     return points.iloc[sorted(range(len(points)), key=sort_keys.__getitem__)].reset_index(drop=True)

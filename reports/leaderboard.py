@@ -20,7 +20,9 @@ def format_ci(mean: float, low: float, high: float) -> str:
     return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
 
 
-def leaderboard_markdown(summary: pd.DataFrame, metrics: list[str] | None = None, sort_by: str | None = "clip_t") -> str:
+def leaderboard_markdown(
+    summary: pd.DataFrame, metrics: list[str] | None = None, sort_by: str | None = "clip_t"
+) -> str:
     """Markdown leaderboard of a summary from `aggregate`, one section per dataset.
 
     Rows are sweep points sorted by `sort_by` (best first, in that metric's direction; None keeps
@@ -37,20 +39,33 @@ def leaderboard_markdown(summary: pd.DataFrame, metrics: list[str] | None = None
     lines = ["# Leaderboard", ""]
     if summary["random_weights"].any():
         weights = "; ".join(sorted(set(summary.loc[summary["random_weights"], "weights"]) - {""}))
-        lines += [f"> **Warning: some rows used random weights ({weights or 'unspecified'}).** "
-                  "Their scores are not comparable to published numbers.", ""]
+        lines += [
+            f"> **Warning: some rows used random weights ({weights or 'unspecified'}).** "
+            "Their scores are not comparable to published numbers.",
+            "",
+        ]
     ci = summary.attrs.get("ci")
-    lines += [f"Cells: mean ± half-width of the {f'{ci:.0%} ' if ci else ''}percentile-bootstrap CI over images; "
-              "n: images; best per dataset in bold. Non-finite scores (e.g. PSNR of an identical image) "
-              "are left out of means and counted in the cell.", ""]
+    lines += [
+        f"Cells: mean ± half-width of the {f'{ci:.0%} ' if ci else ''}percentile-bootstrap CI over images; "
+        "n: images; best per dataset in bold. Non-finite scores (e.g. PSNR of an identical image) "
+        "are left out of means and counted in the cell.",
+        "",
+    ]
 
     show_backbone = summary["backbone"].nunique() > 1
     for dataset, table in summary.groupby("dataset", sort=False):
         if sort_by:
             ascending = metric_info(sort_by).higher_is_better is False
             table = table.sort_values(f"{sort_by}_mean", ascending=ascending, na_position="last", kind="stable")
-        header = ["method", *(["backbone"] if show_backbone else []), "point", "n",
-                  *(_header(m, m == sort_by) for m in metrics), "edit s", "errors"]
+        header = [
+            "method",
+            *(["backbone"] if show_backbone else []),
+            "point",
+            "n",
+            *(_header(m, m == sort_by) for m in metrics),
+            "edit s",
+            "errors",
+        ]
         lines += [f"## {dataset}", "", _row(header), _row(["---"] * len(header))]
         best = {m: _best(table, m) for m in metrics}
         for _, point in table.iterrows():
@@ -64,8 +79,10 @@ def leaderboard_markdown(summary: pd.DataFrame, metrics: list[str] | None = None
     if len(failed):
         lines += ["## Errors", ""]
         for _, point in failed.iterrows():
-            lines.append(f"- {point['dataset']} / {point['method']} / {point['label']}: {point['n_error']} error rows"
-                         f" ({point['n']} ok); most common: `{point['top_error'][:200]}`")
+            lines.append(
+                f"- {point['dataset']} / {point['method']} / {point['label']}: {point['n_error']} failed tasks"
+                f" ({point['n']} ok); most common: `{point['top_error'][:200]}`"
+            )
         lines.append("")
     return "\n".join(lines)
 

@@ -35,14 +35,15 @@ def axis_label(metric: str) -> str:
     if info.higher_is_better is None:
         return f"{info.display} (direction unknown)"
     direction = "higher" if info.higher_is_better else "lower"
-    return f"{info.display} ({direction} = {info.meaning})" if info.meaning else f"{info.display} ({direction} is better)"
+    meaning = info.meaning or "better"
+    return f"{info.display} ({direction} = {meaning})"
 
 
 def tradeoff_plot(summary: pd.DataFrame, path: str | Path, x: str = "lpips", y: str = "clip_t") -> Path:
     """Plot y against x for every sweep point, one curve per (method, dataset[, backbone]).
 
     Each curve runs through its method's sweep points ordered by x, with error bars from the
-    bootstrap CIs and the point labels written next to the points. The dashed line is the Pareto
+    bootstrap CIs and the point labels written next to the points. The wide grey band is the Pareto
     front over all points (directions from `metric_info`; unknown ones count as higher-better).
     Raises ValueError when x or y has no finite mean in `summary`.
     """
@@ -67,14 +68,31 @@ def tradeoff_plot(summary: pd.DataFrame, path: str | Path, x: str = "lpips", y: 
             label=" / ".join(str(k) for k in key if k),
         )
         for _, point in curve.iterrows():
-            ax.annotate(point["label"], (point[f"{x}_mean"], point[f"{y}_mean"]), xytext=(4, 4),
-                        textcoords="offset points", fontsize=7, alpha=0.8)
+            ax.annotate(
+                point["label"],
+                (point[f"{x}_mean"], point[f"{y}_mean"]),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize=7,
+                alpha=0.8,
+            )
     front = pareto_front(
-        points, f"{x}_mean", f"{y}_mean",
+        points,
+        f"{x}_mean",
+        f"{y}_mean",
         x_lower_better=metric_info(x).higher_is_better is False,
         y_higher_better=metric_info(y).higher_is_better is not False,
     )
-    ax.plot(front[f"{x}_mean"], front[f"{y}_mean"], "k--", linewidth=1, alpha=0.6, label="Pareto front", zorder=0)
+    ax.plot(
+        front[f"{x}_mean"],
+        front[f"{y}_mean"],
+        color="grey",
+        linewidth=8,
+        alpha=0.3,
+        solid_capstyle="round",
+        label="Pareto front (all points)",
+        zorder=0,
+    )
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
     ci = summary.attrs.get("ci")
@@ -106,10 +124,10 @@ def image_grid(
 ) -> Path:
     """A grid of edits: one row per sample (first `max_rows`, lowest seed), one column per sweep point.
 
-    The first column is the input image from `load_input(dataset, sample_id)`; the run store keeps
-    only edited images, so without a loader that column is a placeholder. Columns are spread
-    evenly over the sweep points when there are more than `max_cols`. Cells of failed or missing
-    edits stay grey. Raises ValueError when `results` has no ok row with an image.
+    The run store keeps only edited images: with `load_input(dataset, sample_id)` the first column
+    shows the input (a grey cell where it returns None). Columns are spread evenly over the sweep
+    points when there are more than `max_cols`; failed or missing edits are grey cells. Raises
+    ValueError when `results` has no ok row with an image.
     """
     ok = results[results["status"].eq("ok") & results["image_path"].notna()]
     if ok.empty:
@@ -126,15 +144,17 @@ def image_grid(
     cells = ok.merge(samples[["dataset", "sample_id", "seed"]], on=["dataset", "sample_id", "seed"])
     cells = cells.set_index([*col_keys, "dataset", "sample_id"])["image_path"]
 
-    n_rows, n_cols = len(samples), len(columns) + 1
+    first = 1 if load_input else 0
+    n_rows, n_cols = len(samples), len(columns) + first
     fig = Figure(figsize=(1.9 * n_cols, 2.1 * n_rows + 0.6), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r, sample in enumerate(samples.itertuples()):
-        source = load_input(sample.dataset, sample.sample_id) if load_input else None
-        _show(axes[r, 0], source, "" if source else "input not stored", "input" if r == 0 else "")
+        if load_input:
+            source = load_input(sample.dataset, sample.sample_id)
+            _show(axes[r, 0], source, "" if source else "no input", "input" if r == 0 else "")
         prompt = textwrap.shorten(str(sample.target_prompt), 60)
         axes[r, 0].set_ylabel(textwrap.fill(f"{sample.dataset}/{sample.sample_id}: {prompt}", 24), fontsize=7)
-        for c, col in enumerate(columns.itertuples(), start=1):
+        for c, col in enumerate(columns.itertuples(), start=first):
             rel = cells.get((*(getattr(col, k) for k in col_keys), sample.dataset, sample.sample_id))
             title = textwrap.fill(f"{col.method} {col.label}", 22) if r == 0 else ""
             _show(axes[r, c], *_load(store, rel), title)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -47,8 +48,11 @@ def build_report(
 ) -> ReportResult:
     """Build the report of the run in `run_dir` and log it to MLflow (see `log_to_mlflow`).
 
-    The trade-off plot shows `y` against `x`. Raises ReportError when the run dir is not local,
-    does not exist or has no result rows.
+    `tracking_uri` and `experiment` default to the `mlflow` section of the sweep spec in the run's
+    newest manifest (as `editsweep run` uses them), the experiment then to the spec's name; the
+    tracking URI then to MLFLOW_TRACKING_URI or a SQLite file in the run dir. The trade-off plot
+    shows `y` against `x`. Raises ReportError when the run dir is not local, does not exist or has
+    no result rows.
     """
     store = RunStore(run_dir)
     if not isinstance(store.fs, pafs.LocalFileSystem):
@@ -70,7 +74,7 @@ def build_report(
     summary_csv = out / "summary.csv"
     summary.to_csv(summary_csv, index=False)
     tradeoff_png: Path | None = out / "tradeoff.png"
-    missing = [m for m in (x, y) if m not in metrics]
+    missing = [m for m in (x, y) if m not in metrics or summary[f"{m}_mean"].isna().all()]
     if missing:
         notes.append(f"trade-off plot skipped: no {' or '.join(missing)} scores in this run")
         tradeoff_png.unlink(missing_ok=True)
@@ -78,10 +82,10 @@ def build_report(
     else:
         tradeoff_plot(summary, tradeoff_png, x=x, y=y)
     grid_png: Path | None = out / "grid.png"
-    if results["status"].eq("ok").any():
+    if (results["status"].eq("ok") & results["image_path"].notna()).any():
         image_grid(store, results, grid_png)
     else:
-        notes.append(f"image grid skipped: all {len(results)} tasks failed")
+        notes.append(f"image grid skipped: none of the {len(results)} tasks has an ok row with an image")
         grid_png.unlink(missing_ok=True)
         grid_png = None
 
@@ -91,7 +95,9 @@ def build_report(
         text += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
     leaderboard_md.write_text(text)
 
-    uri = resolve_tracking_uri(store.root, tracking_uri)
+    spec = _sweep_spec(store)
+    uri = resolve_tracking_uri(store.root, tracking_uri or spec.get("mlflow", {}).get("tracking_uri"))
+    experiment = experiment or spec.get("mlflow", {}).get("experiment") or spec.get("name")
     params = {
         "run_dir": store.root,
         "store_run_ids": ",".join(sorted(results["run_id"].dropna().unique())),
@@ -107,3 +113,11 @@ def build_report(
     artifacts = [p for p in (summary_csv, leaderboard_md, tradeoff_png, grid_png) if p is not None]
     run_id = log_to_mlflow(store.root, summary, artifacts, params, tracking_uri=uri, experiment=experiment)
     return ReportResult(out, summary_csv, leaderboard_md, tradeoff_png, grid_png, run_id, uri, notes)
+
+
+def _sweep_spec(store: RunStore) -> dict[str, Any]:
+    """The sweep spec in the run's newest manifest ({} when there is none)."""
+    manifests = [p for p in store.list_files("manifests") if p.endswith(".json") and not p.endswith("-summary.json")]
+    if not manifests:
+        return {}
+    return store.read_json(max(manifests)).get("spec") or {}

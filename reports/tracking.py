@@ -4,7 +4,8 @@ The tracking URI is the `tracking_uri` argument, else `MLFLOW_TRACKING_URI`, els
 `sqlite:///<abs run_dir>/mlflow.db` (MLflow's own default would be a file in the current
 directory). For a SQLite store, a new experiment keeps its artifacts in `mlartifacts/` next to
 the database file, as an absolute location; a tracking server chooses its own. Every call makes
-a new MLflow run, so a report can be rebuilt on the same run dir.
+a new MLflow run, so a report can be rebuilt on the same run dir. Importing this module sets
+MLFLOW_DISABLE_TELEMETRY=true unless it is already set.
 """
 
 from __future__ import annotations
@@ -59,14 +60,14 @@ def point_prefixes(summary: pd.DataFrame) -> list[str]:
     counts = pd.Series(prefixes).value_counts()
     return [
         f"{p} {zlib.crc32(repr(tuple(r[k] for k in POINT_KEYS)).encode()):08x}" if counts[p] > 1 else p
-        for p, (_, r) in zip(prefixes, summary.iterrows())
+        for p, (_, r) in zip(prefixes, summary.iterrows(), strict=True)
     ]
 
 
 def _summary_metrics(summary: pd.DataFrame, timestamp: int) -> list[Metric]:
     """Mean, CI bounds and counts of every point, skipping undefined values."""
     out = []
-    for prefix, (_, point) in zip(point_prefixes(summary), summary.iterrows()):
+    for prefix, (_, point) in zip(point_prefixes(summary), summary.iterrows(), strict=True):
         values = {"n": point["n"], "n_error": point["n_error"]}
         for metric in summary_metrics(summary):
             values.update({f"{metric}_{s}": point[f"{metric}_{s}"] for s in ("mean", "ci_low", "ci_high")})

@@ -1,0 +1,121 @@
+"""LPIPS between the edited image and its input (fidelity), with the `lpips` package (v0.1).
+
+Conventions differ between papers; the stored "lpips" is the raw distance (not x100 / x1000):
+TEdBench-style papers use VGG (the default here); FlexIT/DiffEdit ImageNet uses AlexNet with
+normalize=True at 256 px and reports x100; PIE-Bench's unedited-region LPIPS uses SqueezeNet on
+[-1, 1] inputs and reports x10^3. Images are compared at the resolution they come in.
+
+The `lpips` package ships only its linear heads; the backbone is torchvision's ImageNet weights.
+They are read from the torch hub cache (or a given file) and never downloaded here: torchvision
+would otherwise try the network and fail (or hang) on an offline worker.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import lpips
+import torch
+from torchvision import models as tv_models
+
+from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
+from editsweep.datasets.base import Sample
+
+RANDOM_SEED = 0
+BACKBONE_WEIGHTS = {
+    "alex": tv_models.AlexNet_Weights.IMAGENET1K_V1,
+    "vgg": tv_models.VGG16_Weights.IMAGENET1K_V1,
+    "squeeze": tv_models.SqueezeNet1_1_Weights.IMAGENET1K_V1,
+}
+
+
+class LpipsParams(ScorerParams):
+    """Backbone and `weights`: "pretrained" (torchvision file in the torch hub cache), "random"
+    (random backbone, the package's linear heads), or a path to the torchvision backbone file
+    (or a folder holding it under its standard name)."""
+
+    net: Literal["alex", "vgg", "squeeze"] = "vgg"
+
+
+def backbone_file(net: str) -> tuple[str, str]:
+    """(file name, download URL) of the torchvision ImageNet weights that LPIPS `net` uses."""
+    url = BACKBONE_WEIGHTS[net].url
+    return os.path.basename(url), url
+
+
+def _resolve_backbone(net: str, weights: str) -> Path:
+    """The local backbone checkpoint for `weights` ("pretrained" or a path), or ScorerWeightsError."""
+    name, url = backbone_file(net)
+    if weights == "pretrained":
+        path = Path(torch.hub.get_dir()) / "checkpoints" / name
+        if not path.is_file():
+            raise ScorerWeightsError(
+                f"LPIPS ({net}) needs torchvision's ImageNet backbone {name}, not found at {path}. "
+                f"Download {url} on a connected machine into $TORCH_HOME/hub/checkpoints/ (TORCH_HOME now "
+                f"resolves to {Path(torch.hub.get_dir()).parent}), or set the scorer's `weights: /path/to/{name}`; "
+                f"`weights: random` gives uncomparable scores for smoke tests."
+            )
+        return path
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        path = path / name
+    if not path.is_file():
+        raise ScorerWeightsError(f"LPIPS ({net}) backbone file {path} does not exist (expected {name} from {url})")
+    return path
+
+
+def _load_backbone(model: lpips.LPIPS, path: Path) -> None:
+    """Load a torchvision `features.*` checkpoint into LPIPS' sliced backbone (slices keep the indices)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (any unreadable file is a weights problem)
+        raise ScorerWeightsError(f"LPIPS backbone file {path} cannot be read: {exc}") from exc
+    used: set[str] = set()
+    try:
+        for chunk in model.net.children():
+            for index, layer in chunk.named_children():
+                prefix = f"features.{index}."
+                sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+                layer.load_state_dict(sub)
+                used.update(prefix + k for k in sub)
+    except RuntimeError as exc:
+        raise ScorerWeightsError(f"LPIPS backbone file {path} does not fit the {model.pnet_type} trunk: {exc}") from exc
+    unused = sorted(k for k in state if k.startswith("features.") and k not in used)
+    if not used or unused:
+        raise ScorerWeightsError(f"LPIPS backbone file {path} does not fit the {model.pnet_type} trunk (unused: {unused})")
+
+
+@register_scorer
+class LpipsScorer(Scorer):
+    """LPIPS v0.1 distance between each edited image and its input; lower is closer."""
+
+    name = "lpips"
+    Params = LpipsParams
+
+    def __init__(self, params: LpipsParams | dict[str, Any] | None, device: torch.device) -> None:
+        super().__init__(params, device)
+        p: LpipsParams = self.params
+        backbone = None if p.weights == "random" else _resolve_backbone(p.net, p.weights)
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.filterwarnings("ignore", message=".*(pretrained|weights).*deprecated", category=UserWarning)
+            torch.manual_seed(RANDOM_SEED)
+            model = lpips.LPIPS(net=p.net, pnet_rand=True, verbose=False)
+        if backbone is not None:
+            _load_backbone(model, backbone)
+        self._source = f"{p.net}:random" if backbone is None else f"{p.net}:{backbone}"
+        self.model = model.to(device).eval()
+
+    @property
+    def weights_source(self) -> str:
+        """'vgg:random' or 'vgg:/path/to/vgg16-397923af.pth' (the backbone file that was loaded)."""
+        return self._source
+
+    @torch.no_grad()
+    def score(self, edited: torch.Tensor, sources: torch.Tensor, samples: list[Sample]) -> ScoreBatch:
+        """Raw LPIPS per image for [0,1] inputs (normalize=True maps them to [-1, 1])."""
+        a = edited.to(self.device, torch.float32)
+        b = sources.to(self.device, torch.float32)
+        return ScoreBatch(scores={"lpips": self.model(a, b, normalize=True).flatten().cpu()})

@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from editsweep.methods.base import Params, get_method_class, images_tensor
+from editsweep.methods.sdedit import SDEditParams
+
+
+@pytest.fixture(scope="module")
+def method():
+    return get_method_class("sdedit")()
+
+
+def test_strength_controls_distance_from_input(tiny_backbone, generated_samples, method, generators):
+    samples = [s.__class__(s.id, s.image, "a blue bird in the sky") for s in generated_samples]
+    state = method.invert(tiny_backbone, samples, Params(), generators(3))
+    points = [SDEditParams(strength=s, steps=10) for s in (0.1, 0.5, 1.0)]
+    outputs = method.edit(tiny_backbone, state, samples, Params(), points, generators(3))
+    reference = tiny_backbone.decode(state["latents"])
+    distances = [(o - reference).abs().mean().item() for o in outputs]
+    assert distances[0] < distances[1] < distances[2]
+
+
+def test_same_noise_for_every_point_and_independent_of_grouping(tiny_backbone, generated_samples, method, generators):
+    state = method.invert(tiny_backbone, generated_samples, Params(), generators(3))
+    points = [SDEditParams(strength=0.5, steps=10, guidance=g) for g in (3.0, 7.5)] + [
+        SDEditParams(strength=0.8, steps=5)
+    ]
+    together = method.edit(tiny_backbone, state, generated_samples, Params(), points, generators(3))
+    for point, batched in zip(points, together):
+        (alone,) = method.edit(tiny_backbone, state, generated_samples, Params(), [point], generators(3))
+        assert torch.allclose(batched, alone, atol=1e-4)
+    other_seed = method.edit(tiny_backbone, state, generated_samples, Params(), points[:1], generators(3, seed=9))
+    assert not torch.allclose(other_seed[0], together[0], atol=1e-3)
+
+
+def test_input_is_the_encoded_image(tiny_backbone, generated_samples, method, generators):
+    state = method.invert(tiny_backbone, generated_samples, Params(), generators(3))
+    expected = tiny_backbone.encode_images(images_tensor(generated_samples, tiny_backbone.device))
+    assert torch.equal(state["latents"], expected)

@@ -1,0 +1,73 @@
+"""Markdown leaderboard: formatting of mean ± half-CI, sorting, warnings, notes on non-finite scores."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from editsweep.bench.store import SCHEMA
+from editsweep.reports.aggregate import aggregate
+from editsweep.reports.leaderboard import format_ci, leaderboard_markdown
+
+
+@pytest.fixture(scope="module")
+def summary(rows_factory) -> pd.DataFrame:
+    return aggregate(pd.DataFrame(rows_factory()).reindex(columns=SCHEMA.names))
+
+
+def _table_rows(markdown: str) -> list[list[str]]:
+    """Cells of every data row of the markdown tables (header and separator rows left out)."""
+    rows = [line.strip("|").split(" | ") for line in markdown.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in row] for row in rows if row[0].strip() not in {"method", "---"}]
+
+
+@pytest.mark.parametrize(
+    ("mean", "low", "high", "text"),
+    [
+        (0.2734, 0.2611, 0.2857, "0.273 ± 0.012"),
+        (21.04, 19.54, 22.54, "21.0 ± 1.5"),
+        (123.4, 100.0, 146.8, "123 ± 23"),
+        (0.5, 0.5, 0.5, "0.5 ± 0"),
+        (float("nan"), float("nan"), float("nan"), "–"),
+    ],
+)
+def test_format_ci(mean, low, high, text):
+    assert format_ci(mean, low, high) == text
+
+
+def test_one_row_per_point_sorted_best_first(summary):
+    markdown = leaderboard_markdown(summary, ["clip_t", "lpips"], sort_by="clip_t")
+    rows = _table_rows(markdown)
+    assert len(rows) == len(summary) == 6
+    clip = [float(r[3].strip("*").split(" ± ")[0]) for r in rows]
+    assert clip == sorted(clip, reverse=True)
+    by_lpips = _table_rows(leaderboard_markdown(summary, ["lpips"], sort_by="lpips"))
+    lpips = [float(r[3].strip("*").split(" ± ")[0]) for r in by_lpips]
+    assert lpips == sorted(lpips)  # lower is better: ascending
+    assert rows[0][3].startswith("**")  # the best CLIP-T is bold
+    assert "CLIP-T ↑ (sorted)" in markdown and "LPIPS ↓" in markdown
+
+
+def test_random_weights_warning_heads_the_page(summary):
+    warned = leaderboard_markdown(summary, ["clip_t"])
+    assert "random weights" in "\n".join(warned.splitlines()[:4])
+    assert "random weights" not in leaderboard_markdown(summary.assign(random_weights=False), ["clip_t"])
+
+
+def test_errors_and_non_finite_counts_are_shown(summary):
+    point = summary.index[summary["label"].eq("guidance=3")][0]
+    noisy = summary.copy()
+    noisy.loc[point, ["psnr_n", "psnr_n_inf"]] = [6, 2]
+    markdown = leaderboard_markdown(noisy, ["psnr"], sort_by=None)
+    assert "(n=6; 2 inf left out)" in markdown
+    assert "nti / guidance=12: 1 failed tasks (8 ok); most common: `RuntimeError: out of memory`" in markdown
+
+
+def test_pipes_in_labels_are_escaped(summary):
+    markdown = leaderboard_markdown(summary.assign(label="a|b"), ["clip_t"])
+    assert "a\\|b" in markdown
+
+
+def test_unknown_metric_is_an_error(summary):
+    with pytest.raises(ValueError, match="aesthetic"):
+        leaderboard_markdown(summary, ["aesthetic"])
