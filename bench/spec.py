@@ -2,7 +2,8 @@
 
 A spec names a backbone, datasets, methods with parameter grids, seeds, metrics and execution
 settings. In a method's `invert:` / `edit:` mapping a scalar is a fixed value and a list is a grid
-axis; the sweep is the cartesian product of all axes. Every error names the key path
+axis; the sweep is the cartesian product of all axes. For a parameter that itself takes a list
+(e.g. blended words), a flat list is one value and a list of lists is an axis. Every error names the key path
 (`methods[1].edit.guidance`) and what is allowed, so a typo never costs a cluster job.
 """
 
@@ -12,6 +13,7 @@ import importlib
 import importlib.util
 import itertools
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,11 +57,13 @@ class MethodSpec(_Strict):
 
     def invert_grid(self) -> list[dict[str, Any]]:
         """Every point of the inversion grid, with the method's defaults filled in."""
-        return [_full(get_method_class(self.name).InvertParams, p) for p in _product(self.invert)]
+        model = get_method_class(self.name).InvertParams
+        return [_full(model, p) for p in _product(self.invert, model)]
 
     def edit_grid(self) -> list[dict[str, Any]]:
         """Every point of the edit grid, with the method's defaults filled in."""
-        return [_full(get_method_class(self.name).EditParams, p) for p in _product(self.edit)]
+        model = get_method_class(self.name).EditParams
+        return [_full(model, p) for p in _product(self.edit, model)]
 
 
 class ExecutionSpec(_Strict):
@@ -182,7 +186,7 @@ def _check_registered(spec: SweepSpec) -> list[str]:
             for key, values in grid.items():
                 if isinstance(values, list) and not values:
                     problems.append(f"methods[{i}].{kind}.{key}: an empty list makes an empty grid")
-            for point in _product(grid):
+            for point in _product(grid, model):
                 problems += _validate(model, point, f"methods[{i}].{kind}")
     for name, params in spec.metrics.items():
         if name not in SCORERS:
@@ -217,11 +221,20 @@ def _format_errors(err: ValidationError, prefix: str) -> str:
     return "\n".join(lines)
 
 
-def _product(grid: dict[str, Any]) -> list[dict[str, Any]]:
+def _product(grid: dict[str, Any], model: type[BaseModel]) -> list[dict[str, Any]]:
     """Cartesian product of a grid mapping: lists are axes, scalars are fixed values."""
     keys = sorted(grid)
-    axes = [grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys]
-    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(_axis(model, k, grid[k]) for k in keys))]
+
+
+def _axis(model: type[BaseModel], key: str, value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        return [value]
+    field = model.model_fields.get(key)
+    takes_list = field is not None and typing.get_origin(field.annotation) in (list, tuple)
+    if takes_list and not any(isinstance(v, list) for v in value):
+        return [value]
+    return value
 
 
 def _full(model: type[BaseModel], point: dict[str, Any]) -> dict[str, Any]:

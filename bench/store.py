@@ -4,6 +4,7 @@ Layout of a run directory (a local path or a pyarrow filesystem URI such as s3:/
 
     results/method=<m>/dataset=<d>/part-<uuid>.parquet   one file per write, never rewritten
     images/<task_key[:2]>/<task_key>.png                 edited images
+    inputs/<dataset>/<hash of sample id>.png             inputs as the methods saw them (resized)
     manifests/<run_id>.json                              spec, git commit, versions, devices
 
 Every file is written under a temporary name and then renamed, so a reader (or a crash) never
@@ -13,6 +14,7 @@ sees half a file. Rows are append-only: a task retried after an error gets a new
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import uuid
@@ -46,6 +48,7 @@ SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),  # "ok" or "error"
         pa.field("error", pa.string()),
         pa.field("image_path", pa.string()),  # relative to the run directory
+        pa.field("input_path", pa.string()),  # the input as the method saw it (resized), relative
         pa.field("scores", pa.map_(pa.string(), pa.float64())),
         pa.field("features", pa.map_(pa.string(), pa.list_(pa.float32()))),
         pa.field("random_weights", pa.bool_()),  # any scorer or the backbone used random weights
@@ -89,6 +92,16 @@ class RunStore:
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         self._atomic_write(rel, buf.getvalue())
+        return rel
+
+    def write_input(self, dataset: str, sample_id: str, image: Image.Image) -> str:
+        """Store a sample's input at the backbone's resolution once; returns its relative path."""
+        digest = hashlib.sha256(f"{dataset}/{sample_id}".encode()).hexdigest()[:16]
+        rel = f"inputs/{dataset}/{digest}.png"
+        if self.fs.get_file_info(self.path(rel)).type == pafs.FileType.NotFound:
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            self._atomic_write(rel, buf.getvalue())
         return rel
 
     def read_image(self, rel: str) -> Image.Image:

@@ -152,6 +152,7 @@ class SweepWorker:
         report.seconds["invert"] += invert_s
         report.invert_calls += 1
         sources = images_tensor(samples, self.device)
+        inputs = [self.store.write_input(g.head.dataset, s.id, s.image) for g, s in loaded]
         rows: list[dict[str, Any]] = []
         chunk = max(1, self.spec.execution.edit_batch_size // batch)
         for start in range(0, len(edit_points), chunk):
@@ -180,6 +181,7 @@ class SweepWorker:
                             images[i],
                             {n: v[i].item() for n, v in scores.scores.items()},
                             {n: v[i].cpu().numpy() for n, v in scores.features.items()},
+                            input_path=inputs[b],
                             timing=dict(
                                 invert_s=invert_s / (batch * len(edit_points)),
                                 edit_s=edit_s / n_images,
@@ -207,9 +209,11 @@ class SweepWorker:
         image: torch.Tensor,
         scores: dict[str, float],
         features: dict[str, np.ndarray],
+        input_path: str,
         timing: dict[str, float],
     ) -> dict[str, Any]:
         common = dict(
+            input_path=input_path,
             run_id=self.run_id,
             source_prompt=sample.source_prompt,
             target_prompt=sample.target_prompt,

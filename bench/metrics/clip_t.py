@@ -6,6 +6,8 @@ converts when it compares with those numbers.
 
 Weights come from open_clip. "pretrained" resolves the tag's Hugging Face hub file in the local
 cache first and fails fast offline (open_clip itself would retry the download for ~46 s).
+open_clip and huggingface_hub are imported when a scorer is built (importing open_clip takes
+~15 s on CPU and the registry is also imported where no scorer runs).
 """
 
 from __future__ import annotations
@@ -15,15 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
-from huggingface_hub.errors import LocalEntryNotFoundError
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
 from editsweep.datasets.base import Sample
@@ -33,6 +28,8 @@ log = logging.getLogger(__name__)
 RANDOM_SEED = 0
 _LOCAL_DIR = "local-dir:"
 _TAG_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
+_HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"  # open_clip's default hub file name
+_HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"  # and its safetensors alternative
 
 
 class ClipTParams(ScorerParams):
@@ -49,12 +46,16 @@ class ClipTParams(ScorerParams):
 
 def _hf_offline() -> bool:
     """HF_HUB_OFFLINE as huggingface_hub reads it, but read now (not at import time)."""
+    from huggingface_hub import constants as hf_constants
+
     value = os.environ.get("HF_HUB_OFFLINE", "")
     return hf_constants.HF_HUB_OFFLINE or value.upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _hf_cache_dir() -> str:
     """The hub cache folder that huggingface_hub would use given the current environment."""
+    from huggingface_hub import constants as hf_constants
+
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
     if os.environ.get("HF_HOME"):
@@ -64,8 +65,8 @@ def _hf_cache_dir() -> str:
 
 def _candidate_files(filename: str) -> list[str]:
     """The hub file names open_clip would try for a tag, safetensors alternative first."""
-    if filename == HF_WEIGHTS_NAME:
-        return [HF_SAFE_WEIGHTS_NAME, filename]
+    if filename == _HF_WEIGHTS_NAME:
+        return [_HF_SAFE_WEIGHTS_NAME, filename]
     if filename.endswith((".bin", ".pth")):
         return [filename[:-4] + ".safetensors", filename]
     return [filename]
@@ -77,6 +78,10 @@ def resolve_pretrained_checkpoint(model: str, tag: str) -> str:
     Raises `ScorerWeightsError` at once when the file is not cached and HF_HUB_OFFLINE is set,
     and after the first connection failure otherwise.
     """
+    import open_clip
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     cfg = open_clip.get_pretrained_cfg(model, tag)
     if not cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
@@ -84,7 +89,7 @@ def resolve_pretrained_checkpoint(model: str, tag: str) -> str:
     if not cfg.get("hf_hub"):
         raise ScorerWeightsError(f"open_clip tag {model}:{tag} has no Hugging Face hub entry; pass weights: /path/to/file")
     repo_id, filename = os.path.split(cfg["hf_hub"])  # "org/repo/" means open_clip's default file name
-    candidates = _candidate_files(filename or HF_WEIGHTS_NAME)
+    candidates = _candidate_files(filename or _HF_WEIGHTS_NAME)
     cache_dir = _hf_cache_dir()
     for name in candidates:
         cached = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
@@ -122,6 +127,8 @@ def _local_dir(weights: str) -> Path | None:
 
 def _load_local(model_name: str, weights: str, tag_kwargs: dict[str, Any]) -> tuple[torch.nn.Module, str, str]:
     """(model, weights_source, tokenizer name) from a local checkpoint file or open_clip folder."""
+    import open_clip
+
     local_dir = _local_dir(weights)
     if local_dir is not None:
         if not (local_dir / "open_clip_config.json").is_file():
@@ -147,6 +154,8 @@ class ClipTScorer(Scorer):
     Params = ClipTParams
 
     def __init__(self, params: ClipTParams | dict[str, Any] | None, device: torch.device) -> None:
+        import open_clip
+
         super().__init__(params, device)
         p: ClipTParams = self.params
         tag_cfg = open_clip.get_pretrained_cfg(p.model, p.pretrained_tag)
@@ -186,6 +195,9 @@ class ClipTScorer(Scorer):
         Same steps as the PIL pipeline (antialiased resize with the tag's interpolation, bicubic
         for CLIP), done on the tensor; values are clamped to [0,1] after resizing as 8-bit PIL would.
         """
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
         cfg = self.preprocess_cfg
         size = cfg["size"]
         th, tw = (size, size) if isinstance(size, int) else tuple(size)

@@ -7,7 +7,8 @@ normalize=True at 256 px and reports x100; PIE-Bench's unedited-region LPIPS use
 
 The `lpips` package ships only its linear heads; the backbone is torchvision's ImageNet weights.
 They are read from the torch hub cache (or a given file) and never downloaded here: torchvision
-would otherwise try the network and fail (or hang) on an offline worker.
+would otherwise try the network and fail (or hang) on an offline worker. `lpips` and torchvision
+are imported when a scorer is built, not when the registry is imported.
 """
 
 from __future__ import annotations
@@ -17,19 +18,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import lpips
 import torch
-from torchvision import models as tv_models
 
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
 from editsweep.datasets.base import Sample
 
 RANDOM_SEED = 0
-BACKBONE_WEIGHTS = {
-    "alex": tv_models.AlexNet_Weights.IMAGENET1K_V1,
-    "vgg": tv_models.VGG16_Weights.IMAGENET1K_V1,
-    "squeeze": tv_models.SqueezeNet1_1_Weights.IMAGENET1K_V1,
-}
+_BACKBONE_WEIGHTS = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}
 
 
 class LpipsParams(ScorerParams):
@@ -42,7 +37,9 @@ class LpipsParams(ScorerParams):
 
 def backbone_file(net: str) -> tuple[str, str]:
     """(file name, download URL) of the torchvision ImageNet weights that LPIPS `net` uses."""
-    url = BACKBONE_WEIGHTS[net].url
+    from torchvision import models
+
+    url = getattr(models, _BACKBONE_WEIGHTS[net]).IMAGENET1K_V1.url
     return os.path.basename(url), url
 
 
@@ -67,7 +64,7 @@ def _resolve_backbone(net: str, weights: str) -> Path:
     return path
 
 
-def _load_backbone(model: lpips.LPIPS, path: Path) -> None:
+def _load_backbone(model: torch.nn.Module, path: Path) -> None:
     """Load a torchvision `features.*` checkpoint into LPIPS' sliced backbone (slices keep the indices)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -96,6 +93,8 @@ class LpipsScorer(Scorer):
     Params = LpipsParams
 
     def __init__(self, params: LpipsParams | dict[str, Any] | None, device: torch.device) -> None:
+        import lpips
+
         super().__init__(params, device)
         p: LpipsParams = self.params
         backbone = None if p.weights == "random" else _resolve_backbone(p.net, p.weights)

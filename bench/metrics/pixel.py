@@ -3,12 +3,12 @@
 Identical images give PSNR = +inf (kept as is: the report decides how to average it) and SSIM 1.
 SSIM uses torchmetrics' defaults (Gaussian kernel 11, sigma 1.5, k1 0.01, k2 0.03). PIE-Bench's
 masked variants (images multiplied by 1 - mask first) and its x10^2 scaling belong to the report.
+torchmetrics is imported on first use (it takes seconds), not when the registry is imported.
 """
 
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, register_scorer
 from editsweep.datasets.base import Sample
@@ -40,6 +40,8 @@ class PsnrScorer(_PixelScorer):
     @torch.no_grad()
     def score(self, edited: torch.Tensor, sources: torch.Tensor, samples: list[Sample]) -> ScoreBatch:
         """PSNR of each edited image against its input; +inf where they are identical."""
+        from torchmetrics.functional.image import peak_signal_noise_ratio
+
         a, b = self._pair(edited, sources)
         psnr = peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))
         return ScoreBatch(scores={"psnr": psnr.cpu()})
@@ -54,6 +56,8 @@ class SsimScorer(_PixelScorer):
     @torch.no_grad()
     def score(self, edited: torch.Tensor, sources: torch.Tensor, samples: list[Sample]) -> ScoreBatch:
         """SSIM of each edited image against its input (images must be at least 11 px a side)."""
+        from torchmetrics.functional.image import structural_similarity_index_measure
+
         a, b = self._pair(edited, sources)
         ssim = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
         return ScoreBatch(scores={"ssim": ssim.cpu()})

@@ -1,0 +1,62 @@
+"""Test-only methods, loaded through a spec's `imports:` like any user plugin.
+
+- `counting_ddim`: ddim_edit that records every sample it inverts (in-process tests read it);
+- `faulty`: copy that misbehaves on chosen samples: raises, returns NaN, or kills its process
+  (optionally only while a flag file exists, which lets a test "repair" the fault between runs).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from editsweep.methods.base import Params, register_method
+from editsweep.methods.copy_input import Copy
+from editsweep.methods.ddim_edit import DDIMEdit
+
+INVERTED: list[str] = []
+
+
+@register_method
+class CountingDDIM(DDIMEdit):
+    name = "counting_ddim"
+
+    def invert(self, backbone, samples, params, generators):
+        INVERTED.extend(s.id for s in samples)
+        return super().invert(backbone, samples, params, generators)
+
+
+class FaultParams(Params):
+    fault: str = "raise"  # raise | nan | exit
+    samples: list[str] = []
+    flag_file: str = ""  # when set, the fault happens only while this file exists
+    once: bool = False  # remove the flag file when the fault fires
+
+
+@register_method
+class Faulty(Copy):
+    name = "faulty"
+    InvertParams = FaultParams
+
+    def invert(self, backbone, samples, params, generators):
+        hit = [s.id for s in samples if s.id in params.samples]
+        armed = not params.flag_file or Path(params.flag_file).exists()
+        if hit and armed:
+            if params.once:
+                Path(params.flag_file).unlink()
+            if params.fault == "exit":
+                os._exit(1)
+            if params.fault == "raise":
+                raise RuntimeError(f"injected failure on {hit}")
+        return super().invert(backbone, samples, params, generators)
+
+    def edit(self, backbone, state, samples, invert_params, edit_params, generators):
+        out = super().edit(backbone, state, samples, invert_params, edit_params, generators)
+        if invert_params.fault == "nan":
+            for images in out:
+                for b, s in enumerate(samples):
+                    if s.id in invert_params.samples:
+                        images[b] = torch.nan
+        return out

@@ -1,0 +1,92 @@
+from pathlib import Path
+
+from editsweep.bench.plan import plan
+from editsweep.bench.store import RunStore
+from editsweep.bench.worker import SweepWorker
+
+
+def run_units(spec, run_dir):
+    worker = SweepWorker(spec, str(run_dir), "run-test")
+    tasks, units = plan(spec, RunStore(str(run_dir)).completed_task_keys())
+    reports = [worker.process(u) for u in units]
+    return tasks, reports, RunStore(str(run_dir)).read_results()
+
+
+def test_one_inversion_per_group_for_a_sweep_of_edit_points(make_spec, tmp_path, plugin):
+    spec = make_spec(
+        [{"name": "counting_ddim", "invert": {"steps": 3}, "edit": {"guidance": [1.0, 2.0, 4.0, 7.5]}}],
+        n=3,
+        seeds=[0, 1],
+        execution={"batch_size": 2, "edit_batch_size": 4},
+    )
+    plugin.INVERTED.clear()
+    tasks, reports, rows = run_units(spec, tmp_path)
+    assert len(tasks) == 3 * 2 * 4
+    # 6 groups (3 samples x 2 seeds): each sample inverted exactly once per seed, never per edit point.
+    assert sorted(plugin.INVERTED) == sorted(["syn-0000", "syn-0001", "syn-0002"] * 2)
+    assert sum(r.invert_calls for r in reports) == 3  # groups batched 2 by 2
+    assert (rows["status"] == "ok").all() and len(rows) == 24
+    assert rows["scores"].map(lambda s: "psnr" in s).all()
+    assert rows["input_path"].notna().all() and rows["image_path"].notna().all()
+
+
+def test_rerun_skips_finished_tasks(make_spec, tmp_path, plugin):
+    spec = make_spec([{"name": "counting_ddim", "invert": {"steps": 2}, "edit": {"guidance": [1.0, 3.0]}}], n=2)
+    run_units(spec, tmp_path)
+    plugin.INVERTED.clear()
+    tasks, reports, rows = run_units(spec, tmp_path)
+    assert reports == [] and plugin.INVERTED == []
+    assert len(rows) == len(tasks) == 4
+
+
+def test_a_failing_sample_becomes_error_rows_and_its_batch_mates_finish(make_spec, tmp_path):
+    spec = make_spec(
+        [{"name": "faulty", "invert": {"fault": "raise", "samples": ["syn-0001"]}}],
+        n=4,
+        execution={"batch_size": 4},
+    )
+    _, _, rows = run_units(spec, tmp_path)
+    by_sample = rows.set_index("sample_id")
+    assert by_sample.loc["syn-0001", "status"] == "error"
+    assert "injected failure" in by_sample.loc["syn-0001", "error"]
+    assert (by_sample.drop("syn-0001")["status"] == "ok").all()
+
+
+def test_nan_output_becomes_an_error_row(make_spec, tmp_path):
+    spec = make_spec([{"name": "faulty", "invert": {"fault": "nan", "samples": ["syn-0002"]}}], n=3)
+    _, _, rows = run_units(spec, tmp_path)
+    by_sample = rows.set_index("sample_id")
+    assert "NaN" in by_sample.loc["syn-0002", "error"]
+    assert by_sample.loc["syn-0000", "status"] == "ok"
+
+
+def test_corrupt_image_becomes_an_error_row(tmp_path):
+    from editsweep.bench.spec import load_spec
+
+    root = tmp_path / "tedbench"
+    (root / "originals").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (80, 80), (200, 10, 10)).save(root / "originals" / "good.png")
+    (root / "originals" / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (root / "input_list.json").write_text(
+        '[{"img_name": "good.png", "target_text": "a blue square."},'
+        ' {"img_name": "broken.jpeg", "target_text": "a cat."}]'
+    )
+    spec = load_spec(
+        {"name": "c", "datasets": [{"name": "tedbench", "params": {"root": str(root)}}], "methods": [{"name": "copy"}]}
+    )
+    _, _, rows = run_units(spec, tmp_path / "run")
+    by_sample = rows.set_index("sample_id")
+    assert by_sample.loc["000-good.png", "status"] == "ok"
+    assert by_sample.loc["001-broken.jpeg", "status"] == "error"
+    assert "broken.jpeg" in by_sample.loc["001-broken.jpeg", "error"]
+
+
+def test_rows_record_weights_and_timing(make_spec, tmp_path):
+    spec = make_spec([{"name": "copy"}], n=2)
+    _, _, rows = run_units(spec, tmp_path)
+    assert rows["random_weights"].all()  # the tiny backbone is random
+    assert rows["weights"].str.contains("backbone=tiny:random").all()
+    assert (rows[["invert_s", "edit_s", "score_s"]] >= 0).all().all()
+    assert Path(RunStore(str(tmp_path)).path(rows["image_path"][0])).is_file()
