@@ -55,7 +55,7 @@ class RunSummary:
     workers: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-able form, stored next to the run's manifest."""
+        """JSON-able form, stored in the run's manifest."""
         out = dict(self.__dict__)
         out["seconds"] = dict(self.seconds)
         return out
@@ -71,7 +71,8 @@ def run_sweep(
     tasks, units = plan(spec, store.completed_task_keys())
     pending = sum(len(u.tasks) for u in units)
     summary = RunSummary(run_id=run_id, run_dir=store.uri, n_tasks=len(tasks), n_skipped=len(tasks) - pending)
-    store.write_json(f"manifests/{run_id}.json", _manifest(spec, run_id, summary))
+    manifest = _manifest(spec, run_id, summary)
+    store.write_json(f"manifests/{run_id}.json", manifest)
     if units:
         _ensure_ray(address)
         worker_options = _worker_options(spec)
@@ -87,7 +88,8 @@ def run_sweep(
             bar.close()
             pool.shutdown()
     summary.wall_seconds = time.perf_counter() - started
-    store.write_json(f"manifests/{run_id}-summary.json", summary.as_dict())
+    manifest.update(finished_at=datetime.now(timezone.utc).isoformat(), summary=summary.as_dict())
+    store.write_json(f"manifests/{run_id}.json", manifest)
     return summary
 
 

@@ -80,14 +80,14 @@ def resolve_pretrained_checkpoint(model: str, tag: str) -> str:
     """
     import open_clip
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     cfg = open_clip.get_pretrained_cfg(model, tag)
     if not cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
         raise ScorerWeightsError(f"open_clip has no pretrained tag {tag!r} for model {model!r} (known tags: {known})")
     if not cfg.get("hf_hub"):
-        raise ScorerWeightsError(f"open_clip tag {model}:{tag} has no Hugging Face hub entry; pass weights: /path/to/file")
+        raise ScorerWeightsError(f"open_clip tag {model}:{tag} has no hub entry; set weights: /path/to/file")
     repo_id, filename = os.path.split(cfg["hf_hub"])  # "org/repo/" means open_clip's default file name
     candidates = _candidate_files(filename or _HF_WEIGHTS_NAME)
     cache_dir = _hf_cache_dir()
@@ -114,8 +114,10 @@ def resolve_pretrained_checkpoint(model: str, tag: str) -> str:
             return hf_hub_download(repo_id, name, cache_dir=cache_dir)
         except LocalEntryNotFoundError as exc:  # no connection: the other names would fail the same way
             raise missing(f"download failed: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001  (file absent on the hub: try the next name)
+        except (HfHubHTTPError, EntryNotFoundError) as exc:  # the hub answered "not here": try the next name
             error = exc
+        except OSError as exc:
+            raise missing(f"download failed: {exc}") from exc
     raise missing(f"download failed: {error}") from error
 
 

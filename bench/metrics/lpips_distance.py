@@ -14,6 +14,7 @@ are imported when a scorer is built, not when the registry is imported.
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -68,7 +69,7 @@ def _load_backbone(model: torch.nn.Module, path: Path) -> None:
     """Load a torchvision `features.*` checkpoint into LPIPS' sliced backbone (slices keep the indices)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (any unreadable file is a weights problem)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise ScorerWeightsError(f"LPIPS backbone file {path} cannot be read: {exc}") from exc
     used: set[str] = set()
     try:
@@ -82,7 +83,7 @@ def _load_backbone(model: torch.nn.Module, path: Path) -> None:
         raise ScorerWeightsError(f"LPIPS backbone file {path} does not fit the {model.pnet_type} trunk: {exc}") from exc
     unused = sorted(k for k in state if k.startswith("features.") and k not in used)
     if not used or unused:
-        raise ScorerWeightsError(f"LPIPS backbone file {path} does not fit the {model.pnet_type} trunk (unused: {unused})")
+        raise ScorerWeightsError(f"LPIPS backbone file {path} does not fit the {model.pnet_type} trunk: unused {unused}")
 
 
 @register_scorer

@@ -145,6 +145,26 @@ def test_pretrained_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
         assert part in message
 
 
+def test_pretrained_online_stops_at_first_connection_failure(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
+
+    def unreachable(repo_id: str, filename: str, **kwargs):
+        calls.append((repo_id, filename))
+        raise LocalEntryNotFoundError("cannot reach the hub")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(ScorerWeightsError, match="download failed"):
+        ClipTScorer({"model": "ViT-B-32", "pretrained_tag": "openai"}, torch.device("cpu"))
+    assert calls == [("timm/vit_base_patch32_clip_224.openai", "open_clip_model.safetensors")]
+
+
 def test_unknown_tag_raises():
     with pytest.raises(ScorerWeightsError, match="known tags"):
         ClipTScorer({"model": "ViT-B-32", "pretrained_tag": "no-such-tag"}, torch.device("cpu"))

@@ -82,6 +82,13 @@ def test_pretrained_missing_backbone_fails_fast(tmp_path, monkeypatch, net):
     assert name in str(info.value) and url in str(info.value) and str(tmp_path) in str(info.value)
 
 
+def test_unreadable_backbone_file_raises(tmp_path):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ScorerWeightsError, match="cannot be read"):
+        LpipsScorer({"net": "squeeze", "weights": str(path)}, torch.device("cpu"))
+
+
 def test_backbone_file_of_another_net_raises(tmp_path):
     from torchvision.models import squeezenet1_1
 

@@ -1,0 +1,77 @@
+"""End-to-end sweeps on a local Ray instance: scheduling, resume, dead workers."""
+
+from pathlib import Path
+
+import pytest
+
+from editsweep.bench.runner import run_sweep
+from editsweep.bench.store import RunStore
+
+pytestmark = pytest.mark.slow
+
+
+def test_sweep_runs_on_ray_and_resumes(ray_session, make_spec, tmp_path):
+    spec = make_spec(
+        [{"name": "copy"}, {"name": "ddim_edit", "invert": {"steps": 2}, "edit": {"guidance": [1.0, 3.0, 7.5]}}],
+        n=3,
+        seeds=[0, 1],
+        execution={"workers": 2, "batch_size": 2},
+    )
+    first = run_sweep(spec, tmp_path, progress=False)
+    assert (first.n_tasks, first.n_ok, first.n_error) == (24, 24, 0)
+    # copy: 2 units of <= 2 groups per seed... every group inverted once: 6 copy + 6 ddim groups in pairs.
+    assert first.invert_calls == 6
+    assert len(first.workers) == 2
+    store = RunStore(str(tmp_path))
+    assert len(store.read_results()) == 24
+    assert len(store.list_files("images")) == 24
+    manifests = store.list_files("manifests")
+    manifest = store.read_json(manifests[0])
+    assert manifest["spec"]["name"] == "test" and manifest["versions"]["torch"]
+
+    again = run_sweep(spec, tmp_path, progress=False)
+    assert (again.n_skipped, again.n_ok, again.invert_calls) == (24, 0, 0)
+    assert len(store.read_all_rows()) == 24
+
+
+def test_killed_worker_loses_nothing_and_rerun_completes(ray_session, make_spec, tmp_path):
+    flag = tmp_path / "armed"
+    flag.touch()
+    spec = make_spec(
+        [{"name": "faulty", "invert": {"fault": "exit", "samples": ["syn-0001"], "flag_file": str(flag)}}],
+        n=4,
+        execution={"batch_size": 1, "max_retries": 1},
+    )
+    run_dir = tmp_path / "run"
+    first = run_sweep(spec, run_dir, progress=False)
+    assert first.worker_deaths == 2  # the first try and one retry
+    assert (first.n_ok, first.n_error) == (3, 1)
+    rows = RunStore(str(run_dir)).read_results().set_index("sample_id")
+    assert "worker died 2 times" in rows.loc["syn-0001", "error"]
+    finished = rows.loc[rows["status"] == "ok", "created_at"]
+
+    flag.unlink()  # "repair" the fault: the re-run completes what is missing and nothing else
+    second = run_sweep(spec, run_dir, progress=False)
+    assert (second.n_skipped, second.n_ok, second.n_error) == (3, 1, 0)
+    rows = RunStore(str(run_dir)).read_results().set_index("sample_id")
+    assert (rows["status"] == "ok").all()
+    assert rows.loc[finished.index, "created_at"].equals(finished)
+
+
+def test_worker_killed_once_is_replaced_and_the_unit_retried(ray_session, make_spec, tmp_path):
+    flag = tmp_path / "armed"
+    flag.touch()
+    spec = make_spec(
+        [{"name": "faulty", "invert": {"fault": "exit", "samples": ["syn-0000"], "flag_file": str(flag), "once": True}}],
+        n=2,
+    )
+    summary = run_sweep(spec, tmp_path / "run", progress=False)
+    assert summary.worker_deaths == 1
+    assert (summary.n_ok, summary.n_error) == (2, 0)
+    assert not Path(flag).exists()
+
+
+def test_a_worker_that_cannot_start_is_a_clear_error(ray_session, make_spec, tmp_path):
+    spec = make_spec([{"name": "copy"}], n=1, backbone={"name": str(tmp_path / "no-such-model")})
+    with pytest.raises(RuntimeError, match="failed to start"):
+        run_sweep(spec, tmp_path / "run", progress=False)
