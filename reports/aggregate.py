@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-POINT_KEYS = ["method", "dataset", "backbone", "invert_params", "edit_params"]
+POINT_KEYS = ["method", "dataset", "backbone", "dtype", "invert_params", "edit_params"]
 _MAX_DRAWS = 20_000_000  # bootstrap index draws held in memory at once
 
 

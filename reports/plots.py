@@ -7,7 +7,6 @@ pyplot, so making a report neither switches the process-wide backend nor leaks o
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -120,12 +119,10 @@ def image_grid(
     path: str | Path,
     max_rows: int = 4,
     max_cols: int = 8,
-    load_input: Callable[[str, str], Image.Image | None] | None = None,
 ) -> Path:
     """A grid of edits: one row per sample (first `max_rows`, lowest seed), one column per sweep point.
 
-    The run store keeps only edited images: with `load_input(dataset, sample_id)` the first column
-    shows the input (a grey cell where it returns None). Columns are spread evenly over the sweep
+    When the rows name the input as the method saw it (`input_path`), the first column shows it. Columns are spread evenly over the sweep
     points when there are more than `max_cols`; failed or missing edits are grey cells. Raises
     ValueError when `results` has no ok row with an image.
     """
@@ -144,14 +141,13 @@ def image_grid(
     cells = ok.merge(samples[["dataset", "sample_id", "seed"]], on=["dataset", "sample_id", "seed"])
     cells = cells.set_index([*col_keys, "dataset", "sample_id"])["image_path"]
 
-    first = 1 if load_input else 0
+    first = 1 if samples["input_path"].notna().any() else 0
     n_rows, n_cols = len(samples), len(columns) + first
     fig = Figure(figsize=(1.9 * n_cols, 2.1 * n_rows + 0.6), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r, sample in enumerate(samples.itertuples()):
-        if load_input:
-            source = load_input(sample.dataset, sample.sample_id)
-            _show(axes[r, 0], source, "" if source else "no input", "input" if r == 0 else "")
+        if first:
+            _show(axes[r, 0], *_load(store, sample.input_path), "input" if r == 0 else "")
         prompt = textwrap.shorten(str(sample.target_prompt), 60)
         axes[r, 0].set_ylabel(textwrap.fill(f"{sample.dataset}/{sample.sample_id}: {prompt}", 24), fontsize=7)
         for c, col in enumerate(columns.itertuples(), start=first):
@@ -165,9 +161,9 @@ def image_grid(
 
 
 def _load(store: RunStore, rel: object) -> tuple[Image.Image | None, str]:
-    """The edited image at `rel`, or None and why not."""
+    """The stored image at `rel`, or None and why not."""
     if not isinstance(rel, str):
-        return None, "no edit"
+        return None, "no image"
     try:
         return store.read_image(rel), ""
     except OSError:

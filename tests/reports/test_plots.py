@@ -70,14 +70,12 @@ def test_image_grid_shows_inputs_and_survives_a_missing_image(run_factory, rows_
     store = run_factory(rows_factory(n_samples=2, n_seeds=1))
     results = store.read_results()
     os.remove(store.path(results.loc[results["status"] == "ok", "image_path"].iloc[0]))
-    asked = []
-
-    def load_input(dataset: str, sample_id: str) -> Image.Image:
-        asked.append((dataset, sample_id))
-        return Image.new("RGB", (16, 16), "white")
-
-    assert image_grid(store, results, tmp_path / "g.png", load_input=load_input).exists()
-    assert asked == [("toy", "s0"), ("toy", "s1")]
+    without_inputs = Image.open(image_grid(store, results, tmp_path / "plain.png"))
+    for sample_id in ("s0", "s1"):
+        rel = store.write_input("toy", sample_id, Image.new("RGB", (16, 16), "white"))
+        results.loc[results["sample_id"] == sample_id, "input_path"] = rel
+    with Image.open(image_grid(store, results, tmp_path / "g.png")) as with_inputs:
+        assert with_inputs.width > without_inputs.width  # one more column: the inputs
 
 
 def test_image_grid_needs_an_ok_row(run, tmp_path):

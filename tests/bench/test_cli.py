@@ -1,0 +1,65 @@
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from editsweep.bench.cli import main
+from editsweep.bench.store import RunStore
+
+
+def test_list_shows_registered_names_and_parameters(capsys):
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "ddim_edit" in out and "guidance=7.5" in out and "sdedit" in out and "copy" in out
+    assert main(["list", "datasets"]) == 0
+    assert "tedbench" in capsys.readouterr().out
+    assert main(["list", "metrics"]) == 0
+    assert "lpips" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["report"], ["list"], ["bench"]])
+def test_help_everywhere(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    assert "usage: editsweep" in capsys.readouterr().out
+
+
+def test_bad_spec_is_one_clear_message(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: x\ndatasets: [{name: synthetic}]\nmethods: [{name: nope}]\n")
+    assert main(["run", str(spec), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'nope'" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_run_report_and_resume_end_to_end(ray_session, tmp_path, capsys):
+    spec = yaml.safe_load(Path(__file__).resolve().parents[2].joinpath("configs/quickstart.yaml").read_text())
+    spec["datasets"][0]["params"]["n"] = 2
+    spec["seeds"] = [0]
+    spec["metrics"]["clip_t"]["model"] = "ViT-S-32"
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "run"
+
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    store = RunStore(str(out))
+    rows = store.read_results()
+    assert len(rows) == 2 * (1 + 4 + 4) and (rows["status"] == "ok").all()
+    assert set(rows["scores"][0]) == {"clip_t", "lpips", "psnr", "ssim"}
+    for name in ("leaderboard.md", "tradeoff.png", "grid.png", "summary.csv"):
+        assert (out / "report" / name).is_file()
+    with sqlite3.connect(out / "mlflow.db") as db:
+        assert db.execute("select count(*) from runs").fetchone()[0] == 1
+    assert "18 tasks: 0 already done, 18 ok" in capsys.readouterr().out
+
+    assert main(["run", str(path), "--out", str(out), "--quiet", "--no-report"]) == 0
+    assert "18 tasks: 18 already done, 0 ok" in capsys.readouterr().out
+
+    assert main(["bench", str(path), "--out", str(tmp_path / "bench")]) == 0
+    bench = RunStore(str(tmp_path / "bench" / "run")).read_json("bench.json")
+    assert bench["edits"] == 18 and bench["invert_calls"] >= 1
+    assert 0 < bench["fraction_outside_method"] < 1
