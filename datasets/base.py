@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from editsweep.bench.registry import Registry
+
 
 @dataclass
 class Sample:
@@ -53,20 +55,6 @@ class Dataset(ABC):
         """Load one sample; raise `DatasetError` naming the file when it cannot be read."""
 
 
-DATASETS: dict[str, type[Dataset]] = {}
-
-
-def register_dataset(cls: type[Dataset]) -> type[Dataset]:
-    """Class decorator: make a dataset available by its `name` in sweep specs."""
-    if cls.name in DATASETS and DATASETS[cls.name] is not cls:
-        raise ValueError(f"dataset name {cls.name!r} is registered twice")
-    DATASETS[cls.name] = cls
-    return cls
-
-
-def get_dataset_class(name: str) -> type[Dataset]:
-    """The dataset class registered as `name`, or an error listing the known names."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}") from None
+DATASETS: Registry[type[Dataset]] = Registry("dataset")
+register_dataset = DATASETS.register
+get_dataset_class = DATASETS.__getitem__

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from editsweep.bench.registry import Registry
 from editsweep.datasets.base import Sample
 from editsweep.methods.backbone import Backbone
 
@@ -60,23 +61,9 @@ class Method(ABC):
         """Edit every sample at every edit point: one (B, 3, H, W) tensor in [0, 1] per point."""
 
 
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available by its `name` in sweep specs."""
-    if cls.name in METHODS and METHODS[cls.name].__qualname__ != cls.__qualname__:
-        raise ValueError(f"method name {cls.name!r} is registered twice")
-    METHODS[cls.name] = cls
-    return cls
-
-
-def get_method_class(name: str) -> type[Method]:
-    """The method class registered as `name`, or an error listing the known names."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise KeyError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}") from None
+METHODS: Registry[type[Method]] = Registry("method")
+register_method = METHODS.register
+get_method_class = METHODS.__getitem__
 
 
 def images_tensor(samples: Sequence[Sample], device: torch.device) -> torch.Tensor:

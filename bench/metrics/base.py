@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from editsweep.bench.registry import Registry
 from editsweep.datasets.base import Sample
 
 
@@ -66,20 +67,6 @@ class Scorer(ABC):
         """Score N edited images (N,3,H,W) in [0,1] against their inputs (same shape) and samples."""
 
 
-SCORERS: dict[str, type[Scorer]] = {}
-
-
-def register_scorer(cls: type[Scorer]) -> type[Scorer]:
-    """Class decorator: make a scorer available by its `name` in sweep specs."""
-    if cls.name in SCORERS and SCORERS[cls.name] is not cls:
-        raise ValueError(f"scorer name {cls.name!r} is registered twice")
-    SCORERS[cls.name] = cls
-    return cls
-
-
-def get_scorer_class(name: str) -> type[Scorer]:
-    """The scorer class registered as `name`, or an error listing the known names."""
-    try:
-        return SCORERS[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; known metrics: {', '.join(sorted(SCORERS))}") from None
+SCORERS: Registry[type[Scorer]] = Registry("metric")
+register_scorer = SCORERS.register
+get_scorer_class = SCORERS.__getitem__
