@@ -22,8 +22,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import ray
-from tqdm import tqdm
+# Under `uv run`, Ray by default starts every worker through `uv run` in a fresh copy of the
+# working directory, re-creating the virtual environment there (~1 min per run here). Workers on this
+# machine share the driver's environment, and cluster images install editsweep themselves, so the
+# hook is off unless the user turns it on. Ray reads the flag when it is first imported.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+import ray  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from editsweep.bench.plan import Unit, plan
 from editsweep.bench.spec import SweepSpec

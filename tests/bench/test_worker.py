@@ -1,3 +1,5 @@
+import numpy as np
+import pandas as pd
 from pathlib import Path
 
 from editsweep.bench.plan import plan
@@ -90,3 +92,18 @@ def test_rows_record_weights_and_timing(make_spec, tmp_path):
     assert rows["weights"].str.contains("backbone=tiny:random").all()
     assert (rows[["invert_s", "edit_s", "score_s"]] >= 0).all().all()
     assert Path(RunStore(str(tmp_path)).path(rows["image_path"][0])).is_file()
+
+
+def test_copy_scores_the_fidelity_ceiling(make_spec, tmp_path):
+    spec = make_spec(
+        [{"name": "copy"}],
+        n=3,
+        metrics={"lpips": {"net": "alex", "weights": "random"}, "psnr": {}, "ssim": {}},
+        allow_random_weights=True,
+    )
+    _, _, rows = run_units(spec, tmp_path)
+    scores = rows["scores"].apply(pd.Series)
+    assert (scores["lpips"].abs() < 1e-6).all()
+    assert np.isinf(scores["psnr"]).all() and (scores["psnr"] > 0).all()
+    assert np.allclose(scores["ssim"], 1.0, atol=1e-4)
+    assert rows["weights"].str.contains("lpips=alex:random").all()
