@@ -93,7 +93,10 @@ class SweepSpec(_Strict):
     datasets: list[DatasetSpec] = Field(min_length=1)
     methods: list[MethodSpec] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"clip_t": {}, "lpips": {}, "psnr": {}, "ssim": {}},
+        description="per-image scorers and their parameters; default: the four standard ones, pretrained",
+    )
     allow_random_weights: bool = Field(False, description="let scorers use random weights when asked")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
@@ -111,13 +114,11 @@ class SweepSpec(_Strict):
         return self.backbone.dtype
 
 
-def import_plugins(imports: list[str], base_dir: Path | None = None) -> None:
+def import_plugins(imports: list[str]) -> None:
     """Import user modules (dotted names or .py paths) so their methods/datasets/metrics register."""
     for entry in imports:
         if entry.endswith(".py"):
             path = Path(entry)
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
             if not path.is_file():
                 raise SpecError(f"imports: no such file {path}")
             module_name = f"editsweep_plugin_{path.stem}"
@@ -132,6 +133,12 @@ def import_plugins(imports: list[str], base_dir: Path | None = None) -> None:
                 importlib.import_module(entry)
             except ImportError as err:
                 raise SpecError(f"imports: cannot import {entry!r}: {err}") from err
+
+
+def _absolute_plugin(entry: Any, base_dir: Path | None) -> Any:
+    if not isinstance(entry, str) or not entry.endswith(".py") or Path(entry).is_absolute():
+        return entry
+    return str(((base_dir or Path.cwd()) / entry).resolve())
 
 
 def load_spec(source: str | Path | dict[str, Any]) -> SweepSpec:
@@ -151,7 +158,10 @@ def load_spec(source: str | Path | dict[str, Any]) -> SweepSpec:
         if not isinstance(raw, dict):
             raise SpecError(f"{path}: a spec is a YAML mapping with keys name, datasets, methods, ...")
     load_registries()
-    import_plugins(list(raw.get("imports") or []), base_dir)
+    if isinstance(raw.get("imports"), list):
+        # Absolute .py paths, so that workers (other processes, other cwd) import the same files.
+        raw = {**raw, "imports": [_absolute_plugin(entry, base_dir) for entry in raw["imports"]]}
+        import_plugins(raw["imports"])
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:

@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 from pathlib import Path
 
 from editsweep.bench.plan import plan
@@ -76,7 +77,12 @@ def test_corrupt_image_becomes_an_error_row(tmp_path):
         ' {"img_name": "broken.jpeg", "target_text": "a cat."}]'
     )
     spec = load_spec(
-        {"name": "c", "datasets": [{"name": "tedbench", "params": {"root": str(root)}}], "methods": [{"name": "copy"}]}
+        {
+            "name": "c",
+            "datasets": [{"name": "tedbench", "params": {"root": str(root)}}],
+            "methods": [{"name": "copy"}],
+            "metrics": {"psnr": {}},
+        }
     )
     _, _, rows = run_units(spec, tmp_path / "run")
     by_sample = rows.set_index("sample_id")
@@ -107,3 +113,16 @@ def test_copy_scores_the_fidelity_ceiling(make_spec, tmp_path):
     assert np.isinf(scores["psnr"]).all() and (scores["psnr"] > 0).all()
     assert np.allclose(scores["ssim"], 1.0, atol=1e-4)
     assert rows["weights"].str.contains("lpips=alex:random").all()
+
+
+def test_default_metrics_need_pretrained_weights_and_say_which(tmp_path, monkeypatch):
+    from editsweep.bench.metrics.base import ScorerWeightsError
+    from editsweep.bench.spec import load_spec
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    spec = load_spec({"name": "d", "datasets": [{"name": "synthetic"}], "methods": [{"name": "copy"}]})
+    assert set(spec.metrics) == {"clip_t", "lpips", "psnr", "ssim"}
+    with pytest.raises(ScorerWeightsError, match="ViT-L-14"):
+        SweepWorker(spec, str(tmp_path / "run"), "r")
