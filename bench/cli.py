@@ -62,16 +62,22 @@ def _run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from editsweep.reports.report import build_report
 
-        result = build_report(summary.run_dir, spec.mlflow.tracking_uri, spec.mlflow.experiment or spec.name)
-        print(f"report: {result}")
+        _print_report(build_report(summary.run_dir, spec.mlflow.tracking_uri, spec.mlflow.experiment or spec.name))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
     from editsweep.reports.report import build_report
 
-    print(f"report: {build_report(args.run_dir, args.tracking_uri, args.experiment)}")
+    _print_report(build_report(args.run_dir, args.tracking_uri, args.experiment))
     return 0
+
+
+def _print_report(result) -> None:
+    files = [p.name for p in (result.leaderboard_md, result.tradeoff_png, result.grid_png, result.summary_csv) if p]
+    print(f"report: {result.report_dir} ({', '.join(files)}); MLflow run {result.mlflow_run_id} at {result.tracking_uri}")
+    for note in result.notes:
+        print(f"  note: {note}")
 
 
 def _list(args: argparse.Namespace) -> int:
