@@ -44,6 +44,14 @@ def make_schedule(backbone: Backbone, steps: int) -> Schedule:
     return Schedule(timesteps=timesteps, alphas=alphas)
 
 
+def encoding_start(steps: int, ratio: float) -> int:
+    """The sampling step to start from when only `ratio` of a `steps`-step trajectory is inverted.
+
+    At least one step is inverted; ratio 1 gives step 0 (the whole trajectory).
+    """
+    return steps - max(1, round(ratio * steps))
+
+
 def ddim_move(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float) -> torch.Tensor:
     """Deterministic DDIM update from noise level alpha_from to alpha_to (either direction)."""
     x0 = (x - (1 - alpha_from) ** 0.5 * eps) / alpha_from**0.5
@@ -100,16 +108,19 @@ def ddim_invert(
     cond: torch.Tensor,
     uncond: torch.Tensor | None = None,
     guidance: torch.Tensor | float = 1.0,
+    start: int = 0,
 ) -> torch.Tensor:
-    """DDIM inversion of clean latents; returns the trajectory (steps + 1, B, C, h, w), [0] = x_0.
+    """DDIM inversion of clean latents up to `schedule.timesteps[start]`; returns the trajectory.
 
-    Each step evaluates the noise at the current (less noisy) latent with the next timestep,
-    the usual approximation that makes inversion exact in the limit of many steps.
+    The trajectory is (steps - start + 1, B, C, h, w): [0] = x_0, [-1] the latent at
+    `timesteps[start]`, where `ddim_sample(..., start=start)` resumes. Each step evaluates the
+    noise at the current (less noisy) latent with the next timestep, the usual approximation that
+    makes inversion exact in the limit of many steps.
     """
     x = latents.float()
     trajectory = [x]
     n = schedule.steps
-    for i in reversed(range(n)):
+    for i in reversed(range(start, n)):
         a_from, a_to = schedule.alphas[i + 1].item(), schedule.alphas[i].item()
         eps = predict_noise(backbone, x, schedule.timesteps[i], cond, uncond, guidance, alpha=a_from)
         x = ddim_move(x, eps, a_from, a_to)

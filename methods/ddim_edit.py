@@ -23,7 +23,7 @@ from editsweep.methods.base import (
     source_prompts,
     target_prompts,
 )
-from editsweep.methods.ddim import ddim_invert, ddim_sample, make_schedule
+from editsweep.methods.ddim import ddim_invert, ddim_sample, encoding_start, make_schedule
 
 
 class DDIMInvertParams(Params):
@@ -31,6 +31,9 @@ class DDIMInvertParams(Params):
 
     steps: int = Field(50, ge=1, le=1000, description="DDIM steps, for inversion and sampling")
     inversion_guidance: float = Field(1.0, ge=0, le=50, description="CFG scale while inverting")
+    encoding_ratio: float = Field(
+        1.0, gt=0, le=1, description="fraction of the trajectory inverted; sampling restarts from there"
+    )
 
 
 class DDIMEditParams(Params):
@@ -58,7 +61,8 @@ class DDIMEdit(Method):
         cond = backbone.encode_text(source_prompts(samples))
         uncond = backbone.encode_text([""] * len(samples)) if params.inversion_guidance != 1 else None
         schedule = make_schedule(backbone, params.steps)
-        trajectory = ddim_invert(backbone, latents, schedule, cond, uncond, params.inversion_guidance)
+        start = encoding_start(params.steps, params.encoding_ratio)
+        trajectory = ddim_invert(backbone, latents, schedule, cond, uncond, params.inversion_guidance, start)
         return {"noise_latents": trajectory[-1]}
 
     def edit(
@@ -76,5 +80,6 @@ class DDIMEdit(Method):
         uncond = backbone.encode_text([""] * batch).repeat(n_points, 1, 1)
         guidance = torch.tensor([p.guidance for p in edit_params], device=backbone.device).repeat_interleave(batch)
         schedule = make_schedule(backbone, invert_params.steps)
-        images = backbone.decode(ddim_sample(backbone, latents, schedule, cond, uncond, guidance))
+        start = encoding_start(invert_params.steps, invert_params.encoding_ratio)
+        images = backbone.decode(ddim_sample(backbone, latents, schedule, cond, uncond, guidance, start))
         return list(images.split(batch))

@@ -3,6 +3,7 @@ import torch
 from pydantic import ValidationError
 
 from editsweep.methods.base import get_method_class, images_tensor
+from editsweep.methods.ddim import ddim_invert, make_schedule
 from editsweep.methods.ddim_edit import DDIMEditParams, DDIMInvertParams
 
 
@@ -55,3 +56,16 @@ def test_parameter_ranges():
         DDIMInvertParams(steps=0)
     with pytest.raises(ValidationError):
         DDIMInvertParams(stepz=10)
+
+
+def test_encoding_ratio_inverts_part_of_the_trajectory(tiny_backbone, generated_samples, method, generators):
+    """Ratio 0.5 of 10 steps stops the inversion at the 5th latent and samples from there."""
+    inv = DDIMInvertParams(steps=10, encoding_ratio=0.5)
+    state = method.invert(tiny_backbone, generated_samples, inv, generators(3))
+    latents = tiny_backbone.encode_images(images_tensor(generated_samples, tiny_backbone.device))
+    cond = tiny_backbone.encode_text([s.source_prompt for s in generated_samples])
+    full = ddim_invert(tiny_backbone, latents, make_schedule(tiny_backbone, 10), cond)
+    assert torch.allclose(state["noise_latents"], full[5], atol=1e-6)
+    (plain,) = method.edit(tiny_backbone, state, generated_samples, inv, [DDIMEditParams(guidance=1)], generators(3))
+    reference = tiny_backbone.decode(latents)
+    assert (plain - reference).abs().mean().item() < 0.04

@@ -1,0 +1,155 @@
+"""Prompt-to-Prompt attention control (Hertz et al. 2022), batch-first and sweep-aware.
+
+The denoising batch holds source rows (one per sample: the reconstruction branch) and target rows
+(one per sample and edit point). Every target row names its source row and carries its own
+controls, so a whole grid of P2P settings runs through one UNet call per step:
+
+- cross-attention: during the first `cross_steps` steps a target row's maps are its source's maps
+  rearranged to its own tokens (word swap or refinement mapper, `prompt_alignment`), then
+  multiplied by a per-token equalizer (re-weighting);
+- self-attention: during the first `self_steps` steps, on layers of at most `SELF_MAX_TOKENS`
+  queries, a target row's maps are its source's;
+- LocalBlend: after each step, target latents outside a mask made from the cross-attention maps of
+  the blended words keep the source latents.
+
+Control applies to the conditional half of classifier-free guidance; `control_uncond` extends it
+to the unconditional half (needed by StyleDiffusion's P2Plus). Maps are materialised only where
+a processor of this module is installed; `controlled_unet` restores the UNet's own (SDPA)
+processors afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+
+SELF_MAX_TOKENS = 16**2  # P2P replaces self-attention on layers up to 16x16 (SD at 512 px)
+
+
+@dataclass
+class LocalBlend:
+    """Per target row: the token positions of the blended word in the source and target prompts."""
+
+    source_words: torch.Tensor  # (T, L) 0/1 over the source prompt's tokens
+    target_words: torch.Tensor  # (T, L) 0/1 over the target prompt's tokens
+    threshold: torch.Tensor  # (T,)
+    start_step: torch.Tensor  # (T,) first step (counted from 0) at which blending acts
+    map_tokens: int | None = None  # the query count of the layers whose maps make the mask
+    maps: list[torch.Tensor] = field(default_factory=list)
+
+    def collect(self, probs: torch.Tensor) -> None:
+        """Keep head-averaged cross maps (rows, queries, L) of the mask layers for this step."""
+        if self.map_tokens is None or probs.shape[2] == self.map_tokens:
+            self.maps.append(probs.mean(1))
+
+    def mask(self, n_source: int, source_index: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """The (T, 1, h, w) 0/1 blend mask: source word region united with target word region."""
+        maps = torch.stack(self.maps).mean(0)  # (rows, Q, L)
+        self.maps.clear()
+        side = int(maps.shape[1] ** 0.5)
+        src = (maps[source_index] * self.source_words[:, None]).sum(-1)
+        tgt = (maps[n_source:] * self.target_words[:, None]).sum(-1)
+        masks = []
+        for m in (src, tgt):
+            m = F.max_pool2d(m.view(-1, 1, side, side), 3, stride=1, padding=1)
+            m = F.interpolate(m, size=latent_hw, mode="nearest")
+            m = m / m.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            masks.append(m > self.threshold.view(-1, 1, 1, 1))
+        return (masks[0] | masks[1]).float()
+
+
+@dataclass
+class P2PControl:
+    """Prompt-to-Prompt controls for a batch laid out as [sources (S rows); targets (T rows)]."""
+
+    n_source: int
+    source_index: torch.Tensor  # (T,) long: the source row of each target row
+    mapper: torch.Tensor  # (T, L, L)
+    alphas: torch.Tensor  # (T, L)
+    equalizer: torch.Tensor  # (T, L)
+    cross_steps: torch.Tensor  # (T,) long
+    self_steps: torch.Tensor  # (T,) long
+    control_uncond: bool = False
+    blend: LocalBlend | None = None
+    step: int = 0
+
+    def __call__(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
+        """Edit attention probabilities (batch, heads, queries, keys) of one layer."""
+        rows = self.n_source + len(self.source_index)
+        halves = probs.shape[0] // rows
+        if halves * rows != probs.shape[0]:
+            raise ValueError(f"attention batch {probs.shape[0]} is not a multiple of the {rows} controlled rows")
+        controlled = range(halves) if self.control_uncond else [halves - 1]
+        out = list(probs.split(rows))
+        for h in controlled:
+            out[h] = self._edit(out[h], is_cross)
+        if self.blend is not None and is_cross:
+            self.blend.collect(out[-1])
+        return torch.cat(out)
+
+    def _edit(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
+        source, target = probs[: self.n_source], probs[self.n_source :]
+        base = source[self.source_index]
+        if is_cross:
+            mapped = torch.einsum("thqi,tij->thqj", base, self.mapper.to(probs.dtype))
+            alphas = self.alphas.to(probs.dtype)[:, None, None, :]
+            mapped = mapped * alphas + target * (1 - alphas)
+            mapped = mapped * self.equalizer.to(probs.dtype)[:, None, None, :]
+            active = self.step < self.cross_steps
+        else:
+            if probs.shape[2] > SELF_MAX_TOKENS:
+                return probs
+            mapped = base
+            active = self.step < self.self_steps
+        edited = torch.where(active.to(probs.device).view(-1, 1, 1, 1), mapped, target)
+        return torch.cat([source, edited])
+
+
+class P2PAttnProcessor:
+    """An attention processor that materialises the maps and lets a `P2PControl` edit them."""
+
+    def __init__(self, control: P2PControl) -> None:
+        self.control = control
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        is_cross = encoder_hidden_states is not None
+        batch, _, _ = hidden_states.shape
+        context = encoder_hidden_states if is_cross else hidden_states
+        if is_cross and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(context))
+        value = attn.head_to_batch_dim(attn.to_v(context))
+        mask = attn.prepare_attention_mask(attention_mask, key.shape[1], batch)
+        probs = attn.get_attention_scores(query, key, mask)
+        probs = self.control(probs.view(batch, attn.heads, *probs.shape[1:]), is_cross)
+        out = attn.batch_to_head_dim(torch.bmm(probs.flatten(0, 1), value))
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+@contextlib.contextmanager
+def controlled_unet(unet: UNet2DConditionModel, control: P2PControl) -> Iterator[None]:
+    """Install P2P processors on every attention layer of the UNet for the duration of a block."""
+    original = unet.attn_processors
+    unet.set_attn_processor(P2PAttnProcessor(control))
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(original)

@@ -1,0 +1,205 @@
+"""Editing with Prompt-to-Prompt: the parameters and the controlled denoising loop that the
+inversion methods (DDIM, Null-text, Negative-prompt, Direct inversion) share.
+
+`p2p_edit` runs one loop per distinct guidance scale over the rows [sources; targets]: one source
+(reconstruction) row per sample and one target row per (edit point, sample). What differs between
+the inversion methods is passed in: the unconditional embedding (per step for Null-text), and an
+optional source trajectory that pins the source rows to the inversion latents (Direct inversion).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from editsweep.datasets.base import Sample
+from editsweep.methods.attention import LocalBlend, P2PControl, controlled_unet
+from editsweep.methods.backbone import Backbone
+from editsweep.methods.base import Params, source_prompts, target_prompts
+from editsweep.methods.ddim import Schedule, ddim_move, predict_noise
+from editsweep.methods.prompt_alignment import refine_mapper, replace_mapper, word_positions
+
+
+class P2PParams(Params):
+    """Prompt-to-Prompt controls of one edit point (they change only the edit)."""
+
+    cross_replace: float = Field(0.8, ge=0, le=1, description="fraction of steps with injected cross-attention")
+    self_replace: float = Field(0.4, ge=0, le=1, description="fraction of steps with injected self-attention")
+    mode: Literal["auto", "replace", "refine"] = Field(
+        "auto", description="word swap, refinement, or auto: swap when the word counts match"
+    )
+    reweight: dict[str, float] = Field(default_factory=dict, description="target-prompt word -> attention factor")
+    local_blend: bool = Field(False, description="blend with the source outside the blended words' mask")
+    blend_threshold: float = Field(0.3, gt=0, lt=1, description="LocalBlend mask threshold")
+    blend_start: float = Field(0.2, ge=0, le=1, description="fraction of steps before LocalBlend acts")
+    control_uncond: bool = Field(False, description="also control the unconditional branch (P2Plus)")
+
+
+class GuidedP2PParams(P2PParams):
+    """P2P controls plus the classifier-free guidance scale of the edit."""
+
+    guidance: float = Field(7.5, ge=0, le=50, description="classifier-free guidance scale")
+
+
+def p2p_edit(
+    backbone: Backbone,
+    samples: Sequence[Sample],
+    points: Sequence[P2PParams],
+    start_latents: torch.Tensor,
+    schedule: Schedule,
+    uncond: torch.Tensor,
+    guidance: float | None = None,
+    start: int = 0,
+    source_trajectory: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Edit every sample at every P2P point; one (B, 3, H, W) image tensor per point.
+
+    `uncond` is (B, L, D), or (steps, B, L, D) for a per-step embedding. `guidance` overrides the
+    points' own scale (Null-text's embeddings only hold for the scale they were tuned at).
+    `source_trajectory` (steps + 1, B, ...) as returned by `ddim_invert` pins the source rows.
+    """
+    by_scale: dict[float, list[int]] = {}
+    for k, point in enumerate(points):
+        scale = guidance if guidance is not None else getattr(point, "guidance", 7.5)
+        by_scale.setdefault(float(scale), []).append(k)
+    results: list[torch.Tensor | None] = [None] * len(points)
+    for scale, indices in by_scale.items():
+        _, targets = p2p_latents(
+            backbone, samples, [points[k] for k in indices], start_latents, schedule, uncond, scale, start,
+            source_trajectory,
+        )  # fmt: skip
+        for k, image in zip(indices, backbone.decode(targets).split(len(samples))):
+            results[k] = image
+    return results
+
+
+def build_control(
+    backbone: Backbone, samples: Sequence[Sample], points: Sequence[P2PParams], n_steps: int
+) -> P2PControl:
+    """The per-row controls for rows [samples; points x samples] (point-major target rows)."""
+    tokenizer = backbone.tokenizer
+    batch = len(samples)
+    mappers, alphas, equalizers, cross, self_, blends = [], [], [], [], [], []
+    for point in points:
+        for sample in samples:
+            source, target = sample.source_prompt or "", sample.target_prompt
+            mapper, alpha = _mapper(tokenizer, source, target, point.mode)
+            equalizer = torch.ones(tokenizer.model_max_length)
+            for word, factor in point.reweight.items():
+                positions = word_positions(tokenizer, target, word)
+                if not positions:
+                    raise ValueError(f"reweight: the word {word!r} is not in the target prompt {target!r}")
+                equalizer[positions] = factor
+            mappers.append(mapper)
+            alphas.append(alpha)
+            equalizers.append(equalizer)
+            cross.append(int(point.cross_replace * n_steps))
+            self_.append(int(point.self_replace * n_steps))
+            blends.append(_blend_words(tokenizer, sample, point, n_steps))
+    control = P2PControl(
+        n_source=batch,
+        source_index=torch.arange(batch).repeat(len(points)),
+        mapper=torch.stack(mappers).to(backbone.device),
+        alphas=torch.stack(alphas).to(backbone.device),
+        equalizer=torch.stack(equalizers).to(backbone.device),
+        cross_steps=torch.tensor(cross, device=backbone.device),
+        self_steps=torch.tensor(self_, device=backbone.device),
+        control_uncond=any(p.control_uncond for p in points),
+    )
+    if any(p.local_blend for p in points):
+        src_words, tgt_words, thresholds, starts = (list(x) for x in zip(*blends))
+        side = backbone.unet.config.sample_size
+        control.blend = LocalBlend(
+            source_words=torch.stack(src_words).to(backbone.device),
+            target_words=torch.stack(tgt_words).to(backbone.device),
+            threshold=torch.tensor(thresholds, device=backbone.device),
+            start_step=torch.tensor(starts, device=backbone.device),
+            map_tokens=_blend_map_tokens(backbone, side),
+        )
+    return control
+
+
+def p2p_latents(
+    backbone: Backbone,
+    samples: Sequence[Sample],
+    points: Sequence[P2PParams],
+    start_latents: torch.Tensor,
+    schedule: Schedule,
+    uncond: torch.Tensor,
+    scale: float,
+    start: int = 0,
+    source_trajectory: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The controlled DDIM loop at one guidance scale: final (source (B), target (P*B)) latents."""
+    batch, n_points = len(samples), len(points)
+    n_steps = schedule.steps - start
+    control = build_control(backbone, samples, points, n_steps)
+    targets = backbone.encode_text(target_prompts(samples)).repeat(n_points, 1, 1)
+    cond = torch.cat([backbone.encode_text(source_prompts(samples)), targets])
+    uncond_rows = torch.cat([uncond] * (1 + n_points), dim=uncond.dim() - 3)
+    x = torch.cat([start_latents.float()] * (1 + n_points))
+    latent_hw = tuple(x.shape[-2:])
+    with controlled_unet(backbone.unet, control):
+        for i in range(start, schedule.steps):
+            control.step = i - start
+            a_from, a_to = schedule.alphas[i].item(), schedule.alphas[i + 1].item()
+            step_uncond = uncond_rows[i] if uncond_rows.dim() == 4 else uncond_rows
+            eps = predict_noise(backbone, x, schedule.timesteps[i], cond, step_uncond, scale, alpha=a_from)
+            x = ddim_move(x, eps, a_from, a_to)
+            if source_trajectory is not None:
+                x[:batch] = source_trajectory[schedule.steps - i - 1].float()
+            if control.blend is not None:
+                x = _blend(x, control, latent_hw)
+    return x[:batch], x[batch:]
+
+
+def _blend(x: torch.Tensor, control: P2PControl, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """LocalBlend: keep the source latent outside the edited words' mask (rows that asked for it)."""
+    blend = control.blend
+    mask = blend.mask(control.n_source, control.source_index, latent_hw).bool()
+    active = (control.step >= blend.start_step).view(-1, 1, 1, 1)
+    keep_target = mask | ~active
+    source = x[: control.n_source][control.source_index]
+    return torch.cat([x[: control.n_source], torch.where(keep_target, x[control.n_source :], source)])
+
+
+def _mapper(tokenizer, source: str, target: str, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    length = tokenizer.model_max_length
+    if source == target:
+        return torch.eye(length), torch.ones(length)
+    if mode == "replace" or (mode == "auto" and len(source.split()) == len(target.split())):
+        return replace_mapper(tokenizer, source, target), torch.ones(length)
+    return refine_mapper(tokenizer, source, target)
+
+
+def _blend_words(tokenizer, sample: Sample, point: P2PParams, n_steps: int) -> tuple:
+    """Token masks of the blended words, threshold and start step (inactive rows never start)."""
+    length = tokenizer.model_max_length
+    src_mask, tgt_mask = torch.zeros(length), torch.zeros(length)
+    if not point.local_blend:
+        return src_mask, tgt_mask, point.blend_threshold, n_steps + 1
+    words = sample.meta.get("blended_words")
+    if not words or len(words) != 2:
+        raise ValueError(
+            f"local_blend needs the sample's meta['blended_words'] = [source word, target word]; sample {sample.id!r} has {words!r}"
+        )
+    src_pos = word_positions(tokenizer, sample.source_prompt or "", words[0])
+    tgt_pos = word_positions(tokenizer, sample.target_prompt, words[1])
+    if not src_pos or not tgt_pos:
+        raise ValueError(f"local_blend: blended words {words!r} not found in the prompts of sample {sample.id!r}")
+    src_mask[src_pos] = 1.0
+    tgt_mask[tgt_pos] = 1.0
+    return src_mask, tgt_mask, point.blend_threshold, int(point.blend_start * n_steps)
+
+
+def _blend_map_tokens(backbone: Backbone, latent_side: int) -> int:
+    """Query count of the layers whose maps make the LocalBlend mask: 16x16 on SD at 512 px
+    (latent / 4), or the coarsest attention resolution the UNet has when that does not exist."""
+    levels = [i for i, name in enumerate(backbone.unet.config.down_block_types) if "CrossAttn" in name]
+    sides = [latent_side // 2**i for i in levels]
+    wanted = latent_side // 4
+    side = wanted if wanted in sides else min(sides)
+    return side * side

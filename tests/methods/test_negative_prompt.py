@@ -1,0 +1,28 @@
+import torch
+
+from editsweep.methods.base import get_method_class, images_tensor
+from editsweep.methods.ddim import make_schedule
+from editsweep.methods.ddim_p2p import InversionParams, invert_source
+from editsweep.methods.p2p import GuidedP2PParams, p2p_latents
+
+
+def test_source_prompt_as_negative_prompt_reconstructs_under_guidance(tiny_backbone, generated_samples):
+    """Measured on 3 images, 10 steps: relative latent MSE 0.0033 (negative prompt) vs 0.022 (DDIM)."""
+    latents = tiny_backbone.encode_images(images_tensor(generated_samples, tiny_backbone.device))
+    trajectory = invert_source(tiny_backbone, generated_samples, 10)
+    schedule = make_schedule(tiny_backbone, 10)
+    errors = {}
+    for name, prompt in (("ddim", [""] * 3), ("npi", [s.source_prompt for s in generated_samples])):
+        uncond = tiny_backbone.encode_text(prompt)
+        source, _ = p2p_latents(tiny_backbone, generated_samples, [GuidedP2PParams()], trajectory[-1], schedule, uncond, 7.5)
+        errors[name] = ((source - latents) ** 2).mean().item() / latents.var().item()
+    assert errors["npi"] < 0.4 * errors["ddim"]
+
+
+def test_method_edits_every_point(tiny_backbone, generated_samples, generators):
+    method = get_method_class("negative_prompt")()
+    params = InversionParams(steps=4)
+    state = method.invert(tiny_backbone, generated_samples, params, generators(3))
+    points = [GuidedP2PParams(guidance=g) for g in (1.0, 7.5)]
+    out = method.edit(tiny_backbone, state, generated_samples, params, points, generators(3))
+    assert len(out) == 2 and not torch.allclose(out[0], out[1])
