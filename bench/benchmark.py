@@ -16,9 +16,14 @@ from editsweep.bench.spec import load_spec
 from editsweep.bench.store import RunStore
 
 
-def benchmark_sweep(spec_path: str | Path, out: str | None = None) -> dict[str, Any]:
-    """Run `spec_path` into a fresh directory (no resume) and return the timing breakdown."""
+def benchmark_sweep(spec_path: str | Path, out: str | None = None, backbone: str | None = None) -> dict[str, Any]:
+    """Run `spec_path` into a fresh directory (no resume) and return the timing breakdown.
+
+    `backbone` replaces the spec's backbone name (e.g. `sd-v1-arch` on a GPU).
+    """
     spec = load_spec(spec_path)
+    if backbone is not None:
+        spec = spec.model_copy(update={"backbone": spec.backbone.model_copy(update={"name": backbone})})
     run_dir = Path(out or tempfile.mkdtemp(prefix="editsweep-bench-")) / "run"
     if RunStore(str(run_dir)).list_files("results"):
         raise FileExistsError(f"{run_dir} already holds results; a benchmark needs a fresh directory")
@@ -45,6 +50,26 @@ def benchmark_sweep(spec_path: str | Path, out: str | None = None) -> dict[str, 
         ),
         invert_calls=summary.invert_calls,
         edit_calls=summary.edit_calls,
+        per_method=_per_method(RunStore(str(run_dir))),
     )
     RunStore(str(run_dir)).write_json("bench.json", result)
     return result
+
+
+def _per_method(store: RunStore) -> dict[str, dict[str, float]]:
+    """Seconds per inversion (per image) and per edited image of each method, from the stored rows.
+
+    A row's `invert_s` is its share of a batched inversion, so a group's rows add up to the
+    time its image took to invert.
+    """
+    rows = store.read_results()
+    rows = rows[rows["status"] == "ok"]
+    out = {}
+    for method, part in rows.groupby("method"):
+        out[str(method)] = dict(
+            invert_s_per_image=round(part["invert_s"].sum() / part["group_key"].nunique(), 4),
+            edit_s_per_image=round(part["edit_s"].mean(), 4),
+            score_s_per_image=round(part["score_s"].mean(), 4),
+            edits=len(part),
+        )
+    return out

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="time a sweep from scratch: seconds per edit, time outside method code")
     bench.add_argument("spec", type=Path, nargs="?", default=Path("configs/quickstart.yaml"))
     bench.add_argument("--out", help="where to write the run and bench.json (default: a temporary directory)")
+    bench.add_argument("--backbone", help="replace the spec's backbone, e.g. sd-v1-arch on a GPU")
 
     args = parser.parse_args(argv)
     try:
@@ -105,7 +106,7 @@ def _list(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from editsweep.bench.benchmark import benchmark_sweep
 
-    result = benchmark_sweep(args.spec, args.out)
+    result = benchmark_sweep(args.spec, args.out, args.backbone)
     print(json.dumps(result, indent=2))
     return 0
 

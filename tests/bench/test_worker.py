@@ -126,3 +126,44 @@ def test_default_metrics_need_pretrained_weights_and_say_which(tmp_path, monkeyp
     assert set(spec.metrics) == {"clip_t", "lpips", "psnr", "ssim"}
     with pytest.raises(ScorerWeightsError, match="ViT-L-14"):
         SweepWorker(spec, str(tmp_path / "run"), "r")
+
+
+def test_tedbench_sweep_inverts_once_per_image_and_seed(tmp_path, monkeypatch):
+    """4 eta values (Prompt Tuning) and 3 cross-replace values (Null-text): one inversion each."""
+    from collections import Counter
+
+    from editsweep.bench.spec import load_spec
+    from editsweep.methods.null_text import NullTextInversion
+    from editsweep.methods.prompt_tuning import PromptTuning
+
+    root = Path(__file__).resolve().parents[3] / "shared" / "data" / "tedbench"
+    if not (root / "input_list.json").is_file():
+        pytest.skip(f"the shared TEdBench copy is not at {root}")
+    inverted: Counter = Counter()
+    for cls in (NullTextInversion, PromptTuning):
+        original = cls.invert
+
+        def counting(self, backbone, samples, params, generators, _original=original):
+            inverted.update((self.name, s.id) for s in samples)
+            return _original(self, backbone, samples, params, generators)
+
+        monkeypatch.setattr(cls, "invert", counting)
+    spec = load_spec(
+        {
+            "name": "ted",
+            "datasets": [{"name": "tedbench", "params": {"root": str(root), "limit": 3}}],
+            "seeds": [0, 1],
+            "methods": [
+                {"name": "prompt_tuning", "invert": {"steps": 4}, "edit": {"eta": [0.0, 0.5, 0.9, 1.0]}},
+                {"name": "null_text", "invert": {"steps": 4, "inner_steps": 2}, "edit": {"cross_replace": [0.2, 0.5, 0.8]}},
+            ],
+            "metrics": {"psnr": {}},
+            "execution": {"batch_size": 3},
+        }
+    )
+    tasks, reports, rows = run_units(spec, tmp_path)
+    assert len(tasks) == 3 * 2 * (4 + 3)
+    assert (rows["status"] == "ok").all(), rows["error"].dropna().tolist()
+    # Each (method, image) inverted once per seed: 2 seeds, never once per edit point.
+    assert set(inverted.values()) == {2} and len(inverted) == 2 * 3
+    assert rows["source_prompt"].isna().all()  # TEdBench has no source prompts
