@@ -2,7 +2,8 @@
 
 The classic baseline ("DDIM-Edit" in Prompt Tuning Inversion, "DDIM" rows of PIE-Bench without
 attention control). Inversion runs once per group; all guidance values of a sweep are denoised
-together in one batch.
+together in one batch. An encoding ratio below 1 inverts only that fraction of the trajectory and
+samples from there (as DiffEdit and Prompt Tuning Inversion do).
 """
 
 from __future__ import annotations

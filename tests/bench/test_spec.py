@@ -25,7 +25,7 @@ def test_every_config_in_the_repo_validates():
 def test_grids_fill_defaults():
     spec = load_spec(minimal())
     (method,) = spec.methods
-    assert method.invert_grid() == [{"steps": 5, "inversion_guidance": 1.0}]
+    assert method.invert_grid() == [{"steps": 5, "inversion_guidance": 1.0, "encoding_ratio": 1.0}]
     assert method.edit_grid() == [{"guidance": 1.0}, {"guidance": 7.5}]
 
 
