@@ -7,7 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from editsweep.reports.report import ReportResult
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
 
     report = sub.add_parser("report", help="aggregate a run directory into curves, leaderboard and MLflow")
     report.add_argument("run_dir", help="run directory or URI written by `editsweep run`")
-    report.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite in RUN_DIR)")
+    report.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite in RUN_DIR)"
+    )
     report.add_argument("--experiment", help="MLflow experiment name (default: the spec's name)")
 
     listing = sub.add_parser("list", help="list registered methods, datasets or metrics with their parameters")
@@ -74,9 +81,12 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_report(result) -> None:
+def _print_report(result: ReportResult) -> None:
+    """One line: where the report is and which MLflow run holds it, then any notes."""
     files = [p.name for p in (result.leaderboard_md, result.tradeoff_png, result.grid_png, result.summary_csv) if p]
-    print(f"report: {result.report_dir} ({', '.join(files)}); MLflow run {result.mlflow_run_id} at {result.tracking_uri}")
+    print(
+        f"report: {result.report_dir} ({', '.join(files)}); MLflow run {result.mlflow_run_id} at {result.tracking_uri}"
+    )
     for note in result.notes:
         print(f"  note: {note}")
 

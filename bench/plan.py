@@ -103,9 +103,7 @@ def expand(spec: SweepSpec) -> list[Task]:
                 for seed in spec.seeds:
                     for inv in invert_points:
                         for ed in edit_points:
-                            tasks.append(
-                                Task(m.name, spec.backbone.name, spec.dtype, d.name, sample_id, seed, inv, ed)
-                            )
+                            tasks.append(Task(m.name, spec.backbone.name, spec.dtype, d.name, sample_id, seed, inv, ed))
     return tasks
 
 

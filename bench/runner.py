@@ -110,7 +110,9 @@ class _Pool:
             self.infos: list[dict[str, Any]] = ray.get([a.info.remote() for a in self.actors])
         except ray.exceptions.RayActorError as err:
             self.shutdown()
-            raise RuntimeError(f"a worker failed to start (loading the backbone, scorers or datasets):\n{err}") from None
+            raise RuntimeError(
+                f"a worker failed to start (loading the backbone, scorers or datasets):\n{err}"
+            ) from None
         self.replacements = 0
 
     def replace(self, actor: Any) -> Any:

@@ -69,9 +69,13 @@ class RunStore:
 
     def __init__(self, run_dir: str) -> None:
         self.uri = str(run_dir)
-        self.fs, self.root = pafs.FileSystem.from_uri(self.uri) if "://" in self.uri else (
-            pafs.LocalFileSystem(),
-            _abspath(self.uri),
+        self.fs, self.root = (
+            pafs.FileSystem.from_uri(self.uri)
+            if "://" in self.uri
+            else (
+                pafs.LocalFileSystem(),
+                _abspath(self.uri),
+            )
         )
 
     def path(self, *parts: str) -> str:

@@ -40,7 +40,11 @@ class DDIMP2P(Method):
     EditParams = GuidedP2PParams
 
     def invert(
-        self, backbone: Backbone, samples: Sequence[Sample], params: InversionParams, generators: Sequence[torch.Generator]
+        self,
+        backbone: Backbone,
+        samples: Sequence[Sample],
+        params: InversionParams,
+        generators: Sequence[torch.Generator],
     ) -> State:
         return {"noise_latents": invert_source(backbone, samples, params.steps)[-1]}
 
@@ -53,6 +57,11 @@ class DDIMP2P(Method):
         edit_params: Sequence[GuidedP2PParams],
         generators: Sequence[torch.Generator],
     ) -> list[torch.Tensor]:
-        uncond = backbone.encode_text([""] * len(samples))
         schedule = make_schedule(backbone, invert_params.steps)
-        return p2p_edit(backbone, samples, edit_params, state["noise_latents"], schedule, uncond)
+        return p2p_edit(
+            backbone, samples, edit_params, state["noise_latents"], schedule, self.unconditional(backbone, samples)
+        )
+
+    def unconditional(self, backbone: Backbone, samples: Sequence[Sample]) -> torch.Tensor:
+        """The unconditional embedding of every row: the null (empty) prompt."""
+        return backbone.encode_text([""] * len(samples))

@@ -29,7 +29,11 @@ class DirectInversion(Method):
     EditParams = GuidedP2PParams
 
     def invert(
-        self, backbone: Backbone, samples: Sequence[Sample], params: InversionParams, generators: Sequence[torch.Generator]
+        self,
+        backbone: Backbone,
+        samples: Sequence[Sample],
+        params: InversionParams,
+        generators: Sequence[torch.Generator],
     ) -> State:
         return {"trajectory": invert_source(backbone, samples, params.steps)}
 
@@ -45,6 +49,4 @@ class DirectInversion(Method):
         trajectory = state["trajectory"]
         uncond = backbone.encode_text([""] * len(samples))
         schedule = make_schedule(backbone, invert_params.steps)
-        return p2p_edit(
-            backbone, samples, edit_params, trajectory[-1], schedule, uncond, source_trajectory=trajectory
-        )
+        return p2p_edit(backbone, samples, edit_params, trajectory[-1], schedule, uncond, source_trajectory=trajectory)

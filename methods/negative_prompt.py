@@ -13,34 +13,16 @@ import torch
 
 from editsweep.datasets.base import Sample
 from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import Method, State, register_method, source_prompts
-from editsweep.methods.ddim import make_schedule
-from editsweep.methods.ddim_p2p import InversionParams, invert_source
-from editsweep.methods.p2p import GuidedP2PParams, p2p_edit
+from editsweep.methods.base import register_method, source_prompts
+from editsweep.methods.ddim_p2p import DDIMP2P
 
 
 @register_method
-class NegativePromptInversion(Method):
+class NegativePromptInversion(DDIMP2P):
     """DDIM inversion, then P2P with the source prompt as the negative (unconditional) prompt."""
 
     name = "negative_prompt"
-    InvertParams = InversionParams
-    EditParams = GuidedP2PParams
 
-    def invert(
-        self, backbone: Backbone, samples: Sequence[Sample], params: InversionParams, generators: Sequence[torch.Generator]
-    ) -> State:
-        return {"noise_latents": invert_source(backbone, samples, params.steps)[-1]}
-
-    def edit(
-        self,
-        backbone: Backbone,
-        state: State,
-        samples: Sequence[Sample],
-        invert_params: InversionParams,
-        edit_params: Sequence[GuidedP2PParams],
-        generators: Sequence[torch.Generator],
-    ) -> list[torch.Tensor]:
-        uncond = backbone.encode_text(source_prompts(samples))
-        schedule = make_schedule(backbone, invert_params.steps)
-        return p2p_edit(backbone, samples, edit_params, state["noise_latents"], schedule, uncond)
+    def unconditional(self, backbone: Backbone, samples: Sequence[Sample]) -> torch.Tensor:
+        """The source prompt's embedding replaces the null embedding."""
+        return backbone.encode_text(source_prompts(samples))

@@ -72,7 +72,9 @@ def optimize_null_text(
         embedding = embedding.detach()
         tuned.append(embedding)
         with torch.no_grad():
-            x = ddim_move(x, predict_noise(backbone, x, t, cond, embedding, params.guidance, alpha=a_from), a_from, a_to)
+            x = ddim_move(
+                x, predict_noise(backbone, x, t, cond, embedding, params.guidance, alpha=a_from), a_from, a_to
+            )
         uncond = embedding
     return torch.stack(tuned)
 
@@ -86,7 +88,11 @@ class NullTextInversion(Method):
     EditParams = P2PParams
 
     def invert(
-        self, backbone: Backbone, samples: Sequence[Sample], params: NullTextParams, generators: Sequence[torch.Generator]
+        self,
+        backbone: Backbone,
+        samples: Sequence[Sample],
+        params: NullTextParams,
+        generators: Sequence[torch.Generator],
     ) -> State:
         trajectory = invert_source(backbone, samples, params.steps)
         cond = backbone.encode_text(source_prompts(samples))

@@ -62,7 +62,12 @@ def test_worker_killed_once_is_replaced_and_the_unit_retried(ray_session, make_s
     flag = tmp_path / "armed"
     flag.touch()
     spec = make_spec(
-        [{"name": "faulty", "invert": {"fault": "exit", "samples": ["syn-0000"], "flag_file": str(flag), "once": True}}],
+        [
+            {
+                "name": "faulty",
+                "invert": {"fault": "exit", "samples": ["syn-0000"], "flag_file": str(flag), "once": True},
+            }
+        ],
         n=2,
     )
     summary = run_sweep(spec, tmp_path / "run", progress=False)

@@ -155,7 +155,11 @@ def test_tedbench_sweep_inverts_once_per_image_and_seed(tmp_path, monkeypatch):
             "seeds": [0, 1],
             "methods": [
                 {"name": "prompt_tuning", "invert": {"steps": 4}, "edit": {"eta": [0.0, 0.5, 0.9, 1.0]}},
-                {"name": "null_text", "invert": {"steps": 4, "inner_steps": 2}, "edit": {"cross_replace": [0.2, 0.5, 0.8]}},
+                {
+                    "name": "null_text",
+                    "invert": {"steps": 4, "inner_steps": 2},
+                    "edit": {"cross_replace": [0.2, 0.5, 0.8]},
+                },
             ],
             "metrics": {"psnr": {}},
             "execution": {"batch_size": 3},

@@ -14,7 +14,9 @@ def test_source_branch_returns_the_input_latent_exactly(tiny_backbone, generated
     null = tiny_backbone.encode_text([""] * 3)
     points = [GuidedP2PParams(guidance=7.5), GuidedP2PParams(guidance=7.5, cross_replace=0.2)]
     schedule = make_schedule(tiny_backbone, 8)
-    source, target = p2p_latents(tiny_backbone, samples, points, trajectory[-1], schedule, null, 7.5, source_trajectory=trajectory)
+    source, target = p2p_latents(
+        tiny_backbone, samples, points, trajectory[-1], schedule, null, 7.5, source_trajectory=trajectory
+    )
     assert torch.allclose(source, latents.float(), atol=1e-6)
     free, _ = p2p_latents(tiny_backbone, samples, points, trajectory[-1], schedule, null, 7.5)
     assert ((free - latents) ** 2).mean() > 1e-4  # without the correction, guidance drifts

@@ -14,7 +14,9 @@ def test_source_prompt_as_negative_prompt_reconstructs_under_guidance(tiny_backb
     errors = {}
     for name, prompt in (("ddim", [""] * 3), ("npi", [s.source_prompt for s in generated_samples])):
         uncond = tiny_backbone.encode_text(prompt)
-        source, _ = p2p_latents(tiny_backbone, generated_samples, [GuidedP2PParams()], trajectory[-1], schedule, uncond, 7.5)
+        source, _ = p2p_latents(
+            tiny_backbone, generated_samples, [GuidedP2PParams()], trajectory[-1], schedule, uncond, 7.5
+        )
         errors[name] = ((source - latents) ** 2).mean().item() / latents.var().item()
     assert errors["npi"] < 0.4 * errors["ddim"]
 

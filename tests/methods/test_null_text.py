@@ -21,7 +21,9 @@ def pivot(tiny_backbone, generated_samples):
 
 
 def reconstruct(backbone, samples, trajectory, uncond):
-    source, _ = p2p_latents(backbone, samples, [P2PParams()], trajectory[-1], make_schedule(backbone, STEPS), uncond, 7.5)
+    source, _ = p2p_latents(
+        backbone, samples, [P2PParams()], trajectory[-1], make_schedule(backbone, STEPS), uncond, 7.5
+    )
     return source
 
 
@@ -30,7 +32,9 @@ def test_beats_ddim_reconstruction_under_guidance(tiny_backbone, generated_sampl
     latents, trajectory = pivot
     cond = tiny_backbone.encode_text([s.source_prompt for s in generated_samples])
     with torch.enable_grad():
-        tuned = optimize_null_text(tiny_backbone, trajectory, cond, make_schedule(tiny_backbone, STEPS), NullTextParams(steps=STEPS))
+        tuned = optimize_null_text(
+            tiny_backbone, trajectory, cond, make_schedule(tiny_backbone, STEPS), NullTextParams(steps=STEPS)
+        )
     assert tuned.shape == (STEPS, 3, 77, 32)
     null = tiny_backbone.encode_text([""] * 3)
     ddim = relative_error(reconstruct(tiny_backbone, generated_samples, trajectory, null), latents)

@@ -34,7 +34,9 @@ def run(backbone, samples, points, trajectory, scale=7.5, **kw):
 
 def test_target_equal_to_source_reproduces_the_reconstruction(tiny_backbone, generated_samples):
     trajectory = invert_source(tiny_backbone, generated_samples, STEPS)
-    source, target = run(tiny_backbone, generated_samples, [GuidedP2PParams(), GuidedP2PParams(cross_replace=0.3)], trajectory)
+    source, target = run(
+        tiny_backbone, generated_samples, [GuidedP2PParams(), GuidedP2PParams(cross_replace=0.3)], trajectory
+    )
     assert torch.allclose(target, source.repeat(2, 1, 1, 1), atol=1e-5)
 
 
