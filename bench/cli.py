@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from editsweep.bench.spec import SweepSpec
     from editsweep.reports.report import ReportResult
 
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--address", help="Ray cluster address, e.g. 'auto' on a cluster node (default: local Ray)")
     run.add_argument("--no-report", action="store_true", help="skip the report stage")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--dry-run", action="store_true", help="validate and plan only: print task and group counts")
 
     report = sub.add_parser("report", help="aggregate a run directory into curves, leaderboard and MLflow")
     report.add_argument("run_dir", help="run directory or URI written by `editsweep run`")
@@ -62,6 +64,8 @@ def _run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     out = args.out or f"runs/{spec.name}"
+    if args.dry_run:
+        return _dry_run(spec, out)
     summary = run_sweep(spec, out, address=args.address, progress=not args.quiet)
     print(
         f"{summary.n_tasks} tasks: {summary.n_skipped} already done, {summary.n_ok} ok, {summary.n_error} errors "
@@ -71,6 +75,21 @@ def _run(args: argparse.Namespace) -> int:
         from editsweep.reports.report import build_report
 
         _print_report(build_report(summary.run_dir, spec.mlflow.tracking_uri, spec.mlflow.experiment or spec.name))
+    return 0
+
+
+def _dry_run(spec: SweepSpec, out: str) -> int:
+    """Print what a run would do, per method, without starting Ray or loading a model."""
+    from editsweep.bench.plan import group_tasks, plan
+    from editsweep.bench.store import RunStore
+
+    tasks, units = plan(spec, RunStore(out).completed_task_keys())
+    pending = [t for u in units for t in u.tasks]
+    print(f"{spec.name}: {len(tasks)} tasks in {len(group_tasks(tasks))} groups (one inversion each)")
+    for method in spec.methods:
+        mine = [t for t in tasks if t.method == method.name]
+        print(f"  {method.name}: {len(mine)} tasks, {len(group_tasks(mine))} groups")
+    print(f"to run: {len(pending)} tasks in {len(units)} units -> {out}")
     return 0
 
 

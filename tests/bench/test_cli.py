@@ -26,6 +26,19 @@ def test_help_everywhere(command, capsys):
     assert "usage: editsweep" in capsys.readouterr().out
 
 
+def test_dry_run_counts_tasks_and_groups_without_running(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: x\ndatasets: [{name: synthetic, params: {n: 3}}]\nseeds: [0, 1]\n"
+        "methods: [{name: ddim_edit, edit: {guidance: [1.0, 7.5]}}, {name: copy}]\n"
+    )
+    assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "x: 18 tasks in 12 groups" in out and "ddim_edit: 12 tasks, 6 groups" in out
+    assert "to run: 18 tasks" in out
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_spec_is_one_clear_message(tmp_path, capsys):
     spec = tmp_path / "s.yaml"
     spec.write_text("name: x\ndatasets: [{name: synthetic}]\nmethods: [{name: nope}]\n")
@@ -48,18 +61,19 @@ def test_run_report_and_resume_end_to_end(ray_session, tmp_path, capsys):
     assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
     store = RunStore(str(out))
     rows = store.read_results()
-    assert len(rows) == 2 * (1 + 4 + 4) and (rows["status"] == "ok").all()
+    assert len(rows) == 2 * (1 + 4 + 4 + 3 + 3) and (rows["status"] == "ok").all()
     assert set(rows["scores"][0]) == {"clip_t", "lpips", "psnr", "ssim"}
     for name in ("leaderboard.md", "tradeoff.png", "grid.png", "summary.csv"):
         assert (out / "report" / name).is_file()
     with sqlite3.connect(out / "mlflow.db") as db:
         assert db.execute("select count(*) from runs").fetchone()[0] == 1
-    assert "18 tasks: 0 already done, 18 ok" in capsys.readouterr().out
+    assert "30 tasks: 0 already done, 30 ok" in capsys.readouterr().out
 
     assert main(["run", str(path), "--out", str(out), "--quiet", "--no-report"]) == 0
-    assert "18 tasks: 18 already done, 0 ok" in capsys.readouterr().out
+    assert "30 tasks: 30 already done, 0 ok" in capsys.readouterr().out
 
     assert main(["bench", str(path), "--out", str(tmp_path / "bench")]) == 0
     bench = RunStore(str(tmp_path / "bench" / "run")).read_json("bench.json")
-    assert bench["edits"] == 18 and bench["invert_calls"] >= 1
+    assert bench["edits"] == 30 and bench["invert_calls"] >= 1
+    assert set(bench["per_method"]) == {"copy", "ddim_edit", "sdedit", "null_text", "direct_inversion"}
     assert 0 < bench["fraction_outside_method"] < 1
