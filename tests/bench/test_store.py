@@ -1,0 +1,73 @@
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from editsweep.bench.store import FILE_SCHEMA, RunStore
+
+NOW = datetime(2026, 11, 22, tzinfo=timezone.utc)
+
+
+def row(key, status="ok", seconds=0, method="copy", **extra):
+    return dict(
+        task_key=key, group_key="g", method=method, dataset="synthetic", status=status,
+        created_at=NOW + timedelta(seconds=seconds), **extra,
+    )  # fmt: skip
+
+
+def test_newest_ok_row_wins_and_errors_are_retried(tmp_path):
+    store = RunStore(str(tmp_path))
+    store.write_rows([row("a", "error", 0, error="boom"), row("a", "ok", 1, scores={"psnr": 20.0})])
+    store.write_rows([row("a", "error", 2), row("b", "error", 0)])
+    results = store.read_results().set_index("task_key")
+    assert results.loc["a", "status"] == "ok" and results.loc["a", "scores"] == {"psnr": 20.0}
+    assert results.loc["b", "status"] == "error"
+    assert store.completed_task_keys() == {"a"}
+    assert len(store.read_all_rows()) == 4
+
+
+def test_every_file_has_the_explicit_schema_even_when_columns_are_empty(tmp_path):
+    store = RunStore(str(tmp_path))
+    store.write_rows([row("a", "error")])  # no scores, no prompts, no timing: all null
+    store.write_rows([row("b", source_prompt="x", scores={"lpips": 0.1}, features={"f": [1.0, 2.0]}, invert_s=0.5)])
+    files = store.list_files("results")
+    assert len(files) == 2
+    for rel in files:
+        assert pq.read_schema(store.path(rel)).equals(FILE_SCHEMA, check_metadata=False)
+    results = store.read_results().set_index("task_key")
+    assert list(results.loc["b", "features"]["f"]) == [1.0, 2.0]
+
+
+def test_partitions_and_concurrent_writers(tmp_path):
+    store = RunStore(str(tmp_path))
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: store.write_rows([row(f"k{i}", method=("copy", "sdedit")[i % 2])]), range(16)))
+    files = store.list_files("results")
+    assert len(files) == 16 and not [f for f in files if ".tmp-" in f]
+    assert {f.split("/")[1] for f in files} == {"method=copy", "method=sdedit"}
+    assert len(store.read_results()) == 16
+
+
+def test_images_inputs_and_json(tmp_path):
+    store = RunStore(str(tmp_path))
+    image = Image.new("RGB", (8, 8), (10, 20, 30))
+    rel = store.write_image("ab" * 32, image)
+    assert rel == f"images/ab/{'ab' * 32}.png"
+    assert store.read_image(rel).getpixel((0, 0)) == (10, 20, 30)
+    first = store.write_input("tedbench", "000-bird.png", image)
+    assert store.write_input("tedbench", "000-bird.png", Image.new("RGB", (8, 8))) == first  # written once
+    assert store.read_image(first).getpixel((0, 0)) == (10, 20, 30)
+    store.write_json("manifests/r.json", {"a": 1})
+    assert store.read_json("manifests/r.json") == {"a": 1}
+
+
+def test_a_filesystem_uri_works_like_a_path(tmp_path):
+    store = RunStore(f"file://{tmp_path}")
+    store.write_rows([row("a")])
+    assert RunStore(str(tmp_path)).completed_task_keys() == {"a"}
+
+
+def test_empty_run_reads_as_no_rows(tmp_path):
+    store = RunStore(str(tmp_path / "nothing-yet"))
+    assert store.read_results().empty and store.completed_task_keys() == set()
