@@ -33,11 +33,16 @@ def invert_source(backbone: Backbone, samples: Sequence[Sample], steps: int) -> 
 
 @register_method
 class DDIMP2P(Method):
-    """DDIM inversion (guidance 1) and P2P editing with a null unconditional embedding."""
+    """DDIM inversion (guidance 1) and P2P editing with a null unconditional embedding.
+
+    Negative-prompt and Direct inversion are this method with another `unconditional` embedding
+    or with `pin_source` (the source rows follow the inversion trajectory).
+    """
 
     name = "ddim_p2p"
     InvertParams = InversionParams
     EditParams = GuidedP2PParams
+    pin_source = False
 
     def invert(
         self,
@@ -46,7 +51,8 @@ class DDIMP2P(Method):
         params: InversionParams,
         generators: Sequence[torch.Generator],
     ) -> State:
-        return {"noise_latents": invert_source(backbone, samples, params.steps)[-1]}
+        trajectory = invert_source(backbone, samples, params.steps)
+        return {"trajectory": trajectory} if self.pin_source else {"noise_latents": trajectory[-1]}
 
     def edit(
         self,
@@ -58,9 +64,10 @@ class DDIMP2P(Method):
         generators: Sequence[torch.Generator],
     ) -> list[torch.Tensor]:
         schedule = make_schedule(backbone, invert_params.steps)
-        return p2p_edit(
-            backbone, samples, edit_params, state["noise_latents"], schedule, self.unconditional(backbone, samples)
-        )
+        trajectory = state.get("trajectory")
+        start = trajectory[-1] if trajectory is not None else state["noise_latents"]
+        uncond = self.unconditional(backbone, samples)
+        return p2p_edit(backbone, samples, edit_params, start, schedule, uncond, source_trajectory=trajectory)
 
     def unconditional(self, backbone: Backbone, samples: Sequence[Sample]) -> torch.Tensor:
         """The unconditional embedding of every row: the null (empty) prompt."""
