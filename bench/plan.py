@@ -130,7 +130,11 @@ def make_units(groups: Iterable[Group], batch_size: int) -> list[Unit]:
 
 
 def plan(spec: SweepSpec, done: set[str] | None = None) -> tuple[list[Task], list[Unit]]:
-    """All tasks, and the units of those not in `done` (task keys already stored as ok)."""
+    """All tasks, and the units of those not in `done` (task keys already stored as ok).
+
+    Units come largest first (most tasks: the longest expected), so the sweep's tail is short.
+    """
     tasks = expand(spec)
     pending = [t for t in tasks if t.task_key not in (done or set())]
-    return tasks, make_units(group_tasks(pending), spec.execution.batch_size)
+    units = make_units(group_tasks(pending), spec.execution.batch_size)
+    return tasks, sorted(units, key=lambda u: len(u.tasks), reverse=True)

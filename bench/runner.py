@@ -1,7 +1,7 @@
 """Run a sweep on Ray: plan, hand units to worker actors as they free up, survive dead workers.
 
-The driver keeps one unit in flight per actor and gives the next pending unit to whichever actor
-finishes first (pull, not a fixed split). Workers write their own rows, so the driver never
+The driver keeps a bounded number of units queued at each actor (`max_in_flight`) and gives the
+next pending unit to whichever actor finishes one (pull, not a fixed split), largest units first. Workers write their own rows, so the driver never
 holds results. When an actor dies, its unit goes back to the queue and the actor is replaced by a
 fresh one (models reloaded); a unit that has killed `max_retries + 1` workers becomes error rows.
 """
@@ -54,6 +54,7 @@ class RunSummary:
     n_error: int = 0
     invert_calls: int = 0
     edit_calls: int = 0
+    oom_retries: int = 0
     worker_deaths: int = 0
     wall_seconds: float = 0.0
     startup_seconds: float = 0.0
@@ -115,13 +116,11 @@ class _Pool:
             ) from None
         self.replacements = 0
 
-    def replace(self, actor: Any) -> Any:
-        """Kill a dead or broken actor and start a fresh one in its place."""
-        ray.kill(actor, no_restart=True)
-        fresh = self._cls.remote(*self._args)
-        self.actors[self.actors.index(actor)] = fresh
+    def replace(self, slot: int) -> None:
+        """Kill the dead or broken actor in `slot` and start a fresh one in its place."""
+        ray.kill(self.actors[slot], no_restart=True)
+        self.actors[slot] = self._cls.remote(*self._args)
         self.replacements += 1
-        return fresh
 
     def shutdown(self) -> None:
         """Stop every actor."""
@@ -130,24 +129,46 @@ class _Pool:
 
 
 def _drive(pool: _Pool, queue: deque[Unit], spec: SweepSpec, store: RunStore, summary: RunSummary, bar: tqdm) -> None:
+    """Pull loop: keep `max_in_flight` units queued per actor; on a death, retry what it held.
+
+    A dead actor takes down the unit it was running and the units queued behind it. Only the
+    running one (its oldest) counts as an attempt, so a unit that kills workers cannot use up the
+    retries of the innocent units queued next to it.
+    """
     attempts: Counter = Counter()
-    in_flight: dict[Any, tuple[Unit, Any]] = {}
+    in_flight: dict[Any, tuple[Unit, int, Any]] = {}  # ref -> (unit, actor slot, actor)
+    queued: dict[Any, list[Any]] = {}  # actor -> its refs in submission (= execution) order
+    running_when_died: dict[Any, Any] = {}  # dead actor -> the ref it was executing
+    throughput = [Counter() for _ in pool.actors]  # per actor slot: units, tasks, busy seconds
 
-    def submit(actor: Any) -> None:
+    def submit(slot: int) -> None:
         if queue:
-            unit = queue.popleft()
-            in_flight[actor.process.remote(unit)] = (unit, actor)
+            unit, actor = queue.popleft(), pool.actors[slot]
+            ref = actor.process.remote(unit)
+            in_flight[ref] = (unit, slot, actor)
+            queued.setdefault(actor, []).append(ref)
 
-    for actor in pool.actors:
-        submit(actor)
+    for _ in range(spec.execution.max_in_flight):
+        for slot in range(len(pool.actors)):
+            submit(slot)
     while in_flight:
         (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-        unit, actor = in_flight.pop(ref)
+        unit, slot, actor = in_flight.pop(ref)
         try:
             report: UnitReport = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-            summary.worker_deaths += 1
-            attempts[id(unit)] += 1
+            if actor not in running_when_died:
+                running_when_died[actor] = queued[actor][0]
+                summary.worker_deaths += 1
+                if pool.replacements >= spec.execution.max_restarts * len(pool.actors):
+                    raise RuntimeError(
+                        f"workers died {pool.replacements} times (execution.max_restarts="
+                        f"{spec.execution.max_restarts} per worker); stopping. Finished rows are stored in "
+                        f"{store.uri}; last error: {_first_line(err)}"
+                    ) from err
+                pool.replace(slot)
+            if ref == running_when_died[actor]:
+                attempts[id(unit)] += 1
             if attempts[id(unit)] <= spec.execution.max_retries:
                 queue.appendleft(unit)
             else:
@@ -155,21 +176,23 @@ def _drive(pool: _Pool, queue: deque[Unit], spec: SweepSpec, store: RunStore, su
                 store.write_rows(task_row(t, status="error", error=message, run_id=summary.run_id) for t in unit.tasks)
                 summary.n_error += len(unit.tasks)
                 bar.update(len(unit.tasks))
-            if pool.replacements >= spec.execution.max_restarts * len(pool.actors):
-                raise RuntimeError(
-                    f"workers died {pool.replacements} times (execution.max_restarts={spec.execution.max_restarts} "
-                    f"per worker); stopping. Finished rows are stored in {store.uri}; last error: {_first_line(err)}"
-                ) from err
-            submit(pool.replace(actor))
+            submit(slot)
             continue
+        queued[actor].remove(ref)
         summary.n_ok += report.n_ok
         summary.n_error += report.n_error
         summary.invert_calls += report.invert_calls
         summary.edit_calls += report.edit_calls
+        summary.oom_retries += report.oom_retries
         summary.seconds.update(report.seconds)
+        throughput[slot].update(units=1, tasks=report.n_ok + report.n_error, busy_seconds=sum(report.seconds.values()))
         bar.update(report.n_ok + report.n_error)
-        bar.set_postfix(ok=summary.n_ok, error=summary.n_error, refresh=False)
-        submit(actor)
+        bar.set_postfix(ok=summary.n_ok, error=summary.n_error, in_flight=len(in_flight), refresh=False)
+        submit(slot)
+    for info, counts in zip(summary.workers, throughput):
+        busy = counts["busy_seconds"]
+        info.update(units=counts["units"], tasks=counts["tasks"], busy_seconds=round(busy, 3))
+        info["tasks_per_busy_second"] = round(counts["tasks"] / busy, 3) if busy else None
 
 
 def _ensure_ray(address: str | None) -> None:
@@ -186,7 +209,7 @@ def _ensure_ray(address: str | None) -> None:
 def _worker_options(spec: SweepSpec) -> dict[str, Any]:
     gpus = ray.cluster_resources().get("GPU", 0)
     if spec.backbone.device != "cpu" and gpus >= 1:
-        return dict(num_gpus=1, num_cpus=spec.execution.cpus_per_worker)
+        return dict(num_gpus=spec.execution.gpus_per_worker, num_cpus=spec.execution.cpus_per_worker)
     if spec.backbone.device == "cuda":
         raise RuntimeError("backbone.device is 'cuda' but the Ray cluster has no GPU; use 'auto' or 'cpu'")
     return dict(num_cpus=spec.execution.cpus_per_worker)
@@ -196,7 +219,7 @@ def _n_workers(spec: SweepSpec, options: dict[str, Any]) -> int:
     if spec.execution.workers != "auto":
         return int(spec.execution.workers)
     if "num_gpus" in options:
-        return int(ray.cluster_resources().get("GPU", 1))
+        return max(1, int(ray.cluster_resources().get("GPU", 1) / options["num_gpus"]))
     return 1
 
 

@@ -69,8 +69,10 @@ class MethodSpec(_Strict):
 class ExecutionSpec(_Strict):
     """How the sweep runs on the Ray cluster."""
 
-    workers: int | Literal["auto"] = Field("auto", description="actors; auto = one per GPU, else 1")
+    workers: int | Literal["auto"] = Field("auto", description="actors; auto = GPUs / gpus_per_worker, else 1")
     cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0, le=8, description="below 1 packs several small backbones per GPU")
+    max_in_flight: int = Field(2, ge=1, le=16, description="units queued at each actor, so none waits on the driver")
     batch_size: int = Field(4, ge=1, description="samples inverted together in one call")
     edit_batch_size: int = Field(16, ge=1, description="images denoised together in one edit call")
     max_retries: int = Field(2, ge=0, description="re-runs of a unit whose worker died")

@@ -1,7 +1,8 @@
 """The sweep worker: owns one device, a loaded backbone and the scorers, and processes units.
 
 `SweepWorker` is a plain class, so tests can drive it in-process; the runner wraps it as a Ray
-actor. A unit is inverted as one batch and edited in chunks of edit points; its rows and images
+actor. A unit is inverted as one batch and edited in chunks of edit points (halved on GPU out
+of memory); its rows and images
 are written to the store before the call returns, so a worker that dies later loses nothing that
 was already returned. Failures are contained: a batch that raises is retried group by group,
 and a group that still fails becomes error rows with the exception's message.
@@ -42,6 +43,7 @@ class UnitReport:
     n_error: int = 0
     invert_calls: int = 0
     edit_calls: int = 0
+    oom_retries: int = 0  # edit batches halved after running out of GPU memory
     seconds: Counter = field(default_factory=Counter)  # load, invert, edit, score, store
 
 
@@ -155,12 +157,23 @@ class SweepWorker:
         inputs = [self.store.write_input(g.head.dataset, s.id, s.image) for g, s in loaded]
         rows: list[dict[str, Any]] = []
         chunk = max(1, self.spec.execution.edit_batch_size // batch)
-        for start in range(0, len(edit_points), chunk):
+        start = 0
+        while start < len(edit_points):
             points = list(range(start, min(start + chunk, len(edit_points))))
             params = [method.EditParams.model_validate(json.loads(edit_points[k])) for k in points]
             t0 = time.perf_counter()
-            # Fresh generators per call: a point's result does not depend on how points are chunked.
-            edited = method.edit(self.backbone, state, samples, invert_params, params, self._generators(groups))
+            try:
+                # Fresh generators per call: a point's result does not depend on how points are chunked.
+                edited = method.edit(self.backbone, state, samples, invert_params, params, self._generators(groups))
+            except torch.cuda.OutOfMemoryError:
+                if len(points) == 1:
+                    raise
+                chunk = len(points) // 2  # halve the edit batch and try again before giving up
+                report.oom_retries += 1
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start += len(points)
             edit_s = self._elapsed(t0)
             report.seconds["edit"] += edit_s
             report.edit_calls += 1

@@ -31,3 +31,20 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def fake_gpu_ray():
+    """A local Ray instance that advertises 4 GPUs (actors get CUDA_VISIBLE_DEVICES, no real GPU).
+
+    Replaces the session's instance for one test and puts a plain one back afterwards.
+    """
+    import ray
+
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    if was_running:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

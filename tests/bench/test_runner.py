@@ -80,3 +80,18 @@ def test_a_worker_that_cannot_start_is_a_clear_error(ray_session, make_spec, tmp
     spec = make_spec([{"name": "copy"}], n=1, backbone={"name": str(tmp_path / "no-such-model")})
     with pytest.raises(RuntimeError, match="failed to start"):
         run_sweep(spec, tmp_path / "run", progress=False)
+
+
+def test_fake_gpus_one_actor_per_gpu_share_and_throughput(fake_gpu_ray, make_spec, tmp_path):
+    """On `ray.init(num_gpus=4)`, `workers: auto` starts GPUs / gpus_per_worker actors."""
+    from editsweep.bench.runner import _n_workers, _worker_options
+
+    execution = {"gpus_per_worker": 0.5, "cpus_per_worker": 0.25, "batch_size": 1}
+    spec = make_spec([{"name": "copy"}], n=8, execution=execution)
+    options = _worker_options(spec)
+    assert options == {"num_gpus": 0.5, "num_cpus": 0.25} and _n_workers(spec, options) == 8
+    two = make_spec([{"name": "copy"}], n=8, execution={**execution, "workers": 2})
+    summary = run_sweep(two, tmp_path, progress=False)
+    assert (summary.n_ok, summary.n_error) == (8, 0)
+    assert sum(w["tasks"] for w in summary.workers) == 8 and all(w["units"] >= 1 for w in summary.workers)
+    assert all(w["tasks_per_busy_second"] > 0 for w in summary.workers)

@@ -171,3 +171,19 @@ def test_tedbench_sweep_inverts_once_per_image_and_seed(tmp_path, monkeypatch):
     # Each (method, image) inverted once per seed: 2 seeds, never once per edit point.
     assert set(inverted.values()) == {2} and len(inverted) == 2 * 3
     assert rows["source_prompt"].isna().all()  # TEdBench has no source prompts
+
+
+def test_out_of_memory_halves_the_edit_batch_before_giving_up(make_spec, tmp_path):
+    spec = make_spec(
+        [{"name": "memory_hungry", "invert": {"max_points": [3, 0]}, "edit": {"k": list(range(6))}}],
+        n=1,
+        execution={"edit_batch_size": 8, "batch_size": 1},
+    )
+    _, reports, rows = run_units(spec, tmp_path)
+    limit = rows["invert_params"].str.extract(r'"max_points":(\d+)')[0]
+    fits, never = rows[limit == "3"], rows[limit == "0"]
+    assert len(fits) == len(never) == 6
+    assert (fits["status"] == "ok").all()  # 6 points -> OOM -> 3 + 3
+    assert never["error"].str.contains("OutOfMemoryError").all()  # 6 -> 3 -> 1 -> still too many: error rows
+    assert never["error"].str.contains("edit_batch_size").all()
+    assert sum(r.oom_retries for r in reports) == 1 + 2

@@ -60,3 +60,23 @@ class Faulty(Copy):
                     if s.id in invert_params.samples:
                         images[b] = torch.nan
         return out
+
+
+class MemoryParams(Params):
+    max_points: int = 1  # more edit points than this in one call "runs out of GPU memory"
+
+
+class PointParams(Params):
+    k: int = 0  # only there to make a grid of edit points
+
+
+@register_method
+class MemoryHungry(Copy):
+    name = "memory_hungry"
+    InvertParams = MemoryParams
+    EditParams = PointParams
+
+    def edit(self, backbone, state, samples, invert_params, edit_params, generators):
+        if len(edit_params) > invert_params.max_points:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().edit(backbone, state, samples, invert_params, edit_params, generators)
