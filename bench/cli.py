@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add_argument("--experiment", help="MLflow experiment name (default: the spec's name)")
 
+    status = sub.add_parser("status", help="summarise a run directory: done, failed (top errors), remaining")
+    status.add_argument("run_dir", help="run directory or URI written by `editsweep run`")
+
     listing = sub.add_parser("list", help="list registered methods, datasets or metrics with their parameters")
     listing.add_argument("what", choices=["methods", "datasets", "metrics"])
 
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"run": _run, "report": _report, "list": _list, "bench": _bench}[args.command](args)
+        commands = {"run": _run, "report": _report, "status": _status, "list": _list, "bench": _bench}
+        return commands[args.command](args)
     except Exception as err:  # noqa: BLE001 - user-facing errors become one clear message
         from editsweep.bench.spec import SpecError
 
@@ -90,6 +94,13 @@ def _dry_run(spec: SweepSpec, out: str) -> int:
         mine = [t for t in tasks if t.method == method.name]
         print(f"  {method.name}: {len(mine)} tasks, {len(group_tasks(mine))} groups")
     print(f"to run: {len(pending)} tasks in {len(units)} units -> {out}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from editsweep.bench.status import format_status, run_status
+
+    print(format_status(run_status(args.run_dir)))
     return 0
 
 

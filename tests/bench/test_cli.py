@@ -18,7 +18,7 @@ def test_list_shows_registered_names_and_parameters(capsys):
     assert "lpips" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["report"], ["list"], ["bench"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["report"], ["status"], ["list"], ["bench"]])
 def test_help_everywhere(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([*command, "--help"])
