@@ -95,3 +95,51 @@ def test_fake_gpus_one_actor_per_gpu_share_and_throughput(fake_gpu_ray, make_spe
     assert (summary.n_ok, summary.n_error) == (8, 0)
     assert sum(w["tasks"] for w in summary.workers) == 8 and all(w["units"] >= 1 for w in summary.workers)
     assert all(w["tasks_per_busy_second"] > 0 for w in summary.workers)
+
+
+def test_actor_and_driver_kills_lose_and_duplicate_nothing(fake_gpu_ray, make_spec, tmp_path):
+    """Fake GPUs: actors killed three times mid-sweep, then the driver; a re-run completes the sweep.
+
+    Executions (one log line per edited image) stay within the task count plus the work that was
+    in flight at each kill: a dead actor's running unit, and every actor's queue for the driver.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import ray
+    import yaml
+
+    log, pid_file = tmp_path / "executions.log", tmp_path / "driver.pid"
+    invert = {
+        "log": str(log), "sleep_ms": 50, "kill_worker_at": [3, 9, 15], "kill_driver_at": 30,
+        "driver_pid_file": str(pid_file),
+    }  # fmt: skip
+    execution = {"workers": 4, "gpus_per_worker": 1, "cpus_per_worker": 0.25, "batch_size": 1, "max_in_flight": 2,
+                 "max_retries": 3}  # fmt: skip
+    spec = make_spec([{"name": "stub", "invert": invert, "edit": {}}], n=60, execution=execution)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    run_dir = tmp_path / "run"
+
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "editsweep.bench.cli", "run", str(spec_file), "--out", str(run_dir),
+         "--address", ray.get_runtime_context().gcs_address, "--quiet", "--no-report"],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    pid_file.write_text(str(driver.pid))
+    assert driver.wait(timeout=300) == -9  # SIGKILL from the stub, mid-sweep
+    assert all((tmp_path / f"executions.log.worker-{n}").exists() for n in (3, 9, 15))  # the actor kills happened
+    store = RunStore(str(run_dir))
+    before = store.completed_task_keys()
+    assert 0 < len(before) < 60
+
+    summary = run_sweep(spec, run_dir, progress=False)
+    assert summary.n_skipped == len(before) and summary.n_ok == 60 - len(before)
+    rows = store.read_all_rows()
+    ok = rows[rows["status"] == "ok"]
+    assert ok["task_key"].nunique() == 60 and len(ok) == 60  # exactly one ok row per task
+    executions = len(log.read_text().splitlines())
+    unit = 1  # tasks per unit: batch_size 1, one edit point
+    bound = 60 + 3 * unit + 4 * execution["max_in_flight"] * unit
+    assert 60 <= executions <= bound

@@ -80,3 +80,46 @@ class MemoryHungry(Copy):
         if len(edit_params) > invert_params.max_points:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return super().edit(backbone, state, samples, invert_params, edit_params, generators)
+
+
+class StubParams(Params):
+    log: str  # one line appended per edited image: counts method executions across processes
+    sleep_ms: int = 0  # controlled duration of each invert call
+    kill_worker_at: list[int] = []  # the worker kills itself when the log reaches these counts
+    kill_driver_at: int = 0  # ... and kills the driver (pid in `driver_pid_file`) at this count
+    driver_pid_file: str = ""
+
+
+def _once(marker: str) -> bool:
+    """True for exactly one caller across processes (atomic exclusive create)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
+@register_method
+class Stub(Copy):
+    """Copy with a controlled duration and scheduled process kills, for fault-injection tests."""
+
+    name = "stub"
+    InvertParams = StubParams
+
+    def invert(self, backbone, samples, params, generators):
+        import signal
+        import time
+
+        done = len(Path(params.log).read_text().splitlines()) if Path(params.log).exists() else 0
+        for count in params.kill_worker_at:
+            if done >= count and _once(f"{params.log}.worker-{count}"):
+                os._exit(1)
+        if params.kill_driver_at and done >= params.kill_driver_at and _once(f"{params.log}.driver"):
+            os.kill(int(Path(params.driver_pid_file).read_text()), signal.SIGKILL)
+        time.sleep(params.sleep_ms / 1000)
+        return super().invert(backbone, samples, params, generators)
+
+    def edit(self, backbone, state, samples, invert_params, edit_params, generators):
+        with open(invert_params.log, "a") as log:
+            log.write("".join(f"{s.id}\n" for s in samples for _ in edit_params))
+        return super().edit(backbone, state, samples, invert_params, edit_params, generators)
