@@ -75,7 +75,9 @@ def _run(args: argparse.Namespace) -> int:
         f"{summary.n_tasks} tasks: {summary.n_skipped} already done, {summary.n_ok} ok, {summary.n_error} errors "
         f"in {summary.wall_seconds:.1f} s -> {summary.run_dir}"
     )
-    if not args.no_report:
+    if not args.no_report and "://" in summary.run_dir and not summary.run_dir.startswith("file://"):
+        print(f"report skipped: the report writes locally; run `editsweep report` on a local copy of {summary.run_dir}")
+    elif not args.no_report:
         from editsweep.reports.report import build_report
 
         _print_report(build_report(summary.run_dir, spec.mlflow.tracking_uri, spec.mlflow.experiment or spec.name))
