@@ -1,11 +1,12 @@
 """The sweep worker: owns one device, a loaded backbone and the scorers, and processes units.
 
 `SweepWorker` is a plain class, so tests can drive it in-process; the runner wraps it as a Ray
-actor. A unit is inverted as one batch and edited in chunks of edit points (halved on GPU out
-of memory); its rows and images
-are written to the store before the call returns, so a worker that dies later loses nothing that
-was already returned. Failures are contained: a batch that raises is retried group by group,
-and a group that still fails becomes error rows with the exception's message.
+actor. A unit is inverted as one batch and edited in chunks of edit points (halved on GPU out of
+memory); its rows and images are written to the store before the call returns, so a worker that
+dies later loses nothing that was already returned. Failures are contained: an edit chunk that
+raises is retried point by point and a failing point becomes error rows while the group's other
+points go on; a batch whose inversion raises is retried group by group, and a group that still
+fails becomes error rows with the exception's message.
 """
 
 from __future__ import annotations
@@ -158,8 +159,10 @@ class SweepWorker:
         rows: list[dict[str, Any]] = []
         chunk = max(1, self.spec.execution.edit_batch_size // batch)
         start = 0
+        one_by_one_until = 0  # after a failing chunk, its points are retried alone to isolate the culprit
         while start < len(edit_points):
-            points = list(range(start, min(start + chunk, len(edit_points))))
+            size = 1 if start < one_by_one_until else chunk
+            points = list(range(start, min(start + size, len(edit_points))))
             params = [method.EditParams.model_validate(json.loads(edit_points[k])) for k in points]
             t0 = time.perf_counter()
             try:
@@ -172,6 +175,14 @@ class SweepWorker:
                 report.oom_retries += 1
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
+                continue
+            except Exception:  # noqa: BLE001 - one failing edit point must not fail its group
+                if len(points) > 1:
+                    one_by_one_until = start + len(points)
+                else:
+                    message = _describe(traceback.format_exc())
+                    rows += self._error_rows([g.tasks[points[0]] for g in groups], message)
+                    start += 1
                 continue
             start += len(points)
             edit_s = self._elapsed(t0)

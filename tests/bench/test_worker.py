@@ -187,3 +187,13 @@ def test_out_of_memory_halves_the_edit_batch_before_giving_up(make_spec, tmp_pat
     assert never["error"].str.contains("OutOfMemoryError").all()  # 6 -> 3 -> 1 -> still too many: error rows
     assert never["error"].str.contains("edit_batch_size").all()
     assert sum(r.oom_retries for r in reports) == 1 + 2
+
+
+def test_a_failing_edit_point_is_an_error_row_and_the_group_goes_on(make_spec, tmp_path):
+    spec = make_spec([{"name": "point_fault", "edit": {"k": list(range(6))}}], n=2, execution={"batch_size": 2})
+    _, reports, rows = run_units(spec, tmp_path)
+    k = rows["edit_params"].str.extract(r'"k":(\d+)')[0]
+    assert (rows.loc[k == "3", "status"] == "error").all() and len(rows[k == "3"]) == 2
+    assert rows.loc[k == "3", "error"].str.contains("injected failure at k=3").all()
+    assert (rows.loc[k != "3", "status"] == "ok").all() and len(rows[k != "3"]) == 10
+    assert sum(r.invert_calls for r in reports) == 1  # the group was not re-inverted

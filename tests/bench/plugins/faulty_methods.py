@@ -123,3 +123,16 @@ class Stub(Copy):
         with open(invert_params.log, "a") as log:
             log.write("".join(f"{s.id}\n" for s in samples for _ in edit_params))
         return super().edit(backbone, state, samples, invert_params, edit_params, generators)
+
+
+@register_method
+class PointFault(Copy):
+    """Copy whose edit raises whenever edit point k = 3 is asked for."""
+
+    name = "point_fault"
+    EditParams = PointParams
+
+    def edit(self, backbone, state, samples, invert_params, edit_params, generators):
+        if any(p.k == 3 for p in edit_params):
+            raise ValueError("injected failure at k=3")
+        return super().edit(backbone, state, samples, invert_params, edit_params, generators)
