@@ -23,7 +23,7 @@ def benchmark_sweep(spec_path: str | Path, out: str | None = None, backbone: str
     """
     spec = load_spec(spec_path)
     if backbone is not None:
-        spec = spec.model_copy(update={"backbone": spec.backbone.model_copy(update={"name": backbone})})
+        spec = spec.model_copy(update={"backbone": spec.backbones[0].model_copy(update={"name": backbone})})
     run_dir = Path(out or tempfile.mkdtemp(prefix="editsweep-bench-")) / "run"
     if RunStore(str(run_dir)).list_files("results"):
         raise FileExistsError(f"{run_dir} already holds results; a benchmark needs a fresh directory")

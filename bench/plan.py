@@ -86,6 +86,11 @@ class Unit:
         return [t for g in self.groups for t in g.tasks]
 
     @property
+    def backbone(self) -> tuple[str, str]:
+        """The (backbone, dtype) every task of the unit runs on."""
+        return self.groups[0].head.backbone, self.groups[0].head.dtype
+
+    @property
     def edit_params(self) -> list[str]:
         """The edit points, in order (the same for every group of the unit)."""
         return [t.edit_params for t in self.groups[0].tasks]
@@ -99,11 +104,14 @@ def expand(spec: SweepSpec) -> list[Task]:
         for m in spec.methods:
             invert_points = [canonical_json(p) for p in m.invert_grid()]
             edit_points = [canonical_json(p) for p in m.edit_grid()]
-            for sample_id in sample_ids:
-                for seed in spec.seeds:
-                    for inv in invert_points:
-                        for ed in edit_points:
-                            tasks.append(Task(m.name, spec.backbone.name, spec.dtype, d.name, sample_id, seed, inv, ed))
+            for backbone in spec.backbones:
+                for sample_id in sample_ids:
+                    for seed in spec.seeds:
+                        for inv in invert_points:
+                            for ed in edit_points:
+                                tasks.append(
+                                    Task(m.name, backbone.name, backbone.dtype, d.name, sample_id, seed, inv, ed)
+                                )
     return tasks
 
 
@@ -120,7 +128,7 @@ def make_units(groups: Iterable[Group], batch_size: int) -> list[Unit]:
     buckets: dict[tuple, list[Group]] = {}
     for g in groups:
         h = g.head
-        bucket_key = (h.method, h.dataset, h.invert_params, tuple(t.edit_params for t in g.tasks))
+        bucket_key = (h.backbone, h.dtype, h.method, h.dataset, h.invert_params, tuple(t.edit_params for t in g.tasks))
         buckets.setdefault(bucket_key, []).append(g)
     return [
         Unit(groups=members[i : i + batch_size])

@@ -55,6 +55,7 @@ class RunSummary:
     invert_calls: int = 0
     edit_calls: int = 0
     oom_retries: int = 0
+    backbone_loads: int = 0  # loads after the workers' first: locality keeps this near the backbone count
     worker_deaths: int = 0
     wall_seconds: float = 0.0
     startup_seconds: float = 0.0
@@ -85,12 +86,13 @@ def run_sweep(
         worker_options = _worker_options(spec)
         spec_payload = spec.model_dump(mode="json")
         n_workers = min(len(units), _n_workers(spec, worker_options))
-        pool = _Pool(spec_payload, store.uri, run_id, worker_options, n_workers)
+        backbones = [(b.name, b.dtype) for b in spec.backbones]
+        pool = _Pool(spec_payload, store.uri, run_id, worker_options, n_workers, backbones)
         summary.startup_seconds = time.perf_counter() - started
         summary.workers = pool.infos
         bar = tqdm(total=pending, desc=f"sweep {spec.name}", unit="edit", disable=not progress, file=sys.stderr)
         try:
-            _drive(pool, deque(units), spec, store, summary, bar)
+            _drive(pool, units, spec, store, summary, bar)
         finally:
             bar.close()
             pool.shutdown()
@@ -103,10 +105,15 @@ def run_sweep(
 class _Pool:
     """The worker actors, replaced one by one when they die."""
 
-    def __init__(self, spec: dict, run_uri: str, run_id: str, options: dict, size: int) -> None:
+    def __init__(
+        self, spec: dict, run_uri: str, run_id: str, options: dict, size: int, backbones: list[tuple[str, str]]
+    ) -> None:
         self._args = (spec, run_uri, run_id)
         self._cls = ray.remote(SweepWorker).options(max_restarts=0, max_task_retries=0, **options)
-        self.actors = [self._cls.remote(*self._args) for _ in range(size)]
+        self.backbones = backbones
+        # Actors start on the backbones in turn; `holds` follows what each one has loaded.
+        self.holds = [backbones[slot % len(backbones)] for slot in range(size)]
+        self.actors = [self._cls.remote(*self._args, slot % len(backbones)) for slot in range(size)]
         try:
             self.infos: list[dict[str, Any]] = ray.get([a.info.remote() for a in self.actors])
         except ray.exceptions.RayActorError as err:
@@ -119,7 +126,7 @@ class _Pool:
     def replace(self, slot: int) -> None:
         """Kill the dead or broken actor in `slot` and start a fresh one in its place."""
         ray.kill(self.actors[slot], no_restart=True)
-        self.actors[slot] = self._cls.remote(*self._args)
+        self.actors[slot] = self._cls.remote(*self._args, self.backbones.index(self.holds[slot]))
         self.replacements += 1
 
     def shutdown(self) -> None:
@@ -128,13 +135,17 @@ class _Pool:
             ray.kill(actor, no_restart=True)
 
 
-def _drive(pool: _Pool, queue: deque[Unit], spec: SweepSpec, store: RunStore, summary: RunSummary, bar: tqdm) -> None:
+def _drive(pool: _Pool, units: list[Unit], spec: SweepSpec, store: RunStore, summary: RunSummary, bar: tqdm) -> None:
     """Pull loop: keep `max_in_flight` units queued per actor; on a death, retry what it held.
 
-    A dead actor takes down the unit it was running and the units queued behind it. Only the
-    running one (its oldest) counts as an attempt, so a unit that kills workers cannot use up the
-    retries of the innocent units queued next to it.
+    Locality: an actor gets units of the backbone it holds; only when none is left does it take
+    the backbone with the most pending work (and load it once). A dead actor takes down the unit
+    it was running and the units queued behind it. Only the running one (its oldest) counts as an
+    attempt, so a unit that kills workers cannot use up the retries of the units queued next to it.
     """
+    queues: dict[tuple[str, str], deque[Unit]] = {key: deque() for key in pool.backbones}
+    for unit in units:
+        queues[unit.backbone].append(unit)
     attempts: Counter = Counter()
     in_flight: dict[Any, tuple[Unit, int, Any]] = {}  # ref -> (unit, actor slot, actor)
     queued: dict[Any, list[Any]] = {}  # actor -> its refs in submission (= execution) order
@@ -142,11 +153,15 @@ def _drive(pool: _Pool, queue: deque[Unit], spec: SweepSpec, store: RunStore, su
     throughput = [Counter() for _ in pool.actors]  # per actor slot: units, tasks, busy seconds
 
     def submit(slot: int) -> None:
-        if queue:
-            unit, actor = queue.popleft(), pool.actors[slot]
-            ref = actor.process.remote(unit)
-            in_flight[ref] = (unit, slot, actor)
-            queued.setdefault(actor, []).append(ref)
+        if not queues[pool.holds[slot]]:
+            busiest = max(queues, key=lambda key: sum(len(u.tasks) for u in queues[key]))
+            if not queues[busiest]:
+                return
+            pool.holds[slot] = busiest
+        unit, actor = queues[pool.holds[slot]].popleft(), pool.actors[slot]
+        ref = actor.process.remote(unit)
+        in_flight[ref] = (unit, slot, actor)
+        queued.setdefault(actor, []).append(ref)
 
     for _ in range(spec.execution.max_in_flight):
         for slot in range(len(pool.actors)):
@@ -170,7 +185,7 @@ def _drive(pool: _Pool, queue: deque[Unit], spec: SweepSpec, store: RunStore, su
             if ref == running_when_died[actor]:
                 attempts[id(unit)] += 1
             if attempts[id(unit)] <= spec.execution.max_retries:
-                queue.appendleft(unit)
+                queues[unit.backbone].appendleft(unit)
             else:
                 message = f"the worker died {attempts[id(unit)]} times on this unit; last error: {_first_line(err)}"
                 store.write_rows(task_row(t, status="error", error=message, run_id=summary.run_id) for t in unit.tasks)
@@ -184,6 +199,7 @@ def _drive(pool: _Pool, queue: deque[Unit], spec: SweepSpec, store: RunStore, su
         summary.invert_calls += report.invert_calls
         summary.edit_calls += report.edit_calls
         summary.oom_retries += report.oom_retries
+        summary.backbone_loads += report.backbone_loads
         summary.seconds.update(report.seconds)
         throughput[slot].update(units=1, tasks=report.n_ok + report.n_error, busy_seconds=sum(report.seconds.values()))
         bar.update(report.n_ok + report.n_error)
@@ -208,9 +224,9 @@ def _ensure_ray(address: str | None) -> None:
 
 def _worker_options(spec: SweepSpec) -> dict[str, Any]:
     gpus = ray.cluster_resources().get("GPU", 0)
-    if spec.backbone.device != "cpu" and gpus >= 1:
+    if spec.device != "cpu" and gpus >= 1:
         return dict(num_gpus=spec.execution.gpus_per_worker, num_cpus=spec.execution.cpus_per_worker)
-    if spec.backbone.device == "cuda":
+    if spec.device == "cuda":
         raise RuntimeError("backbone.device is 'cuda' but the Ray cluster has no GPU; use 'auto' or 'cpu'")
     return dict(num_cpus=spec.execution.cpus_per_worker)
 

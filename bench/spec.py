@@ -91,7 +91,9 @@ class SweepSpec(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     imports: list[str] = Field(default_factory=list, description="modules or .py files registering plugins")
-    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
+    backbone: BackboneSpec | list[BackboneSpec] = Field(
+        default_factory=BackboneSpec, description="one backbone, or a list to sweep over backbones"
+    )
     datasets: list[DatasetSpec] = Field(min_length=1)
     methods: list[MethodSpec] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -110,10 +112,27 @@ class SweepSpec(_Strict):
             raise ValueError(f"seeds must be distinct, got {seeds}")
         return seeds
 
+    @field_validator("backbone")
+    @classmethod
+    def _distinct_backbones(cls, value: BackboneSpec | list[BackboneSpec]) -> BackboneSpec | list[BackboneSpec]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("give at least one backbone")
+            if len({(b.name, b.dtype) for b in value}) != len(value):
+                raise ValueError("backbones must be distinct (name, dtype) pairs")
+            if len({b.device for b in value}) != 1:
+                raise ValueError("every backbone of a sweep must name the same device")
+        return value
+
     @property
-    def dtype(self) -> str:
-        """The backbone dtype name."""
-        return self.backbone.dtype
+    def backbones(self) -> list[BackboneSpec]:
+        """The backbones to sweep over (one or more)."""
+        return self.backbone if isinstance(self.backbone, list) else [self.backbone]
+
+    @property
+    def device(self) -> str:
+        """Where workers run the backbones: auto, cpu or cuda."""
+        return self.backbones[0].device
 
 
 def import_plugins(imports: list[str]) -> None:

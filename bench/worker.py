@@ -45,6 +45,7 @@ class UnitReport:
     invert_calls: int = 0
     edit_calls: int = 0
     oom_retries: int = 0  # edit batches halved after running out of GPU memory
+    backbone_loads: int = 0  # backbones loaded to serve this unit (0 when the actor held it)
     seconds: Counter = field(default_factory=Counter)  # load, invert, edit, score, store
 
 
@@ -75,33 +76,59 @@ def sample_seed(seed: int, sample_id: str) -> int:
 class SweepWorker:
     """Processes units of a sweep on one device with models loaded once."""
 
-    def __init__(self, spec: SweepSpec | dict[str, Any], run_dir: str, run_id: str) -> None:
+    def __init__(
+        self, spec: SweepSpec | dict[str, Any], run_dir: str, run_id: str, backbone_index: int = 0
+    ) -> None:
         started = time.perf_counter()
         self.spec = spec if isinstance(spec, SweepSpec) else load_spec(spec)
         self.run_id = run_id
         self.store = RunStore(run_dir)
-        wanted = self.spec.backbone.device
-        use_cuda = wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available())
+        use_cuda = self.spec.device == "cuda" or (self.spec.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda" if use_cuda else "cpu")
-        self.backbone = load_backbone(self.spec.backbone.name, self.device, self.spec.backbone.dtype)
+        first = self.spec.backbones[backbone_index % len(self.spec.backbones)]
+        self.backbone = load_backbone(first.name, self.device, first.dtype)
+        self.backbone_key = (first.name, first.dtype)
         self.scorers = [get_scorer_class(n)(p or {}, self.device) for n, p in self.spec.metrics.items()]
         self.datasets = {d.name: get_dataset_class(d.name)(d.params) for d in self.spec.datasets}
         self.methods: dict[str, Method] = {m.name: get_method_class(m.name)() for m in self.spec.methods}
-        self.random_weights = self.backbone.random_weights or any(s.random_weights for s in self.scorers)
-        self.weights = ";".join(
-            [f"backbone={self.backbone.weights_source}"] + [f"{s.name}={s.weights_source}" for s in self.scorers]
-        )
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.device_name = torch.cuda.get_device_name(self.device) if use_cuda else "cpu"
         self.init_seconds = time.perf_counter() - started
 
+    @property
+    def random_weights(self) -> bool:
+        """Whether the loaded backbone or any scorer uses random weights (recorded in every row)."""
+        return self.backbone.random_weights or any(s.random_weights for s in self.scorers)
+
+    @property
+    def weights(self) -> str:
+        """Where every model's weights come from (recorded in every row)."""
+        parts = [f"backbone={self.backbone.weights_source}"] + [f"{s.name}={s.weights_source}" for s in self.scorers]
+        return ";".join(parts)
+
     def info(self) -> dict[str, Any]:
-        """Who this worker is and how long it took to load its models."""
-        return dict(worker=self.name, device=self.device_name, init_seconds=self.init_seconds)
+        """Who this worker is, which backbone it holds, and how long it took to load its models."""
+        return dict(
+            worker=self.name, device=self.device_name, backbone=self.backbone_key[0], init_seconds=self.init_seconds
+        )
+
+    def _use_backbone(self, key: tuple[str, str], report: UnitReport) -> None:
+        """Load the unit's backbone if it is not the one held (the driver keeps this rare)."""
+        if key == self.backbone_key:
+            return
+        t0 = time.perf_counter()
+        self.backbone = None  # free the old weights before loading the new ones
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.backbone = load_backbone(key[0], self.device, key[1])
+        self.backbone_key = key
+        report.backbone_loads += 1
+        report.seconds["load"] += time.perf_counter() - t0
 
     def process(self, unit: Unit) -> UnitReport:
         """Invert, edit, score and store every task of the unit; never raises for a task's failure."""
         report = UnitReport()
+        self._use_backbone(unit.backbone, report)
         rows: list[dict[str, Any]] = []
         t0 = time.perf_counter()
         loaded: list[tuple[Group, Sample]] = []

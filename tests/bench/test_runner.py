@@ -143,3 +143,25 @@ def test_actor_and_driver_kills_lose_and_duplicate_nothing(fake_gpu_ray, make_sp
     unit = 1  # tasks per unit: batch_size 1, one edit point
     bound = 60 + 3 * unit + 4 * execution["max_in_flight"] * unit
     assert 60 <= executions <= bound
+
+
+def test_a_sweep_over_two_backbones_loads_each_once_per_actor(ray_session, make_spec, tiny_backbone, tmp_path):
+    """Locality: one actor serves two backbones with one switch, not one load per group."""
+    folder = tmp_path / "tiny-copy"
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        getattr(tiny_backbone, part).save_pretrained(folder / part)
+    (folder / "model_index.json").write_text("{}")
+    spec = make_spec(
+        [{"name": "copy"}, {"name": "ddim_edit", "invert": {"steps": 2}, "edit": {"guidance": [1.0, 3.0]}}],
+        n=3,
+        backbone=[{"name": "tiny"}, {"name": str(folder)}],
+        execution={"workers": 1, "batch_size": 1},
+    )
+    summary = run_sweep(spec, tmp_path / "run", progress=False)
+    assert (summary.n_tasks, summary.n_ok) == (2 * 3 * 3, 18)
+    assert summary.backbone_loads == 1  # started on tiny, switched to the folder once
+    rows = RunStore(str(tmp_path / "run")).read_results()
+    assert rows.groupby("backbone").size().to_dict() == {"tiny": 9, str(folder): 9}
+    by_backbone = rows.set_index("backbone")["weights"]
+    assert by_backbone[str(folder)].str.startswith(f"backbone={folder};").all()
+    assert by_backbone["tiny"].str.startswith("backbone=tiny:random;").all()

@@ -103,3 +103,12 @@ def test_plugin_file_registers_a_method(tmp_path):
     assert load_spec(spec_path).methods[0].name == "my_copy"
     with pytest.raises(SpecError, match="no such file"):
         load_spec(minimal(imports=[str(tmp_path / "missing.py")]))
+
+
+def test_backbone_lists_are_distinct_and_share_a_device():
+    spec = load_spec(minimal(backbone=[{"name": "tiny"}, {"name": "tiny", "dtype": "bfloat16"}]))
+    assert [(b.name, b.dtype) for b in spec.backbones] == [("tiny", "float32"), ("tiny", "bfloat16")]
+    with pytest.raises(SpecError, match="distinct"):
+        load_spec(minimal(backbone=[{"name": "tiny"}, {"name": "tiny"}]))
+    with pytest.raises(SpecError, match="same device"):
+        load_spec(minimal(backbone=[{"name": "tiny"}, {"name": "x", "device": "cpu"}]))
