@@ -13,10 +13,9 @@ from editsweep.bench.store import RunStore
 def run_status(run_dir: str, top_errors: int = 5) -> dict[str, Any]:
     """Done, failed (with the most frequent error messages) and remaining tasks, per method."""
     store = RunStore(run_dir)
-    manifests = [p for p in store.list_files("manifests") if p.endswith(".json")]
-    if not manifests:
+    manifest = store.latest_manifest()
+    if manifest is None:
         raise FileNotFoundError(f"{run_dir} has no run manifest: is it a directory written by `editsweep run`?")
-    manifest = store.read_json(max(manifests))
     spec = load_spec(manifest["spec"])
     planned = {t.task_key: t.method for t in expand(spec)}
     results = store.read_results()

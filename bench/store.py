@@ -163,6 +163,11 @@ class RunStore:
         with self.fs.open_input_file(self.path(rel)) as f:
             return json.loads(f.read())
 
+    def latest_manifest(self) -> dict[str, Any] | None:
+        """The newest run's manifest (run ids sort by start time), or None before any run."""
+        manifests = [p for p in self.list_files("manifests") if p.endswith(".json")]
+        return self.read_json(max(manifests)) if manifests else None
+
     def list_files(self, rel: str) -> list[str]:
         """Relative paths of the files below `rel` (empty when it does not exist)."""
         base = self.path(rel)

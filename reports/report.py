@@ -117,7 +117,5 @@ def build_report(
 
 def _sweep_spec(store: RunStore) -> dict[str, Any]:
     """The sweep spec in the run's newest manifest ({} when there is none)."""
-    manifests = [p for p in store.list_files("manifests") if p.endswith(".json")]
-    if not manifests:
-        return {}
-    return store.read_json(max(manifests)).get("spec") or {}
+    manifest = store.latest_manifest()
+    return (manifest or {}).get("spec") or {}
