@@ -45,6 +45,7 @@ SCHEMA = pa.schema(
         pa.field("edit_params", pa.string()),  # canonical JSON, defaults filled in
         pa.field("source_prompt", pa.string()),
         pa.field("target_prompt", pa.string()),
+        pa.field("labels", pa.map_(pa.string(), pa.string())),  # the sample's scalar meta (edit type, class)
         pa.field("status", pa.string(), nullable=False),  # "ok" or "error"
         pa.field("error", pa.string()),
         pa.field("image_path", pa.string()),  # relative to the run directory
@@ -135,10 +136,11 @@ class RunStore:
             base,
             filesystem=self.fs,
             format="parquet",
+            schema=SCHEMA,  # files written before a column was added read it as null
             partitioning=pads.partitioning(pa.schema([(c, pa.string()) for c in PARTITION_COLS]), flavor="hive"),
             exclude_invalid_files=True,
         )
-        table = dataset.to_table().select(SCHEMA.names).cast(SCHEMA)
+        table = dataset.to_table().select(SCHEMA.names)
         return table.to_pandas(maps_as_pydicts="strict")
 
     def read_results(self) -> pd.DataFrame:
@@ -187,6 +189,7 @@ def _abspath(path: str) -> str:
 def _normalise(row: Mapping[str, Any]) -> dict[str, Any]:
     """Drop partition columns and fill missing columns with None, so every file has FILE_SCHEMA."""
     out = {name: row.get(name) for name in FILE_SCHEMA.names}
+    out["labels"] = {str(k): str(v) for k, v in (row.get("labels") or {}).items()}
     out["scores"] = {k: float(v) for k, v in (row.get("scores") or {}).items()}
     out["features"] = {k: [float(x) for x in v] for k, v in (row.get("features") or {}).items()}
     return out

@@ -30,7 +30,7 @@ from editsweep.bench.metrics.base import ScoreBatch, get_scorer_class
 from editsweep.bench.plan import Group, Task, Unit
 from editsweep.bench.spec import SweepSpec, load_spec
 from editsweep.bench.store import RunStore
-from editsweep.datasets.base import Sample, get_dataset_class
+from editsweep.datasets.base import Sample, get_dataset_class, sample_labels
 from editsweep.datasets.images import fit_square
 from editsweep.methods.backbone import load_backbone
 from editsweep.methods.base import Method, get_method_class, images_tensor, to_pil
@@ -268,6 +268,7 @@ class SweepWorker:
             run_id=self.run_id,
             source_prompt=sample.source_prompt,
             target_prompt=sample.target_prompt,
+            labels=sample_labels(sample),
             random_weights=self.random_weights,
             weights=self.weights,
             worker=self.name,

@@ -27,6 +27,12 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def sample_labels(sample: Sample) -> dict[str, str]:
+    """The sample's scalar meta entries as strings, stored in every row so reports can group by
+    them (PIE-Bench edit type, ImageNet target class); arrays such as masks are left out."""
+    return {k: str(v) for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))}
+
+
 class DatasetParams(BaseModel):
     """Base of every dataset's parameters: unknown keys are errors."""
 

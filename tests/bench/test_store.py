@@ -1,6 +1,7 @@
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -37,6 +38,17 @@ def test_every_file_has_the_explicit_schema_even_when_columns_are_empty(tmp_path
         assert pq.read_schema(store.path(rel)).equals(FILE_SCHEMA, check_metadata=False)
     results = store.read_results().set_index("task_key")
     assert list(results.loc["b", "features"]["f"]) == [1.0, 2.0]
+
+
+def test_files_from_before_a_column_was_added_still_read(tmp_path):
+    store = RunStore(str(tmp_path))
+    store.write_rows([row("new", labels={"edit_type": "1"})])
+    old_schema = pa.schema([f for f in FILE_SCHEMA if f.name != "labels"])
+    table = pa.Table.from_pylist([{"task_key": "old", "group_key": "g", "status": "ok"}], schema=old_schema)
+    pq.write_table(table, store.path("results/method=copy/dataset=synthetic/part-old.parquet"))
+    results = store.read_results().set_index("task_key")
+    assert results.loc["new", "labels"] == {"edit_type": "1"}
+    assert results.loc["old", "labels"] is None and results.loc["old", "method"] == "copy"
 
 
 def test_partitions_and_concurrent_writers(tmp_path):

@@ -171,6 +171,8 @@ def test_tedbench_sweep_inverts_once_per_image_and_seed(tmp_path, monkeypatch):
     # Each (method, image) inverted once per seed: 2 seeds, never once per edit point.
     assert set(inverted.values()) == {2} and len(inverted) == 2 * 3
     assert rows["source_prompt"].isna().all()  # TEdBench has no source prompts
+    # The sample's scalar meta travels with each row, for reports that group by it.
+    assert all(dict(labels)["img_name"].endswith(".png") for labels in rows["labels"])
 
 
 def test_out_of_memory_halves_the_edit_batch_before_giving_up(make_spec, tmp_path):
