@@ -122,7 +122,9 @@ def _download_head(path: Path) -> None:
                 out.write(block)
         got = _sha256(Path(tmp))
         if got != HEAD_SHA256:
-            raise ScorerWeightsError(f"aesthetic head downloaded from {HEAD_URL} has sha256 {got}, expected {HEAD_SHA256}")
+            raise ScorerWeightsError(
+                f"aesthetic head downloaded from {HEAD_URL} has sha256 {got}, expected {HEAD_SHA256}"
+            )
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -222,7 +224,8 @@ class AestheticScorer(Scorer):
             try:
                 if p.weights == "pretrained":
                     checkpoint = resolve_pretrained_checkpoint(p.model, p.pretrained_tag, scorer="aesthetic (CLIP)")
-                    clip = (open_clip.create_model(p.model, pretrained=checkpoint, **tag_kwargs), f"{p.model}:{p.pretrained_tag}")
+                    model = open_clip.create_model(p.model, pretrained=checkpoint, **tag_kwargs)
+                    clip = (model, f"{p.model}:{p.pretrained_tag}")
                 else:
                     model, source, _ = load_local_clip(p.model, p.weights, tag_kwargs, scorer="aesthetic (CLIP)")
                     clip = (model, source)
@@ -237,7 +240,9 @@ class AestheticScorer(Scorer):
         self.head = head.to(device).eval()
         dim = self.model.visual.output_dim
         if dim != EMBED_DIM:
-            raise ScorerWeightsError(f"aesthetic head takes {EMBED_DIM}-d CLIP embeddings; {self._source} gives {dim}-d")
+            raise ScorerWeightsError(
+                f"aesthetic head takes {EMBED_DIM}-d CLIP embeddings; {self._source} gives {dim}-d"
+            )
         self.preprocess_cfg = open_clip.get_model_preprocess_cfg(self.model)
         self._mean = torch.tensor(self.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)

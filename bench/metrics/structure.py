@@ -76,7 +76,8 @@ def _load_vit(p: StructureParams) -> tuple[torch.nn.Module, str]:
     except (OSError, ValueError) as exc:
         if p.weights != "pretrained":
             raise ScorerWeightsError(
-                f"structure distance: {source} is not a transformers ViT folder (config.json + model.safetensors): {exc}"
+                f"structure distance: {source} is not a transformers ViT folder "
+                f"(config.json + model.safetensors): {exc}"
             ) from exc
         reason = "HF_HUB_OFFLINE is set" if offline else f"download failed: {exc}"
         raise ScorerWeightsError(
@@ -143,7 +144,9 @@ class StructureDistanceScorer(Scorer):
     def score(self, edited: torch.Tensor, sources: torch.Tensor, samples: list[Sample]) -> ScoreBatch:
         """MSE over the T x T entries of the two self-similarity matrices, per image."""
         if edited.shape != sources.shape:
-            raise ValueError(f"structure distance needs edits and inputs of one shape, got {edited.shape} and {sources.shape}")
+            raise ValueError(
+                f"structure distance needs edits and inputs of one shape, got {edited.shape} and {sources.shape}"
+            )
         n = edited.shape[0]
         sims = cosine_self_similarity(self.keys(torch.cat([edited, sources])))
         distance = F.mse_loss(sims[:n], sims[n:], reduction="none").flatten(1).mean(dim=1)
