@@ -189,8 +189,13 @@ def _tiny_random_clip() -> torch.nn.Module:
     model = open_clip.CLIP(**TINY_CLIP, quick_gelu=True)
     set_model_preprocess_cfg(
         model,
-        {"size": TINY_CLIP["vision_cfg"]["image_size"], "mean": OPENAI_DATASET_MEAN, "std": OPENAI_DATASET_STD,
-         "interpolation": "bicubic", "resize_mode": "shortest"},
+        {
+            "size": TINY_CLIP["vision_cfg"]["image_size"],
+            "mean": OPENAI_DATASET_MEAN,
+            "std": OPENAI_DATASET_STD,
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
     )
     return model
 

@@ -167,9 +167,7 @@ def load_local_clip(
     return model, source, name
 
 
-def clip_preprocess(
-    images: torch.Tensor, cfg: dict[str, Any], mean: torch.Tensor, std: torch.Tensor
-) -> torch.Tensor:
+def clip_preprocess(images: torch.Tensor, cfg: dict[str, Any], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """open_clip's eval transform on a (N,3,H,W) [0,1] batch: resize, center crop (or pad), normalise.
 
     Same steps as the PIL pipeline (antialiased resize with the tag's interpolation, bicubic

@@ -43,8 +43,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_LAYER_NORM_EPS = 1e-6  # DINO's ViT uses nn.LayerNorm(eps=1e-6)
 COSINE_EPS = 1e-8  # PIE-Bench's attn_cosine_sim clamps the product of norms at this value
 # A tiny ViT for `weights: random`: same patch size as ViT-B/8, a few small layers.
-TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-            "patch_size": 8, "image_size": 224, "qkv_bias": True}
+TINY_VIT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "patch_size": 8,
+    "image_size": 224,
+    "qkv_bias": True,
+}
 
 
 class StructureParams(ScorerParams):

@@ -106,8 +106,13 @@ def test_sweep_scores_the_files_and_a_missing_file_fails_only_its_sample(ray_ses
 
     outs = tmp_path / "outs"
     outs.mkdir()
-    ext = {("syn-0000", 0): ".png", ("syn-0000", 1): ".jpg", ("syn-0001", 0): ".webp", ("syn-0002", 0): ".png",
-           ("syn-0002", 1): ".png"}  # syn-0001 seed 1 is missing
+    ext = {
+        ("syn-0000", 0): ".png",
+        ("syn-0000", 1): ".jpg",
+        ("syn-0001", 0): ".webp",
+        ("syn-0002", 0): ".png",
+        ("syn-0002", 1): ".png",
+    }  # syn-0001 seed 1 is missing
     for i, ((sample_id, seed), suffix) in enumerate(ext.items()):
         write_image(outs / f"{sample_id}_{seed}{suffix}", i)
     raw = _raw(str(outs), pattern="{sample_id}_{seed}")

@@ -99,7 +99,9 @@ def test_local_clip_file_and_real_head_path(tmp_path, scorer):
     real_head = load_head(REAL_HEAD).eval()
     with torch.no_grad():
         expected = real_head(scorer.embeddings(images)).flatten()
-    assert torch.allclose(local.score(images, images, make_samples(["a", "b"])).scores["aesthetic"], expected, atol=1e-5)
+    assert torch.allclose(
+        local.score(images, images, make_samples(["a", "b"])).scores["aesthetic"], expected, atol=1e-5
+    )
 
 
 def test_pretrained_offline_fails_fast_naming_head_and_clip(tmp_path, monkeypatch):
@@ -112,7 +114,14 @@ def test_pretrained_offline_fails_fast_naming_head_and_clip(tmp_path, monkeypatc
         AestheticScorer({}, torch.device("cpu"))
     assert time.monotonic() - start < 10
     message = str(info.value)
-    for part in (HEAD_FILE, HEAD_URL, HEAD_SHA256, "head:", "ViT-L-14:openai", "timm/vit_large_patch14_clip_224.openai"):
+    for part in (
+        HEAD_FILE,
+        HEAD_URL,
+        HEAD_SHA256,
+        "head:",
+        "ViT-L-14:openai",
+        "timm/vit_large_patch14_clip_224.openai",
+    ):
         assert part in message
 
 
