@@ -183,7 +183,8 @@ class SweepWorker:
         batch = len(samples)
 
         t0 = time.perf_counter()
-        state = method.invert(self.backbone, samples, invert_params, self._generators(groups))
+        extra = {"seeds": [g.head.seed for g in groups]} if method.needs_seeds else {}
+        state = method.invert(self.backbone, samples, invert_params, self._generators(groups), **extra)
         invert_s = self._elapsed(t0)
         report.seconds["invert"] += invert_s
         report.invert_calls += 1

@@ -7,6 +7,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     direct_inversion,
     negative_prompt,
     null_text,
+    precomputed,
     prompt_tuning,
     sdedit,
 )

@@ -45,6 +45,7 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "ssim": MetricInfo("SSIM", True, "more faithful"),
     "mse": MetricInfo("MSE", False, "more faithful"),
     "structure": MetricInfo("Structure distance", False, "more faithful"),
+    "structure_distance": MetricInfo("Structure distance", False, "more faithful"),
     "aesthetic": MetricInfo("Aesthetic score", True, "more aesthetic"),
     "sfid": MetricInfo("SFID", False, "more realistic"),
     "csfid": MetricInfo("CSFID", False, "more realistic and on-class"),
