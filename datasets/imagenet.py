@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import os
 import tempfile
 import urllib.error
 import urllib.request
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -205,12 +206,21 @@ def read_queries(path: Path) -> pd.DataFrame:
     return df
 
 
+@lru_cache(maxsize=1)
 def imagenet_wnids() -> list[str]:
-    """The 1,000 ILSVRC2012 wnids in the standard sorted order (class index -> wnid), from timm's copy."""
-    from timm.data import ImageNetInfo
+    """The 1,000 ILSVRC2012 wnids in the standard sorted order (class index -> wnid).
 
-    info = ImageNetInfo()
-    return [info.index_to_label_name(i) for i in range(info.num_classes())]
+    Read from the copy timm ships (`timm/data/_info/imagenet_synsets.txt`), located without
+    importing timm, which takes seconds and is not needed for a text file.
+    """
+    spec = importlib.util.find_spec("timm")
+    path = Path(spec.origin).parent / "data" / "_info" / "imagenet_synsets.txt" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise DatasetError("the ImageNet class list ships with timm (timm/data/_info/imagenet_synsets.txt): install timm")
+    wnids = path.read_text().split()
+    if len(wnids) != 1000:
+        raise DatasetError(f"{path} has {len(wnids)} wnids, expected the 1,000 ILSVRC2012 classes")
+    return wnids
 
 
 def cache_dir(override: str | None = None) -> Path:
