@@ -21,6 +21,7 @@ reference stats made with another extractor than the rows' `inception` scorer.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,9 @@ def kid(features: np.ndarray, stats: ReferenceStats, subsets: int = 100, seed: i
     size = min(1000, len(features), len(stats.sample_features))
     if size < 2:
         return float("nan"), float("nan")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)  # torchmetrics draws its subsets from the global generator
+        warnings.filterwarnings("ignore", message=".*save all extracted features.*")  # we pass features
         metric = KernelInceptionDistance(feature=torch.nn.Identity(), subsets=subsets, subset_size=size)
         metric.update(torch.from_numpy(stats.sample_features).double(), real=True)
         metric.update(torch.from_numpy(features).double(), real=False)
