@@ -93,3 +93,15 @@ def test_missing_deit_weights_name_the_model(cpu, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ScorerWeightsError, match="facebook/deit-base-distilled-patch16-384"):
         FlexitAccuracyScorer({"model": "facebook/deit-base-distilled-patch16-384"}, cpu)
+
+
+def test_lpips_with_size_compares_flexits_center_crop(cpu):
+    from editsweep.bench.metrics.lpips_distance import LpipsScorer
+
+    source = smooth_images(2, height=64, width=128)
+    edited = source.clone()
+    edited[..., :16] = 1.0 - edited[..., :16]  # changed only outside the center crop
+    cropped = LpipsScorer({"net": "alex", "weights": "random", "size": 64}, cpu)
+    whole = LpipsScorer({"net": "alex", "weights": "random"}, cpu)
+    assert cropped.score(edited, source, []).scores["lpips"].abs().max() < 1e-6
+    assert (whole.score(edited, source, []).scores["lpips"] > 1e-4).all()
