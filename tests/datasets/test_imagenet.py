@@ -99,3 +99,16 @@ def test_download_is_checked_against_the_pinned_sha256(tmp_path):
     with pytest.raises(DatasetError, match="checksum mismatch"):
         download_queries(tmp_path / "cache2", tampered.as_uri())
     assert not (tmp_path / "cache2" / "queries.csv").exists()
+
+
+def test_the_imagenet_config_plans_without_images(tmp_path, monkeypatch, capsys):
+    from editsweep.bench.cli import main
+
+    cache = tmp_path / "cache" / "imagenet_flexit"
+    cache.mkdir(parents=True)
+    shutil.copy(SHARED_QUERIES, cache / "queries.csv")  # a cached copy with the pinned hash: no download
+    monkeypatch.setenv("EDITSWEEP_CACHE", str(tmp_path / "cache"))
+    config = Path(__file__).resolve().parents[2] / "configs" / "imagenet-flexit.yaml"
+    assert main(["run", str(config), "--dry-run", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "copy: 1092 tasks, 1092 groups" in out and "sdedit: 6552 tasks, 1092 groups" in out
