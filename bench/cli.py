@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ref.add_argument("--batch-size", type=int, default=32)
     ref.add_argument("--kid-samples", type=int, default=2000, help="reference features kept for KID")
     ref.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ref.add_argument("--quiet", action="store_true", help="no progress bar")
 
     status = sub.add_parser("status", help="summarise a run directory: done, failed (top errors), remaining")
     status.add_argument("run_dir", help="run directory or URI written by `editsweep run`")
@@ -137,15 +138,27 @@ def _report(args: argparse.Namespace) -> int:
 
 def _reference_stats(args: argparse.Namespace) -> int:
     import torch
+    from tqdm import tqdm
 
     from editsweep.bench.metrics.inception import InceptionScorer
     from editsweep.reports.reference_stats import compute_reference_stats
 
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     scorer = InceptionScorer({"weights": args.weights, "size": args.size}, torch.device("cuda" if use_cuda else "cpu"))
-    stats = compute_reference_stats(
-        args.root, scorer, per_class=args.per_class, batch_size=args.batch_size, kid_samples=args.kid_samples
-    )
+    with tqdm(desc="reference images", unit="img", disable=args.quiet) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        stats = compute_reference_stats(
+            args.root,
+            scorer,
+            per_class=args.per_class,
+            batch_size=args.batch_size,
+            kid_samples=args.kid_samples,
+            progress=advance,
+        )
     path = stats.save(args.out)
     print(f"{stats.count} images in {len(stats.wnids)} classes, extractor {stats.extractor} -> {path}")
     return 0

@@ -128,6 +128,8 @@ class InceptionScorer(Scorer):
                     f"download it again from {WEIGHTS_URL}"
                 )
             try:
+                # torch-fidelity unpickles the file with weights_only=False: make sure it holds only tensors first.
+                torch.load(path, map_location="cpu", weights_only=True)
                 model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
             except (RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError) as e:
                 raise ScorerWeightsError(f"cannot load FID Inception weights from {path}: {e}") from e

@@ -105,3 +105,28 @@ def test_lpips_with_size_compares_flexits_center_crop(cpu):
     whole = LpipsScorer({"net": "alex", "weights": "random"}, cpu)
     assert cropped.score(edited, source, []).scores["lpips"].abs().max() < 1e-6
     assert (whole.score(edited, source, []).scores["lpips"] > 1e-4).all()
+
+
+def test_fid_inception_loads_a_weights_file_and_checks_the_pretrained_hash(cpu, tmp_path, monkeypatch):
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    class Unloaded(tf_inception.FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True):  # keep the random init: no weights here
+            return None
+
+    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: {})
+    torch.manual_seed(0)
+    state = Unloaded("inception-v3-compat", ["2048"]).state_dict()
+    monkeypatch.undo()
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(state, checkpoints / WEIGHTS_FILE)
+
+    scorer = InceptionScorer({"weights": str(checkpoints / WEIGHTS_FILE)}, cpu)
+    feats = scorer.features(smooth_images(2, height=64, width=80))
+    assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
+    assert scorer.weights_source.startswith("fid-inception-v3:sha256-") and not scorer.random_weights
+    # "pretrained" finds the file in the torch hub cache, and refuses it: its sha256 is not the published one.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ScorerWeightsError, match="sha256 .* expected 6726825d"):
+        InceptionScorer({}, cpu)
