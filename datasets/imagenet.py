@@ -39,7 +39,9 @@ from editsweep.datasets.base import Dataset, DatasetError, DatasetParams, Sample
 from editsweep.datasets.images import load_rgb
 
 COMMIT = "7aece383f04e12307372ba8c729a556dfaacd8e8"
-QUERIES_URL = f"https://raw.githubusercontent.com/facebookresearch/SemanticImageTranslation/{COMMIT}/dataset/queries.csv"
+QUERIES_URL = (
+    f"https://raw.githubusercontent.com/facebookresearch/SemanticImageTranslation/{COMMIT}/dataset/queries.csv"
+)
 QUERIES_SHA256 = "153fc0ef936f7239b3fc525897e91adad16900c6e3c94a1c7d4f2021543219c6"
 QUERY_COLUMNS = ("path", "source", "source_id", "target", "target_id", "is_test")
 
@@ -52,7 +54,9 @@ class ImageNetParams(DatasetParams):
     labels: str | None = Field(None, description="flat layout: LOC_val_solution.csv, to check each image's class")
     queries: str | None = Field(None, description="a local queries.csv (else download: true)")
     download: bool = Field(False, description="fetch queries.csv at the pinned commit into the cache (sha256-checked)")
-    cache_dir: str | None = Field(None, description="default $EDITSWEEP_CACHE/imagenet_flexit or ~/.cache/editsweep/...")
+    cache_dir: str | None = Field(
+        None, description="default $EDITSWEEP_CACHE/imagenet_flexit or ~/.cache/editsweep/..."
+    )
     split: Literal["test", "dev", "all"] = Field("test", description="is_test=True rows, False rows, or both")
     limit: int | None = Field(None, ge=1, description="the first N queries of the split, in query-id order")
     prompt_template: str = Field("{}", description="target prompt from the target class name")
@@ -162,7 +166,9 @@ class ImageNetFlexit(Dataset):
             )
         labelled = self._flat_labels.get(path.stem)
         if labelled is not None and labelled != wnid:
-            raise DatasetError(f"{path} is labelled {labelled} in {self.params.labels}, but query {sample_id} expects {wnid}")
+            raise DatasetError(
+                f"{path} is labelled {labelled} in {self.params.labels}, but query {sample_id} expects {wnid}"
+            )
         target_wnid = imagenet_wnids()[int(q["target_id"])]
         return Sample(
             id=sample_id,
@@ -197,7 +203,9 @@ def read_queries(path: Path) -> pd.DataFrame:
         df = df.astype({"source_id": int, "target_id": int})
         df.index = df.index.astype(int)
     except (ValueError, TypeError) as e:
-        raise DatasetError(f"imagenet query list {path}: query ids, source_id and target_id must be integers ({e})") from e
+        raise DatasetError(
+            f"imagenet query list {path}: query ids, source_id and target_id must be integers ({e})"
+        ) from e
     if not df.index.is_unique:
         raise DatasetError(f"imagenet query list {path}: query ids (first column) are not unique")
     df["is_test"] = df["is_test"].astype(str).str.lower().map({"true": True, "false": False})
@@ -216,7 +224,9 @@ def imagenet_wnids() -> list[str]:
     spec = importlib.util.find_spec("timm")
     path = Path(spec.origin).parent / "data" / "_info" / "imagenet_synsets.txt" if spec and spec.origin else None
     if path is None or not path.is_file():
-        raise DatasetError("the ImageNet class list ships with timm (timm/data/_info/imagenet_synsets.txt): install timm")
+        raise DatasetError(
+            "the ImageNet class list ships with timm (timm/data/_info/imagenet_synsets.txt): install timm"
+        )
     wnids = path.read_text().split()
     if len(wnids) != 1000:
         raise DatasetError(f"{path} has {len(wnids)} wnids, expected the 1,000 ILSVRC2012 classes")

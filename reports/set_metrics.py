@@ -46,9 +46,7 @@ def sfid(features: np.ndarray, stats: ReferenceStats) -> float:
 def csfid(features: np.ndarray, target_wnids: list[str], stats: ReferenceStats) -> float:
     """FlexIT CSFID: per target class, squared distance of the class's mean feature to its reference mean; averaged."""
     labels = np.asarray(target_wnids)
-    distances = [
-        ((features[labels == c].mean(0) - stats.class_mean(c)) ** 2).sum() for c in sorted(set(target_wnids))
-    ]
+    distances = [((features[labels == c].mean(0) - stats.class_mean(c)) ** 2).sum() for c in sorted(set(target_wnids))]
     return float(np.mean(distances))
 
 
@@ -181,10 +179,12 @@ def add_set_metrics(
     datasets = sorted(results.loc[has_features, "dataset"].unique())
     paths = reference_stats_paths(spec, reference_stats, datasets)
     missing = [d for d in datasets if d not in paths]
-    notes = [
-        f"SFID/CSFID/FID/KID skipped for {', '.join(missing)}: no reference stats (set the dataset's "
-        "`reference_stats:` param or pass `editsweep report --reference-stats FILE`)"
-    ] if missing else []
+    notes = []
+    if missing:
+        notes.append(
+            f"SFID/CSFID/FID/KID skipped for {', '.join(missing)}: no reference stats (set the dataset's "
+            "`reference_stats:` param or pass `editsweep report --reference-stats FILE`)"
+        )
     if not paths:
         return summary, [], notes
     stats = {d: ReferenceStats.load(p) for d, p in paths.items()}

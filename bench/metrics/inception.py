@@ -38,7 +38,9 @@ FEATURE = "inception"
 class InceptionParams(ScorerParams):
     """`weights`: "pretrained" (torch hub cache), a path to the weights file, or "random" (tests)."""
 
-    size: int = Field(256, ge=16, le=1024, description="resize short side + center crop, before Inception (FlexIT: 256)")
+    size: int = Field(
+        256, ge=16, le=1024, description="resize short side + center crop, before Inception (FlexIT: 256)"
+    )
     batch_size: int = Field(32, ge=1, description="images per forward pass")
 
 
@@ -58,7 +60,9 @@ def resolve_weights(weights: str) -> Path:
     if path.is_dir():
         path = path / WEIGHTS_FILE
     if not path.is_file():
-        raise ScorerWeightsError(f"FID Inception weights file {path} does not exist (expected {WEIGHTS_FILE} from {WEIGHTS_URL})")
+        raise ScorerWeightsError(
+            f"FID Inception weights file {path} does not exist (expected {WEIGHTS_FILE} from {WEIGHTS_URL})"
+        )
     return path
 
 
@@ -130,7 +134,9 @@ class InceptionScorer(Scorer):
             try:
                 # torch-fidelity unpickles the file with weights_only=False: make sure it holds only tensors first.
                 torch.load(path, map_location="cpu", weights_only=True)
-                model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+                model = FeatureExtractorInceptionV3(
+                    "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+                )
             except (RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError) as e:
                 raise ScorerWeightsError(f"cannot load FID Inception weights from {path}: {e}") from e
             self._source = f"fid-inception-v3:sha256-{digest[:16]}:crop{p.size}"

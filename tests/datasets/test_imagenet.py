@@ -34,7 +34,11 @@ def test_planning_needs_only_the_query_list(imagenet_layout, tmp_path):
 
 def test_folder_layout_sample(imagenet_layout):
     ds = ImageNetFlexit(
-        {"queries": str(imagenet_layout["queries"]), "root": str(imagenet_layout["val"]), "prompt_template": "a photo of a {}"}
+        {
+            "queries": str(imagenet_layout["queries"]),
+            "root": str(imagenet_layout["val"]),
+            "prompt_template": "a photo of a {}",
+        }
     )
     sid = ds.sample_ids()[0]
     q = ds.queries.loc[int(sid)]

@@ -24,7 +24,11 @@ def imagenet_run(imagenet_layout, tmp_path_factory):
     base = tmp_path_factory.mktemp("imagenet-run")
     stats = base / "stats.npz"
     assert main(["reference-stats", str(imagenet_layout["train"]), "--out", str(stats), "--weights", "random"]) == 0
-    params = {"queries": str(imagenet_layout["queries"]), "root": str(imagenet_layout["val"]), "reference_stats": str(stats)}
+    params = {
+        "queries": str(imagenet_layout["queries"]),
+        "root": str(imagenet_layout["val"]),
+        "reference_stats": str(stats),
+    }
     spec = load_spec(
         {
             "name": "imagenet-mini",

@@ -10,9 +10,9 @@ import torch
 from editsweep.bench.cli import main
 from editsweep.bench.metrics.inception import InceptionScorer
 from editsweep.datasets.images import load_rgb
+from editsweep.reports.aggregate import aggregate
 from editsweep.reports.reference_stats import ReferenceStats, ReferenceStatsError
 from editsweep.reports.report import build_report
-from editsweep.reports.aggregate import aggregate
 from editsweep.reports.set_metrics import add_set_metrics, fid, kid, point_set_metrics
 
 EXTRACTOR = "random-cnn64:seed0:crop256"
@@ -117,7 +117,9 @@ def test_reference_stats_command_round_trips(imagenet_layout, tmp_path, capsys):
 
 
 def test_reference_stats_errors_name_the_problem(tmp_path, capsys):
-    assert main(["reference-stats", str(tmp_path / "none"), "--out", str(tmp_path / "s.npz"), "--weights", "random"]) == 2
+    assert (
+        main(["reference-stats", str(tmp_path / "none"), "--out", str(tmp_path / "s.npz"), "--weights", "random"]) == 2
+    )
     assert "none does not exist" in capsys.readouterr().err
     with pytest.raises(ReferenceStatsError, match="editsweep reference-stats"):
         ReferenceStats.load(tmp_path / "missing.npz")
