@@ -49,6 +49,10 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "aesthetic": MetricInfo("Aesthetic score", True, "more aesthetic"),
     "sfid": MetricInfo("SFID", False, "more realistic"),
     "csfid": MetricInfo("CSFID", False, "more realistic and on-class"),
+    "fid": MetricInfo("FID", False, "more realistic"),
+    "kid": MetricInfo("KID", False, "more realistic"),
+    "accuracy": MetricInfo("Accuracy (DeiT)", True, "more on-target"),
+    "unedited": MetricInfo("Unedited (DeiT)", False, "more edited"),
 }
 
 

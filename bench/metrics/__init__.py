@@ -3,6 +3,8 @@
 from editsweep.bench.metrics import (  # noqa: F401  (registration side effect)
     aesthetic,
     clip_t,
+    flexit_accuracy,
+    inception,
     lpips_distance,
     ns_lpips,
     pixel,
