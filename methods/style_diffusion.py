@@ -40,7 +40,7 @@ from editsweep.methods.backbone import Backbone
 from editsweep.methods.base import Method, Params, State, images_tensor, register_method, source_prompts
 from editsweep.methods.ddim import Schedule, ddim_invert, ddim_move, make_schedule, predict_noise
 from editsweep.methods.image_encoder import DEFAULT_IMAGE_ENCODER, load_image_encoder
-from editsweep.methods.p2p import P2PlusParams, attention_map_tokens, p2p_edit
+from editsweep.methods.p2p import P2PlusParams, ValueInputs, attention_map_tokens, p2p_edit
 
 Mapping = dict[str, torch.Tensor]
 """Per-image mapping-network weights, each with a leading image axis."""
@@ -187,6 +187,24 @@ def train_values(
     return torch.stack(scales, 1), torch.stack(shifts, 1)
 
 
+def value_inputs(state: State, points: Sequence[StyleDiffusionEditParams], steps: int) -> ValueInputs:
+    """The value inputs of the rows [sources; points x sources] at each step: learned
+    (c * a_t + b_t) for the sources always, for a point's rows during its `value_replace` steps."""
+    scale, shift = state["value_scale"].float(), state["value_shift"].float()
+    batch = scale.shape[0]
+    limits = [steps] * batch + [int(p.value_replace * steps) for p in points for _ in range(batch)]
+    limits = torch.tensor(limits, device=scale.device)
+
+    def values(step: int, cond: torch.Tensor) -> torch.Tensor:
+        if cond.shape[0] != len(limits):
+            raise ValueError(f"{cond.shape[0]} conditional rows, expected {len(limits)} (sources + points x sources)")
+        rows = len(limits) // batch
+        learned = cond.float() * scale[:, step].repeat(rows, 1, 1) + shift[:, step].repeat(rows, 1, 1)
+        return torch.where((step < limits).view(-1, 1, 1), learned, cond.float())
+
+    return values
+
+
 @register_method
 class StyleDiffusion(Method):
     """StyleDiffusion value inversion with a per-step mapping network, then P2Plus editing."""
@@ -227,18 +245,9 @@ class StyleDiffusion(Method):
         generators: Sequence[torch.Generator],
     ) -> list[torch.Tensor]:
         schedule = make_schedule(backbone, invert_params.steps)
-        batch = len(samples)
-        scale, shift = state["value_scale"].float(), state["value_shift"].float()
-        limits = [schedule.steps] * batch + [int(p.value_replace * schedule.steps) for p in edit_params for _ in samples]
-        limits = torch.tensor(limits, device=backbone.device)
-
-        def values(step: int, cond: torch.Tensor) -> torch.Tensor:
-            rows = cond.shape[0] // batch
-            learned = cond.float() * scale[:, step].repeat(rows, 1, 1) + shift[:, step].repeat(rows, 1, 1)
-            return torch.where((step < limits).view(-1, 1, 1), learned, cond.float())
-
-        uncond = backbone.encode_text([""] * batch)
-        # One guidance for every point, so p2p_edit runs them in one loop, in order, as `limits` assumes.
+        values = value_inputs(state, edit_params, schedule.steps)
+        uncond = backbone.encode_text([""] * len(samples))
+        # One guidance for every point: p2p_edit runs them in one loop, in order, as `values` assumes.
         return p2p_edit(
             backbone,
             samples,
