@@ -6,7 +6,13 @@ from editsweep.methods.base import get_method_class, images_tensor
 from editsweep.methods.ddim import make_schedule, predict_noise
 from editsweep.methods.image_encoder import ImageEncoderLoadError, load_image_encoder
 from editsweep.methods.p2p import p2p_latents
-from editsweep.methods.style_diffusion import StyleDiffusionEditParams, StyleDiffusionParams, value_inputs
+from editsweep.methods.style_diffusion import (
+    StyleDiffusionEditParams,
+    StyleDiffusionParams,
+    apply_mapping,
+    init_mapping,
+    value_inputs,
+)
 
 STEPS = 10
 PARAMS = StyleDiffusionParams(steps=STEPS, inner_steps=5, image_encoder="tiny")
@@ -156,3 +162,26 @@ def test_tiny_image_encoder_is_seeded_cached_and_flagged():
     assert encoder.n_tokens == 17 and encoder.width == 32
     reseeded = load_image_encoder("tiny", seed=1)
     assert not torch.equal(next(encoder.model.parameters()), next(reseeded.model.parameters()))
+
+
+def test_image_encoder_loads_a_local_safetensors_folder(tmp_path, generated_samples):
+    tiny = load_image_encoder("tiny")
+    tiny.model.save_pretrained(tmp_path, safe_serialization=True)
+    tiny.processor.save_pretrained(tmp_path)
+    loaded = load_image_encoder(str(tmp_path))
+    assert (tmp_path / "model.safetensors").exists() and not loaded.random_weights
+    images = [s.image for s in generated_samples]
+    assert torch.equal(loaded.tokens(images), tiny.tokens(images))
+
+
+def test_each_image_has_its_own_mapping_and_a_projection_when_widths_differ():
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    mapping = init_mapping(n_tokens=5, width=48, dim=32, length=77, generators=generators, device=torch.device("cpu"))
+    tokens = torch.randn(2, 5, 48, generator=torch.Generator().manual_seed(9))
+    scale, shift = apply_mapping(mapping, tokens)
+    assert scale.shape == shift.shape == (2, 77, 32)
+    changed = tokens.clone()
+    changed[1] += 1
+    scale2, _ = apply_mapping(mapping, changed)
+    assert torch.equal(scale2[0], scale[0]) and not torch.allclose(scale2[1], scale[1])
+    assert "proj_w" not in init_mapping(5, 32, 32, 77, generators, torch.device("cpu"))
