@@ -52,7 +52,9 @@ class StyleDiffusionParams(Params):
     steps: int = Field(50, ge=1, le=1000, description="DDIM steps")
     guidance: float = Field(7.5, ge=0, le=50, description="CFG scale the values are trained for")
     inner_steps: int = Field(100, ge=0, le=10000, description="optimisation steps at the first timestep")
-    inner_decay: float = Field(0.1, ge=0, le=10, description="inner steps at step i: ceil(inner_steps * exp(-inner_decay * i))")
+    inner_decay: float = Field(
+        0.1, ge=0, le=10, description="inner steps at step i: ceil(inner_steps * exp(-inner_decay * i))"
+    )
     learning_rate: float = Field(1e-2, gt=0, le=1, description="Adam lr at the first step, decayed linearly")
     lr_decay: float = Field(0.01, ge=0, lt=1, description="lr(i) = learning_rate * (1 - lr_decay * i)")
     attention_weight: float = Field(1.0, ge=0, le=1000, description="weight of the attention regularisation loss")

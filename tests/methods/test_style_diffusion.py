@@ -59,9 +59,8 @@ def test_trained_mapping_beats_its_untrained_start(tiny_backbone, generated_samp
     start = relative_errors(reconstruct(tiny_backbone, generated_samples, untrained, point)[0], inputs)
     assert (learned < 0.1 * start).all()
     null = tiny_backbone.encode_text([""] * 3)
-    ddim, _ = p2p_latents(
-        tiny_backbone, generated_samples, point, trained["noise_latents"], make_schedule(tiny_backbone, STEPS), null, 7.5
-    )
+    schedule = make_schedule(tiny_backbone, STEPS)
+    ddim, _ = p2p_latents(tiny_backbone, generated_samples, point, trained["noise_latents"], schedule, null, 7.5)
     assert learned.mean() < 0.6 * relative_errors(ddim, inputs).mean()
 
 
@@ -129,7 +128,8 @@ def test_worker_unet_unchanged_and_no_grads(tiny_backbone, generated_samples, me
 
 def test_batch_equals_images_one_by_one(tiny_backbone, generated_samples, method):
     params = StyleDiffusionParams(steps=3, inner_steps=4, image_encoder="tiny")
-    batch = method.invert(tiny_backbone, generated_samples, params, [torch.Generator().manual_seed(i) for i in range(3)])
+    generators = [torch.Generator().manual_seed(i) for i in range(3)]
+    batch = method.invert(tiny_backbone, generated_samples, params, generators)
     for i, sample in enumerate(generated_samples):
         alone = method.invert(tiny_backbone, [sample], params, [torch.Generator().manual_seed(i)])
         # Adam divides by the gradient's running RMS, which lifts float-rounding differences between
