@@ -82,7 +82,7 @@ class P2PControl:
     cross_steps: torch.Tensor  # (T,) long
     self_steps: torch.Tensor  # (T,) long
     control_uncond: bool = False
-    uncond_self_steps: torch.Tensor | None = None  # (T,) long: P2Plus, unconditional self-attention only
+    uncond_self_steps: torch.Tensor | None = None  # (T,) long: P2Plus; control_uncond takes precedence
     blend: LocalBlend | None = None
     step: int = 0
 

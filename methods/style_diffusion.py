@@ -167,7 +167,8 @@ def train_values(
                 eps = eps_uncond + params.guidance * (eps_cond - eps_uncond)
                 losses = ((ddim_move(x, eps, a_from, a_to) - pivot) ** 2).flatten(1).mean(1)
                 for found, wanted in zip(recorder.take(), target_maps[i]):
-                    losses = losses + params.attention_weight * ((found - wanted) ** 2).flatten(1).mean(1)
+                    attention_error = ((found.float() - wanted.float()) ** 2).flatten(1).mean(1)
+                    losses = losses + params.attention_weight * attention_error
                 before = {k: v.detach().clone() for k, v in weights.items()}
                 optimizer.zero_grad()
                 losses.sum().backward()
