@@ -10,6 +10,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     precomputed,
     prompt_tuning,
     sdedit,
+    style_diffusion,
 )
 from editsweep.methods.base import METHODS, Method, Params, State, get_method_class, register_method
 

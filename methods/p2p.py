@@ -4,12 +4,13 @@ inversion methods (DDIM, Null-text, Negative-prompt, Direct inversion) share.
 `p2p_edit` runs one loop per distinct guidance scale over the rows [sources; targets]: one source
 (reconstruction) row per sample and one target row per (edit point, sample). What differs between
 the inversion methods is passed in: the unconditional embedding (per step for Null-text), and an
-optional source trajectory that pins the source rows to the inversion latents (Direct inversion).
+optional source trajectory that pins the source rows to the inversion latents (Direct inversion),
+and optional per-step value inputs of the cross-attention (StyleDiffusion).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -44,6 +45,18 @@ class GuidedP2PParams(P2PParams):
     guidance: float = Field(7.5, ge=0, le=50, description="classifier-free guidance scale")
 
 
+class P2PlusParams(P2PParams):
+    """P2Plus (StyleDiffusion): P2P plus self-attention replacement in the unconditional branch."""
+
+    uncond_self_replace: float = Field(
+        0.0, ge=0, le=1, description="fraction of steps with injected self-attention in the unconditional branch"
+    )
+
+
+ValueInputs = Callable[[int, torch.Tensor], torch.Tensor]
+"""(step counted from the loop's start, cond rows (R, L, D)) -> value inputs (R, L, D) of those rows."""
+
+
 def p2p_edit(
     backbone: Backbone,
     samples: Sequence[Sample],
@@ -54,12 +67,14 @@ def p2p_edit(
     guidance: float | None = None,
     start: int = 0,
     source_trajectory: torch.Tensor | None = None,
+    values: ValueInputs | None = None,
 ) -> list[torch.Tensor]:
     """Edit every sample at every P2P point; one (B, 3, H, W) image tensor per point.
 
     `uncond` is (B, L, D), or (steps, B, L, D) for a per-step embedding. `guidance` overrides the
     points' own scale (Null-text's embeddings only hold for the scale they were tuned at).
     `source_trajectory` (steps + 1, B, ...) as returned by `ddim_invert` pins the source rows.
+    `values` gives the cross-attention value inputs of the conditional rows at each step.
     """
     by_scale: dict[float, list[int]] = {}
     for k, point in enumerate(points):
@@ -69,7 +84,7 @@ def p2p_edit(
     for scale, indices in by_scale.items():
         _, targets = p2p_latents(
             backbone, samples, [points[k] for k in indices], start_latents, schedule, uncond, scale, start,
-            source_trajectory,
+            source_trajectory, values,
         )  # fmt: skip
         for k, image in zip(indices, backbone.decode(targets).split(len(samples))):
             results[k] = image
@@ -82,7 +97,7 @@ def build_control(
     """The per-row controls for rows [samples; points x samples] (point-major target rows)."""
     tokenizer = backbone.tokenizer
     batch = len(samples)
-    mappers, alphas, equalizers, cross, self_, blends = [], [], [], [], [], []
+    mappers, alphas, equalizers, cross, self_, uncond_self, blends = [], [], [], [], [], [], []
     for point in points:
         for sample in samples:
             source, target = sample.source_prompt or "", sample.target_prompt
@@ -98,6 +113,7 @@ def build_control(
             equalizers.append(equalizer)
             cross.append(int(point.cross_replace * n_steps))
             self_.append(int(point.self_replace * n_steps))
+            uncond_self.append(int(point.uncond_self_replace * n_steps) if isinstance(point, P2PlusParams) else 0)
             blends.append(_blend_words(tokenizer, sample, point, n_steps))
     control = P2PControl(
         n_source=batch,
@@ -108,16 +124,16 @@ def build_control(
         cross_steps=torch.tensor(cross, device=backbone.device),
         self_steps=torch.tensor(self_, device=backbone.device),
         control_uncond=any(p.control_uncond for p in points),
+        uncond_self_steps=torch.tensor(uncond_self, device=backbone.device) if any(uncond_self) else None,
     )
     if any(p.local_blend for p in points):
         src_words, tgt_words, thresholds, starts = (list(x) for x in zip(*blends))
-        side = backbone.unet.config.sample_size
         control.blend = LocalBlend(
             source_words=torch.stack(src_words).to(backbone.device),
             target_words=torch.stack(tgt_words).to(backbone.device),
             threshold=torch.tensor(thresholds, device=backbone.device),
             start_step=torch.tensor(starts, device=backbone.device),
-            map_tokens=_blend_map_tokens(backbone, side),
+            map_tokens=attention_map_tokens(backbone),
         )
     return control
 
@@ -132,6 +148,7 @@ def p2p_latents(
     scale: float,
     start: int = 0,
     source_trajectory: torch.Tensor | None = None,
+    values: ValueInputs | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The controlled DDIM loop at one guidance scale: final (source (B), target (P*B)) latents."""
     batch, n_points = len(samples), len(points)
@@ -147,7 +164,10 @@ def p2p_latents(
             control.step = i - start
             a_from, a_to = schedule.alphas[i].item(), schedule.alphas[i + 1].item()
             step_uncond = uncond_rows[i] if uncond_rows.dim() == 4 else uncond_rows
-            eps = predict_noise(backbone, x, schedule.timesteps[i], cond, step_uncond, scale, alpha=a_from)
+            step_values = values(i - start, cond) if values is not None else None
+            eps = predict_noise(
+                backbone, x, schedule.timesteps[i], cond, step_uncond, scale, alpha=a_from, values=step_values
+            )
             x = ddim_move(x, eps, a_from, a_to)
             if source_trajectory is not None:
                 x[:batch] = source_trajectory[schedule.steps - i - 1].float()
@@ -195,9 +215,11 @@ def _blend_words(tokenizer, sample: Sample, point: P2PParams, n_steps: int) -> t
     return src_mask, tgt_mask, point.blend_threshold, int(point.blend_start * n_steps)
 
 
-def _blend_map_tokens(backbone: Backbone, latent_side: int) -> int:
-    """Query count of the layers whose maps make the LocalBlend mask: 16x16 on SD at 512 px
-    (latent / 4), or the coarsest attention resolution the UNet has when that does not exist."""
+def attention_map_tokens(backbone: Backbone) -> int:
+    """Query count of the layers whose cross-attention maps P2P's LocalBlend and StyleDiffusion's
+    attention loss use: 16x16 on SD at 512 px (latent / 4), or the coarsest attention resolution
+    the UNet has when that does not exist."""
+    latent_side = backbone.unet.config.sample_size
     levels = [i for i, name in enumerate(backbone.unet.config.down_block_types) if "CrossAttn" in name]
     sides = [latent_side // 2**i for i in levels]
     wanted = latent_side // 4
