@@ -9,6 +9,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     null_text,
     prompt_tuning,
     sdedit,
+    vae_roundtrip,
 )
 from editsweep.methods.base import METHODS, Method, Params, State, get_method_class, register_method
 

@@ -15,6 +15,7 @@ import pyarrow.fs as pafs
 
 from editsweep.bench.store import RunStore
 from editsweep.reports.aggregate import aggregate, summary_metrics
+from editsweep.reports.breakdown import write_protocol_tables
 from editsweep.reports.leaderboard import leaderboard_markdown
 from editsweep.reports.plots import image_grid, tradeoff_plot
 from editsweep.reports.tracking import log_to_mlflow, resolve_tracking_uri
@@ -94,6 +95,7 @@ def build_report(
     if notes:
         text += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
     leaderboard_md.write_text(text)
+    protocol_tables = write_protocol_tables(results, summary, out)
 
     spec = _sweep_spec(store)
     uri = resolve_tracking_uri(store.root, tracking_uri or spec.get("mlflow", {}).get("tracking_uri"))
@@ -110,7 +112,7 @@ def build_report(
         "n_boot": summary.attrs["n_boot"],
         "notes": " | ".join(notes),
     }
-    artifacts = [p for p in (summary_csv, leaderboard_md, tradeoff_png, grid_png) if p is not None]
+    artifacts = [p for p in (summary_csv, leaderboard_md, tradeoff_png, grid_png) if p is not None] + protocol_tables
     run_id = log_to_mlflow(store.root, summary, artifacts, params, tracking_uri=uri, experiment=experiment)
     return ReportResult(out, summary_csv, leaderboard_md, tradeoff_png, grid_png, run_id, uri, notes)
 
