@@ -73,3 +73,9 @@ def test_without_the_data_the_dry_run_names_the_folder_to_provide(tmp_path, caps
         assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 2
         err = capsys.readouterr().err
         assert str(tmp_path / "absent") in err and expected in err
+
+
+def test_list_shows_the_data_folder_as_required(capsys):
+    assert main(["list", "datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "pie_bench" in out and "coco" in out and "root (required)" in out and "PydanticUndefined" not in out
