@@ -211,7 +211,7 @@ def _doc(cls: type) -> str:
 
 def _params(model: type[BaseModel]) -> str:
     fields = [
-        f"{n}=(required)" if f.is_required() else f"{n}={f.get_default(call_default_factory=True)!r}"
+        f"{n} (required)" if f.is_required() else f"{n}={f.get_default(call_default_factory=True)!r}"
         for n, f in model.model_fields.items()
     ]
     return ", ".join(fields) or "(none)"

@@ -11,6 +11,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     prompt_tuning,
     sdedit,
     style_diffusion,
+    vae_roundtrip,
 )
 from editsweep.methods.base import METHODS, Method, Params, State, get_method_class, register_method
 

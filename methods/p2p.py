@@ -33,7 +33,11 @@ class P2PParams(Params):
         "auto", description="word swap, refinement, or auto: swap when the word counts match"
     )
     reweight: dict[str, float] = Field(default_factory=dict, description="target-prompt word -> attention factor")
-    local_blend: bool = Field(False, description="blend with the source outside the blended words' mask")
+    local_blend: bool | Literal["when_given"] = Field(
+        False,
+        description="blend with the source outside the blended words' mask; 'when_given': only for samples "
+        "whose meta has blended words, the others unblended (PIE-Bench's protocol)",
+    )
     blend_threshold: float = Field(0.3, gt=0, lt=1, description="LocalBlend mask threshold")
     blend_start: float = Field(0.2, ge=0, le=1, description="fraction of steps before LocalBlend acts")
     control_uncond: bool = Field(False, description="also control the unconditional branch (P2Plus)")
@@ -202,6 +206,8 @@ def _blend_words(tokenizer, sample: Sample, point: P2PParams, n_steps: int) -> t
     if not point.local_blend:
         return src_mask, tgt_mask, point.blend_threshold, n_steps + 1
     words = sample.meta.get("blended_words")
+    if not words and point.local_blend == "when_given":
+        return src_mask, tgt_mask, point.blend_threshold, n_steps + 1
     if not words or len(words) != 2:
         raise ValueError(
             f"local_blend needs the sample's meta['blended_words'] = [source word, target word]; sample {sample.id!r} has {words!r}"

@@ -38,6 +38,7 @@ class MetricInfo:
 
 METRIC_INFO: dict[str, MetricInfo] = {
     "clip_t": MetricInfo("CLIP-T", True, "more editable"),
+    "clip_whole": MetricInfo("CLIP whole", True, "more editable"),
     "clip_edited": MetricInfo("CLIP edited", True, "more editable"),
     "lpips": MetricInfo("LPIPS", False, "more faithful"),
     "ns_lpips": MetricInfo("NS-LPIPS", False, "more faithful"),

@@ -15,6 +15,7 @@ import pyarrow.fs as pafs
 
 from editsweep.bench.store import RunStore
 from editsweep.reports.aggregate import aggregate, summary_metrics
+from editsweep.reports.breakdown import write_protocol_tables
 from editsweep.reports.leaderboard import leaderboard_markdown
 from editsweep.reports.plots import image_grid, tradeoff_plot
 from editsweep.reports.set_metrics import add_set_metrics
@@ -99,6 +100,7 @@ def build_report(
     if notes:
         text += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
     leaderboard_md.write_text(text)
+    protocol_tables = write_protocol_tables(results, summary, out)
 
     uri = resolve_tracking_uri(store.root, tracking_uri or spec.get("mlflow", {}).get("tracking_uri"))
     experiment = experiment or spec.get("mlflow", {}).get("experiment") or spec.get("name")
@@ -115,6 +117,7 @@ def build_report(
         "notes": " | ".join(notes),
     }
     artifacts = [p for p in (summary_csv, leaderboard_md, tradeoff_png, *set_figures, grid_png) if p is not None]
+    artifacts += protocol_tables
     run_id = log_to_mlflow(store.root, summary, artifacts, params, tracking_uri=uri, experiment=experiment)
     return ReportResult(out, summary_csv, leaderboard_md, tradeoff_png, grid_png, run_id, uri, notes, set_figures)
 

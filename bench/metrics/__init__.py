@@ -7,6 +7,7 @@ from editsweep.bench.metrics import (  # noqa: F401  (registration side effect)
     inception,
     lpips_distance,
     ns_lpips,
+    pie_bench,
     pixel,
     structure,
 )
