@@ -23,7 +23,7 @@ from editsweep.reports.leaderboard import format_ci
 
 # PIE-Bench's table order (METRICS.md), then its display factors.
 PIE_BENCH_METRICS = [
-    "structure",
+    "structure_distance",
     "psnr_unedited",
     "lpips_unedited",
     "mse_unedited",
