@@ -45,7 +45,6 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "psnr": MetricInfo("PSNR", True, "more faithful"),
     "ssim": MetricInfo("SSIM", True, "more faithful"),
     "mse": MetricInfo("MSE", False, "more faithful"),
-    "structure": MetricInfo("Structure distance", False, "more faithful"),
     "structure_distance": MetricInfo("Structure distance", False, "more faithful"),
     "aesthetic": MetricInfo("Aesthetic score", True, "more aesthetic"),
     "sfid": MetricInfo("SFID", False, "more realistic"),
