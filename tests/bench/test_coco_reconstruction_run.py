@@ -51,7 +51,7 @@ def results(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     worker = SweepWorker(spec, str(run_dir), "run-coco")
     for unit in plan(spec, set())[1]:
-        worker.process(unit)
+        RunStore(str(run_dir)).write_rows(worker.process(unit).rows)  # as the driver does
     return RunStore(str(run_dir)).read_results()
 
 

@@ -50,7 +50,7 @@ def imagenet_run(imagenet_layout, tmp_path_factory):
     store.write_json("manifests/20260101T000000Z-test.json", {"spec": spec.model_dump(mode="json")})
     worker = SweepWorker(spec, run_dir, "run-test")
     for unit in plan(spec, set())[1]:
-        worker.process(unit)
+        RunStore(str(run_dir)).write_rows(worker.process(unit).rows)  # as the driver does
     return store, build_report(run_dir, f"sqlite:///{base / 'mlflow.db'}")
 
 
