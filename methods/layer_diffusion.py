@@ -119,7 +119,9 @@ def layered_loss(state: State, images: Sequence[int], params: LayerInvertParams)
     return LayeredLoss(list(index), list(kinds), torch.stack(latents).float(), torch.stack(weights).float())
 
 
-def reference_backgrounds(backbone: Backbone, samples: Sequence[Sample], latents: torch.Tensor) -> tuple:
+def reference_backgrounds(
+    backbone: Backbone, samples: Sequence[Sample], latents: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents of each sample's reference background (`meta["background"]`, a PIL image, fitted like
     the input), or of the input itself; and a (B,) bool of which samples had one."""
     background = latents.clone()

@@ -116,9 +116,11 @@ def object_masks(
         words = [object_word(s, word) for s in todo]
         if provider == "attention":
             made = attention_masks(backbone, todo, latents[missing], words, threshold, steps)
-        else:
+        elif provider == "clipseg":
             images = images_tensor(todo, backbone.device)
             made = clipseg_masks(images, words, size, threshold, segmentation_model)
+        else:
+            raise MaskError(f"unknown mask provider {provider!r}: use 'attention' or 'clipseg'")
         for i, m in zip(missing, made, strict=True):
             masks[i] = m
     return torch.stack([m.to(latents.device) for m in masks])
@@ -229,7 +231,8 @@ def clipseg_masks(
     """(B, h, w) 0/1 masks: CLIPSeg prompted with each word, sigmoid above `threshold`, resized."""
     processor, network = load_clipseg(model, str(images.device))
     pixels = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    inputs = processor(text=list(words), images=list(pixels), padding=True, return_tensors="pt").to(images.device)
+    inputs = processor(text=list(words), images=list(pixels), padding=True, truncation=True, return_tensors="pt")
+    inputs = inputs.to(images.device)
     logits = network(**inputs).logits.float()
     logits = logits.view(len(words), 1, *logits.shape[-2:])
     probs = F.interpolate(logits.sigmoid(), size=size, mode="bilinear", align_corners=False)[:, 0]

@@ -11,7 +11,9 @@ from editsweep.methods.base import get_method_class
 from editsweep.methods.layer_diffusion import LayerEditParams, LayerInvertParams, layered_loss
 
 # Small step counts on the tiny backbone; the paper's values are the defaults (checked below).
-SMALL = dict(text_steps=2, text_learning_rate=1e-2, finetune_steps=2, finetune_learning_rate=1e-3, sample_steps=3, mask_steps=2)
+SMALL = dict(
+    text_steps=2, text_learning_rate=1e-2, finetune_steps=2, finetune_learning_rate=1e-3, sample_steps=3, mask_steps=2
+)
 POINTS = [LayerEditParams(), LayerEditParams(alpha=0.3, target_every=0, guidance=3.0)]
 
 

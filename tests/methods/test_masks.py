@@ -23,7 +23,9 @@ def latents_of(backbone, samples) -> torch.Tensor:
 
 
 def test_object_word_order_meta_then_parameter_then_last_shared_content_word():
-    sample = Sample(id="s", image=None, source_prompt="a photo of a red circle", target_prompt="A photo of a red square.")
+    sample = Sample(
+        id="s", image=None, source_prompt="a photo of a red circle", target_prompt="A photo of a red square."
+    )
     assert object_word(sample) == "red"  # "a", "photo", "of" are shared too, but are not objects
     assert object_word(sample, "circle") == "circle"
     sample.meta["object_word"] = "Disk"
@@ -76,7 +78,8 @@ def test_attention_mask_is_the_thresholded_word_map(tiny_backbone, generated_sam
     words = [object_word(s) for s in samples]
     maps = attention_maps(tiny_backbone, samples, latents, words, steps=2)
     assert maps.shape == (2, 8, 8)
-    assert torch.equal(maps.flatten(1).amin(1), torch.zeros(2)) and torch.allclose(maps.flatten(1).amax(1), torch.ones(2))
+    assert torch.equal(maps.flatten(1).amin(1), torch.zeros(2))
+    assert torch.allclose(maps.flatten(1).amax(1), torch.ones(2))
     low = attention_masks(tiny_backbone, samples, latents, words, 0.3, 2)
     high = attention_masks(tiny_backbone, samples, latents, words, 0.7, 2)
     assert set(low.unique().tolist()) <= {0.0, 1.0}
@@ -89,11 +92,50 @@ def test_attention_mask_is_the_thresholded_word_map(tiny_backbone, generated_sam
 
 
 def test_attention_mask_needs_the_word_in_a_prompt(tiny_backbone, generated_samples):
+    samples = generated_samples[:1]
     with pytest.raises(MaskError, match="'zebra' is in neither"):
-        attention_maps(tiny_backbone, generated_samples[:1], latents_of(tiny_backbone, generated_samples[:1]), ["zebra"], 1)
+        attention_maps(tiny_backbone, samples, latents_of(tiny_backbone, samples), ["zebra"], 1)
 
 
 def test_offline_segmentation_model_error_names_the_model(generated_samples):
     images = images_tensor(generated_samples[:1], torch.device("cpu"))
     with pytest.raises(MaskError, match=f"{CLIPSEG_MODEL}.*huggingface-cli download"):
         clipseg_masks(images, ["cat"], (8, 8), 0.5, CLIPSEG_MODEL)
+
+
+@pytest.fixture(scope="module")
+def tiny_clipseg(tmp_path_factory) -> str:
+    """A CLIPSeg with seeded random weights, saved as a local folder (safetensors + processor files)."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+
+    from editsweep.methods.backbone import clip_bpe_tokenizer
+
+    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPSegConfig(
+        text_config={**small, "max_position_embeddings": 77},
+        vision_config={**small, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+        reduce_dim=16,
+        extract_layers=[0, 1],
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=37,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("clipseg")
+    CLIPSegForImageSegmentation(config).save_pretrained(folder)
+    image_processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    CLIPSegProcessor(image_processor=image_processor, tokenizer=clip_bpe_tokenizer()).save_pretrained(folder)
+    return str(folder)
+
+
+def test_clipseg_masks_from_a_local_folder(tiny_clipseg, generated_samples):
+    """Loaded from a folder by path; binary masks at the requested size whose area shrinks as the
+    threshold rises and which depend on the text prompt (the object word)."""
+    images = images_tensor(generated_samples[:2], torch.device("cpu"))
+    low = clipseg_masks(images, ["cat", "car"], (8, 8), 0.3, tiny_clipseg)
+    high = clipseg_masks(images, ["cat", "car"], (8, 8), 0.7, tiny_clipseg)
+    assert low.shape == (2, 8, 8) and set(low.unique().tolist()) <= {0.0, 1.0}
+    assert bool((high <= low).all())
+    assert clipseg_masks(images, ["cat", "car"], (8, 8), 1.0, tiny_clipseg).sum() == 0
+    words = [clipseg_masks(images[:1], [w], (16, 16), 0.5, tiny_clipseg) for w in ("cat", "a red bicycle")]
+    assert not torch.equal(*words)
