@@ -36,12 +36,14 @@ def run(method, backbone, samples, **params):
     return state, method.edit(backbone, state, samples, invert, POINTS, gens(len(samples)))
 
 
-def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+def snapshot(backbone) -> dict[str, torch.Tensor]:
+    """Every weight of the UNet, the text encoder and the VAE, copied."""
+    parts = {"unet": backbone.unet, "text_encoder": backbone.text_encoder, "vae": backbone.vae}
+    return {f"{n}.{k}": v.detach().clone() for n, m in parts.items() for k, v in m.state_dict().items()}
 
 
-def assert_bit_identical(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = module.state_dict()
+def assert_bit_identical(backbone, before: dict[str, torch.Tensor]) -> None:
+    after = snapshot(backbone)
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
 
@@ -79,14 +81,14 @@ def test_empty_mask_leaves_the_foreground_loss_out(tiny_backbone, generated_samp
 def test_backbone_weights_are_bit_identical_after_a_group_and_after_a_failing_one(
     tiny_backbone, generated_samples, method, monkeypatch
 ):
-    """Every UNet state_dict tensor torch.equal and the same `unet` object after a group that
-    fine-tunes (the fine-tuned copy really learned: its images differ from fine-tune steps 0), and
-    after a group that raises inside the fine-tuned block."""
+    """Every state_dict tensor of the UNet, text encoder and VAE torch.equal, and the same `unet`
+    object, after a group that fine-tunes (the fine-tuned copy really learned: its images differ
+    from fine-tune steps 0), and after a group that raises inside the fine-tuned block."""
     samples = generated_samples[:1]
-    unet, before = tiny_backbone.unet, snapshot(tiny_backbone.unet)
+    unet, before = tiny_backbone.unet, snapshot(tiny_backbone)
     state, tuned = run(method, tiny_backbone, samples, finetune_learning_rate=1e-2)
     assert tiny_backbone.unet is unet
-    assert_bit_identical(tiny_backbone.unet, before)
+    assert_bit_identical(tiny_backbone, before)
     assert all(p.grad is None and not p.requires_grad for p in unet.parameters())
     invert = LayerInvertParams(**{**SMALL, "finetune_steps": 0})
     plain = method.edit(tiny_backbone, state, samples, invert, POINTS, gens(1))
@@ -102,7 +104,7 @@ def test_backbone_weights_are_bit_identical_after_a_group_and_after_a_failing_on
     with pytest.raises(RuntimeError, match="boom"):
         method.edit(tiny_backbone, state, samples, invert, POINTS, gens(1))
     assert tiny_backbone.unet is unet
-    assert_bit_identical(tiny_backbone.unet, before)
+    assert_bit_identical(tiny_backbone, before)
 
 
 def test_points_are_batched_and_independent_of_each_other(tiny_backbone, generated_samples, method):
