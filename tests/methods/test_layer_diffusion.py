@@ -57,6 +57,28 @@ def test_defaults_are_the_papers():
         LayerInvertParams(foreground_weight=-1)
 
 
+def test_layered_loss_is_lambda_times_the_masked_mean_of_each_region():
+    """Object row: lambda_f times the mean squared error over the mask's cells and channels, blind to
+    errors outside the mask; background row: lambda_b times the mean over the rest."""
+    mask = torch.zeros(1, 4, 4)
+    mask[0, :2] = 1
+    state = {
+        "latents": torch.randn(1, 4, 4, 4),
+        "background": torch.randn(1, 4, 4, 4),
+        "foreground_mask": mask,
+        "background_mask": 1 - mask,
+    }
+    loss = layered_loss(state, [0], LayerInvertParams(foreground_weight=2.0, background_weight=1.0))
+    assert loss.is_object == [True, False]
+    assert torch.equal(loss.latents[0], state["latents"][0]) and torch.equal(loss.latents[1], state["background"][0])
+    error = torch.rand(2, 4, 4, 4)
+    louder = error.clone()
+    louder[0, :, 2:] += 100.0  # outside the object mask
+    inside, outside = error[0, :, :2].mean(), error[1, :, 2:].mean()
+    torch.testing.assert_close(loss.reduce(error), torch.stack([2.0 * inside, 1.0 * outside]))
+    torch.testing.assert_close(loss.reduce(louder)[0], loss.reduce(error)[0])
+
+
 def test_empty_mask_leaves_the_foreground_loss_out(tiny_backbone, generated_samples, method):
     """An all-background dataset mask: the layered loss has no object row at all (no UNet call, no
     noise drawn), e_o stays exactly its initial text embedding, and the whole group (optimisation,
