@@ -37,6 +37,22 @@ def main(argv: list[str] | None = None) -> int:
         "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite in RUN_DIR)"
     )
     report.add_argument("--experiment", help="MLflow experiment name (default: the spec's name)")
+    report.add_argument(
+        "--reference-stats", help="reference stats file for SFID/CSFID/FID/KID (default: the dataset's reference_stats)"
+    )
+
+    ref = sub.add_parser(
+        "reference-stats", help="Inception feature stats of reference images (per-class wnid folders) for SFID/CSFID"
+    )
+    ref.add_argument("root", help="folder of per-class wnid folders, e.g. ILSVRC2012 train")
+    ref.add_argument("--out", required=True, help="the stats file to write (.npz)")
+    ref.add_argument("--weights", default="pretrained", help="inception scorer weights: pretrained, a file, or random")
+    ref.add_argument("--size", type=int, default=256, help="resize + center crop size, as the run's inception scorer")
+    ref.add_argument("--per-class", type=int, help="use at most this many images per class")
+    ref.add_argument("--batch-size", type=int, default=32)
+    ref.add_argument("--kid-samples", type=int, default=2000, help="reference features kept for KID")
+    ref.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ref.add_argument("--quiet", action="store_true", help="no progress bar")
 
     status = sub.add_parser("status", help="summarise a run directory: done, failed (top errors), remaining")
     status.add_argument("run_dir", help="run directory or URI written by `editsweep run`")
@@ -51,7 +67,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        commands = {"run": _run, "report": _report, "status": _status, "list": _list, "bench": _bench}
+        commands = {
+            "run": _run,
+            "report": _report,
+            "status": _status,
+            "list": _list,
+            "bench": _bench,
+            "reference-stats": _reference_stats,
+        }
         return commands[args.command](args)
     except Exception as err:  # noqa: BLE001 - user-facing errors become one clear message
         from editsweep.bench.spec import SpecError
@@ -109,13 +132,42 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from editsweep.reports.report import build_report
 
-    _print_report(build_report(args.run_dir, args.tracking_uri, args.experiment))
+    _print_report(build_report(args.run_dir, args.tracking_uri, args.experiment, reference_stats=args.reference_stats))
+    return 0
+
+
+def _reference_stats(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from editsweep.bench.metrics.inception import InceptionScorer
+    from editsweep.reports.reference_stats import compute_reference_stats
+
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    scorer = InceptionScorer({"weights": args.weights, "size": args.size}, torch.device("cuda" if use_cuda else "cpu"))
+    with tqdm(desc="reference images", unit="img", disable=args.quiet) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        stats = compute_reference_stats(
+            args.root,
+            scorer,
+            per_class=args.per_class,
+            batch_size=args.batch_size,
+            kid_samples=args.kid_samples,
+            progress=advance,
+        )
+    path = stats.save(args.out)
+    print(f"{stats.count} images in {len(stats.wnids)} classes, extractor {stats.extractor} -> {path}")
     return 0
 
 
 def _print_report(result: ReportResult) -> None:
     """One line: where the report is and which MLflow run holds it, then any notes."""
-    files = [p.name for p in (result.leaderboard_md, result.tradeoff_png, result.grid_png, result.summary_csv) if p]
+    paths = (result.leaderboard_md, result.tradeoff_png, *result.set_figures, result.grid_png, result.summary_csv)
+    files = [p.name for p in paths if p]
     print(
         f"report: {result.report_dir} ({', '.join(files)}); MLflow run {result.mlflow_run_id} at {result.tracking_uri}"
     )
@@ -158,7 +210,10 @@ def _doc(cls: type) -> str:
 
 
 def _params(model: type[BaseModel]) -> str:
-    fields = [f"{n}={f.get_default(call_default_factory=True)!r}" for n, f in model.model_fields.items()]
+    fields = [
+        f"{n} (required)" if f.is_required() else f"{n}={f.get_default(call_default_factory=True)!r}"
+        for n, f in model.model_fields.items()
+    ]
     return ", ".join(fields) or "(none)"
 
 

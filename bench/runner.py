@@ -1,8 +1,10 @@
 """Run a sweep on Ray: plan, hand units to worker actors as they free up, survive dead workers.
 
 The driver keeps a bounded number of units queued at each actor (`max_in_flight`) and gives the
-next pending unit to whichever actor finishes one (pull, not a fixed split), largest units first. Workers write their own rows, so the driver never
-holds results. When an actor dies, its unit goes back to the queue and the actor is replaced by a
+next pending unit to whichever actor finishes one (pull, not a fixed split), largest units first.
+Workers write the images; the driver writes each returned unit's rows as one Parquet batch at once
+(one writer for the results table, nothing held in memory), and merges the run's small files into
+one per partition at the end. When an actor dies, its unit goes back to the queue and the actor is replaced by a
 fresh one (models reloaded); a unit that has killed `max_retries + 1` workers becomes error rows.
 """
 
@@ -57,6 +59,9 @@ class RunSummary:
     oom_retries: int = 0
     backbone_loads: int = 0  # loads after the workers' first: locality keeps this near the backbone count
     worker_deaths: int = 0
+    dispatch_gap_seconds: float = 0.0  # actors idle between two consecutive units of theirs
+    driver_cpu_seconds: float = 0.0  # the driver's CPU time while dispatching and writing rows
+    files_compacted: int = 0  # small Parquet files merged at the end of the run
     wall_seconds: float = 0.0
     startup_seconds: float = 0.0
     seconds: Counter = field(default_factory=Counter)
@@ -91,11 +96,14 @@ def run_sweep(
         summary.startup_seconds = time.perf_counter() - started
         summary.workers = pool.infos
         bar = tqdm(total=pending, desc=f"sweep {spec.name}", unit="edit", disable=not progress, file=sys.stderr)
+        cpu = time.process_time()
         try:
             _drive(pool, units, spec, store, summary, bar)
         finally:
+            summary.driver_cpu_seconds = time.process_time() - cpu
             bar.close()
             pool.shutdown()
+        summary.files_compacted = store.compact()
     summary.wall_seconds = time.perf_counter() - started
     manifest.update(finished_at=datetime.now(timezone.utc).isoformat(), summary=summary.as_dict())
     store.write_json(f"manifests/{run_id}.json", manifest)
@@ -151,6 +159,7 @@ def _drive(pool: _Pool, units: list[Unit], spec: SweepSpec, store: RunStore, sum
     queued: dict[Any, list[Any]] = {}  # actor -> its refs in submission (= execution) order
     running_when_died: dict[Any, Any] = {}  # dead actor -> the ref it was executing
     throughput = [Counter() for _ in pool.actors]  # per actor slot: units, tasks, busy seconds
+    last_finished: list[float | None] = [None] * len(pool.actors)  # per slot: when its last unit ended
 
     def submit(slot: int) -> None:
         if not queues[pool.holds[slot]]:
@@ -182,6 +191,7 @@ def _drive(pool: _Pool, units: list[Unit], spec: SweepSpec, store: RunStore, sum
                         f"{store.uri}; last error: {_first_line(err)}"
                     ) from err
                 pool.replace(slot)
+                last_finished[slot] = None
             if ref == running_when_died[actor]:
                 attempts[id(unit)] += 1
             if attempts[id(unit)] <= spec.execution.max_retries:
@@ -194,6 +204,12 @@ def _drive(pool: _Pool, units: list[Unit], spec: SweepSpec, store: RunStore, sum
             submit(slot)
             continue
         queued[actor].remove(ref)
+        t0 = time.perf_counter()
+        store.write_rows(report.rows)  # before anything else: a returned unit is never lost
+        summary.seconds["write_rows"] += time.perf_counter() - t0
+        if last_finished[slot] is not None:
+            summary.dispatch_gap_seconds += max(0.0, report.started_at - last_finished[slot])
+        last_finished[slot] = report.finished_at
         summary.n_ok += report.n_ok
         summary.n_error += report.n_error
         summary.invert_calls += report.invert_calls

@@ -4,10 +4,14 @@
 
 Ray advertises 8 GPUs that do not exist (`ray.init(num_gpus=8)`), one actor per fake GPU. Each
 unit sleeps a fixed time inside `invert`, so ideal throughput is actors / duration. Reported per
-actor count: throughput after startup, scaling efficiency against one actor, and the overhead per
-task in milliseconds (worker-seconds spent outside the stub), split into the workers' own
-bookkeeping (sample loading, PNG and Parquet writes) and the scheduler's share (driver loop, Ray
-task dispatch, actors idle between units).
+actor count: throughput after startup, scaling efficiency against one actor, and three costs per
+task in milliseconds:
+- `scheduler_ms_per_task`: the driver's CPU time (dispatch loop, Ray calls, writing the rows) plus
+  the time actors sat idle between two consecutive units of theirs (Ray dispatch latency), both
+  measured directly (`RunSummary.driver_cpu_seconds`, `dispatch_gap_seconds`);
+- `worker_bookkeeping_ms_per_task`: worker time outside the stub (sample loading, PNG writes);
+- `tail_ms_per_task`: actor-seconds left idle at the end because the last round is not full, a
+  property of the task count, not of the scheduler (more tasks per actor shrink it).
 Importing this module registers the stub method `scaling_stub`; specs name the module in `imports:`.
 """
 
@@ -62,15 +66,19 @@ def measure(actors: int, tasks: int, unit_ms: int) -> dict[str, float]:
     )
     summary = run_sweep(spec, tempfile.mkdtemp(prefix="editsweep-scaling-"), progress=False)
     drive = summary.wall_seconds - summary.startup_seconds
-    busy = sum(summary.seconds.values())  # timed inside the workers: stub, sample loading, storage
+    busy = sum(v for k, v in summary.seconds.items() if k != "write_rows")  # timed inside the workers
     per_task = 1000 / tasks
+    worker_extra = busy - tasks * unit_ms / 1000
+    scheduler = summary.driver_cpu_seconds + summary.dispatch_gap_seconds
     return dict(
         actors=actors,
         drive_seconds=round(drive, 3),
         tasks_per_second=round(tasks / drive, 3),
-        overhead_ms_per_task=round(per_task * (drive * actors - tasks * unit_ms / 1000), 2),
-        worker_bookkeeping_ms_per_task=round(per_task * (busy - tasks * unit_ms / 1000), 2),
-        scheduler_ms_per_task=round(per_task * (drive * actors - busy), 2),
+        scheduler_ms_per_task=round(per_task * scheduler, 2),
+        driver_cpu_ms_per_task=round(per_task * summary.driver_cpu_seconds, 2),
+        dispatch_gap_ms_per_task=round(per_task * summary.dispatch_gap_seconds, 2),
+        worker_bookkeeping_ms_per_task=round(per_task * worker_extra, 2),
+        tail_ms_per_task=round(per_task * (drive * actors - busy - summary.dispatch_gap_seconds), 2),
     )
 
 

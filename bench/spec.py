@@ -162,6 +162,41 @@ def _absolute_plugin(entry: Any, base_dir: Path | None) -> Any:
     return str(((base_dir or Path.cwd()) / entry).resolve())
 
 
+def _absolute_method_paths(entry: Any, base_dir: Path | None) -> Any:
+    """A method entry whose local-path parameters (fields marked `local_path`) are absolute.
+
+    Relative paths are relative to the spec file's folder (the current folder for a mapping), as
+    for `imports:`, so that workers in other processes or on other nodes read the same place.
+    """
+    if not isinstance(entry, dict) or entry.get("name") not in METHODS:
+        return entry  # validation reports what is wrong with it
+    cls = get_method_class(entry["name"])
+    fixed = dict(entry)
+    for kind, model in (("invert", cls.InvertParams), ("edit", cls.EditParams)):
+        grid = entry.get(kind)
+        if not isinstance(grid, dict):
+            continue
+        fixed[kind] = {k: _absolute_path(v, base_dir) if _is_local_path(model, k) else v for k, v in grid.items()}
+    return fixed
+
+
+def _is_local_path(model: type[BaseModel], key: str) -> bool:
+    """Whether parameter `key` of `model` is declared with `json_schema_extra={"local_path": True}`."""
+    field = model.model_fields.get(key)
+    extra = field.json_schema_extra if field is not None else None
+    return isinstance(extra, dict) and bool(extra.get("local_path"))
+
+
+def _absolute_path(value: Any, base_dir: Path | None) -> Any:
+    """`value` made absolute when it is a path string; a list (a grid axis) element by element."""
+    if isinstance(value, list):
+        return [_absolute_path(v, base_dir) for v in value]
+    if not isinstance(value, str):
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else ((base_dir or Path.cwd()) / path).resolve())
+
+
 def load_spec(source: str | Path | dict[str, Any]) -> SweepSpec:
     """Parse and fully validate a spec from a YAML file path or a mapping."""
     base_dir = None
@@ -183,6 +218,8 @@ def load_spec(source: str | Path | dict[str, Any]) -> SweepSpec:
         # Absolute .py paths, so that workers (other processes, other cwd) import the same files.
         raw = {**raw, "imports": [_absolute_plugin(entry, base_dir) for entry in raw["imports"]]}
         import_plugins(raw["imports"])
+    if isinstance(raw.get("methods"), list):
+        raw = {**raw, "methods": [_absolute_method_paths(entry, base_dir) for entry in raw["methods"]]}
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:

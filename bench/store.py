@@ -127,6 +127,30 @@ class RunStore:
             self._atomic_write(rel, buf.getvalue().to_pybytes())
         return sum(len(p) for p in by_part.values())
 
+    def compact(self) -> int:
+        """Merge each partition's Parquet files into one; returns how many files it removed.
+
+        The merged file is written (atomically) before the files it replaces are deleted, so an
+        interruption leaves at worst duplicate rows, which `read_results` collapses by task key;
+        files written meanwhile by another process are not touched.
+        """
+        by_dir: dict[str, list[str]] = {}
+        for rel in self.list_files("results"):
+            if rel.endswith(".parquet"):
+                by_dir.setdefault(rel.rsplit("/", 1)[0], []).append(rel)
+        removed = 0
+        for folder, files in by_dir.items():
+            if len(files) < 2:
+                continue
+            table = pads.dataset([self.path(f) for f in files], filesystem=self.fs, schema=FILE_SCHEMA).to_table()
+            buf = pa.BufferOutputStream()
+            pq.write_table(table, buf)
+            self._atomic_write(f"{folder}/part-{uuid.uuid4().hex}.parquet", buf.getvalue().to_pybytes())
+            for f in files:
+                self.fs.delete_file(self.path(f))
+            removed += len(files)
+        return removed
+
     def read_all_rows(self) -> pd.DataFrame:
         """Every stored row (all attempts), as a DataFrame with SCHEMA's columns."""
         base = self.path("results")

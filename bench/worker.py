@@ -2,8 +2,9 @@
 
 `SweepWorker` is a plain class, so tests can drive it in-process; the runner wraps it as a Ray
 actor. A unit is inverted as one batch and edited in chunks of edit points (halved on GPU out of
-memory); its rows and images are written to the store before the call returns, so a worker that
-dies later loses nothing that was already returned. Failures are contained: an edit chunk that
+memory); it writes the images to the store and returns the result rows, which the driver writes
+in one Parquet batch per unit as soon as they arrive (one writer of the results table; a worker
+that dies before returning loses only its own unit, which is retried). Failures are contained: an edit chunk that
 raises is retried point by point and a failing point becomes error rows while the group's other
 points go on; a batch whose inversion raises is retried group by group, and a group that still
 fails becomes error rows with the exception's message.
@@ -47,6 +48,9 @@ class UnitReport:
     oom_retries: int = 0  # edit batches halved after running out of GPU memory
     backbone_loads: int = 0  # backbones loaded to serve this unit (0 when the actor held it)
     seconds: Counter = field(default_factory=Counter)  # load, invert, edit, score, store
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the unit's result rows, for the driver
+    started_at: float = 0.0  # wall clock (time.time) when the actor began the unit
+    finished_at: float = 0.0  # and when it finished: the gaps between units are dispatch overhead
 
 
 def task_row(task: Task, **fields: Any) -> dict[str, Any]:
@@ -126,8 +130,11 @@ class SweepWorker:
         report.seconds["load"] += time.perf_counter() - t0
 
     def process(self, unit: Unit) -> UnitReport:
-        """Invert, edit, score and store every task of the unit; never raises for a task's failure."""
-        report = UnitReport()
+        """Invert, edit and score every task of the unit and store its images; returns its rows.
+
+        Never raises for a task's failure: failures are error rows.
+        """
+        report = UnitReport(started_at=time.time())
         self._use_backbone(unit.backbone, report)
         rows: list[dict[str, Any]] = []
         t0 = time.perf_counter()
@@ -150,9 +157,8 @@ class SweepWorker:
                             rows += self._run_batch([item], report)
                         except Exception:  # noqa: BLE001
                             rows += self._error_rows(item[0].tasks, _describe(traceback.format_exc()))
-        t0 = time.perf_counter()
-        self.store.write_rows(rows)
-        report.seconds["store"] += time.perf_counter() - t0
+        report.rows = rows
+        report.finished_at = time.time()
         report.n_ok += sum(r["status"] == "ok" for r in rows)
         report.n_error += sum(r["status"] == "error" for r in rows)
         return report
@@ -177,7 +183,8 @@ class SweepWorker:
         batch = len(samples)
 
         t0 = time.perf_counter()
-        state = method.invert(self.backbone, samples, invert_params, self._generators(groups))
+        extra = {"seeds": [g.head.seed for g in groups]} if method.needs_seeds else {}
+        state = method.invert(self.backbone, samples, invert_params, self._generators(groups), **extra)
         invert_s = self._elapsed(t0)
         report.seconds["invert"] += invert_s
         report.invert_calls += 1

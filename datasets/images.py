@@ -65,3 +65,21 @@ def fit_square(image: Image.Image, size: int) -> Image.Image:
     left, top = (image.width - side) // 2, (image.height - side) // 2
     square = image.crop((left, top, left + side, top + side))
     return square.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def fit_square_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A (H, W) mask of an image brought to `size` by `fit_square`: same center crop, nearest resize.
+
+    Masks stay at the dataset image's original resolution in `Sample.meta["mask"]`; this maps one
+    onto the pixels of the square image the methods edit. Returns a (size, size) bool array.
+    """
+    array = np.asarray(mask)
+    if array.ndim != 2:
+        raise ValueError(f"a mask is a (H, W) array, got shape {array.shape}")
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    image = Image.fromarray(np.where(array.astype(bool), 255, 0).astype(np.uint8), "L")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return np.asarray(square.resize((size, size), Image.Resampling.NEAREST)) > 127

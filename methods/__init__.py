@@ -8,8 +8,11 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     layer_diffusion,
     negative_prompt,
     null_text,
+    precomputed,
     prompt_tuning,
     sdedit,
+    style_diffusion,
+    vae_roundtrip,
 )
 from editsweep.methods.base import METHODS, Method, Params, State, get_method_class, register_method
 

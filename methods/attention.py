@@ -12,16 +12,22 @@ controls, so a whole grid of P2P settings runs through one UNet call per step:
 - LocalBlend: after each step, target latents outside a mask made from the cross-attention maps of
   the blended words keep the source latents.
 
-Control applies to the conditional half of classifier-free guidance; `control_uncond` extends it
-to the unconditional half (needed by StyleDiffusion's P2Plus). Maps are materialised only where
-a processor of this module is installed; `controlled_unet` restores the UNet's own (SDPA)
+Control applies to the conditional half of classifier-free guidance; `control_uncond` extends all
+of it to the unconditional half, and `uncond_self_steps` only its self-attention replacement, with
+its own step count (P2Plus, StyleDiffusion, Li et al. 2023). Maps are materialised only where a
+processor of this module is installed; `controlled_unet` restores the UNet's own (SDPA)
 processors afterwards.
+
+The processor also takes the value input of the cross-attention separately from the key input
+(`value_states`, passed through the UNet's `cross_attention_kwargs`): StyleDiffusion keeps the
+prompt's embedding as keys and feeds a learned embedding as values. `AttentionRecorder` keeps the
+cross-attention maps of chosen layers (with their gradient) instead of editing them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +82,7 @@ class P2PControl:
     cross_steps: torch.Tensor  # (T,) long
     self_steps: torch.Tensor  # (T,) long
     control_uncond: bool = False
+    uncond_self_steps: torch.Tensor | None = None  # (T,) long: P2Plus; control_uncond takes precedence
     blend: LocalBlend | None = None
     step: int = 0
 
@@ -88,12 +95,14 @@ class P2PControl:
         controlled = range(halves) if self.control_uncond else [halves - 1]
         out = list(probs.split(rows))
         for h in controlled:
-            out[h] = self._edit(out[h], is_cross)
+            out[h] = self._edit(out[h], is_cross, self.self_steps)
+        if self.uncond_self_steps is not None and halves > 1 and not self.control_uncond and not is_cross:
+            out[0] = self._edit(out[0], is_cross, self.uncond_self_steps)
         if self.blend is not None and is_cross:
             self.blend.collect(out[-1])
         return torch.cat(out)
 
-    def _edit(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
+    def _edit(self, probs: torch.Tensor, is_cross: bool, self_steps: torch.Tensor) -> torch.Tensor:
         source, target = probs[: self.n_source], probs[self.n_source :]
         base = source[self.source_index]
         if is_cross:
@@ -106,15 +115,43 @@ class P2PControl:
             if probs.shape[2] > SELF_MAX_TOKENS:
                 return probs
             mapped = base
-            active = self.step < self.self_steps
+            active = self.step < self_steps
         edited = torch.where(active.to(probs.device).view(-1, 1, 1, 1), mapped, target)
         return torch.cat([source, edited])
 
 
-class P2PAttnProcessor:
-    """An attention processor that materialises the maps and lets a `P2PControl` edit them."""
+AttentionHook = Callable[[torch.Tensor, bool], torch.Tensor]
+"""Edits or records one layer's attention probabilities (batch, heads, queries, keys); is_cross."""
 
-    def __init__(self, control: P2PControl) -> None:
+
+@dataclass
+class AttentionRecorder:
+    """Keeps the per-head cross-attention maps of the layers with `map_tokens` queries (all when None).
+
+    Maps keep their autograd graph, so a loss on them (StyleDiffusion's attention regularisation)
+    reaches whatever produced them; `take` hands over and forgets the maps of the calls so far.
+    """
+
+    map_tokens: int | None = None
+    maps: list[torch.Tensor] = field(default_factory=list)
+
+    def __call__(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
+        if is_cross and (self.map_tokens is None or probs.shape[2] == self.map_tokens):
+            self.maps.append(probs)
+        return probs
+
+    def take(self) -> list[torch.Tensor]:
+        """The maps recorded since the last call, in layer order."""
+        maps, self.maps = self.maps, []
+        return maps
+
+
+class P2PAttnProcessor:
+    """An attention processor that materialises the maps and lets a hook (`P2PControl`,
+    `AttentionRecorder`) edit or record them; cross-attention values come from `value_states`
+    when given (rows as the encoder states), else from the encoder states."""
+
+    def __init__(self, control: AttentionHook) -> None:
         self.control = control
 
     def __call__(
@@ -124,16 +161,26 @@ class P2PAttnProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
+        value_states: torch.Tensor | None = None,
         **kwargs: object,
     ) -> torch.Tensor:
         is_cross = encoder_hidden_states is not None
         batch, _, _ = hidden_states.shape
         context = encoder_hidden_states if is_cross else hidden_states
+        value_context = context
+        if is_cross and value_states is not None:
+            if value_states.shape != context.shape:
+                raise ValueError(
+                    f"value_states {tuple(value_states.shape)} must have the shape of the encoder states "
+                    f"{tuple(context.shape)}: one value embedding per UNet batch row"
+                )
+            value_context = value_states.to(context.dtype)
         if is_cross and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
+            value_context = attn.norm_encoder_hidden_states(value_context)
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
         key = attn.head_to_batch_dim(attn.to_k(context))
-        value = attn.head_to_batch_dim(attn.to_v(context))
+        value = attn.head_to_batch_dim(attn.to_v(value_context))
         mask = attn.prepare_attention_mask(attention_mask, key.shape[1], batch)
         probs = attn.get_attention_scores(query, key, mask)
         probs = self.control(probs.view(batch, attn.heads, *probs.shape[1:]), is_cross)
@@ -145,8 +192,9 @@ class P2PAttnProcessor:
 
 
 @contextlib.contextmanager
-def controlled_unet(unet: UNet2DConditionModel, control: P2PControl) -> Iterator[None]:
-    """Install P2P processors on every attention layer of the UNet for the duration of a block."""
+def controlled_unet(unet: UNet2DConditionModel, control: AttentionHook) -> Iterator[None]:
+    """Install P2P processors (with `control` as their hook) on every attention layer of the UNet
+    for the duration of a block."""
     original = unet.attn_processors
     unet.set_attn_processor(P2PAttnProcessor(control))
     try:

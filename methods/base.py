@@ -41,6 +41,9 @@ class Method(ABC):
     name: ClassVar[str]
     InvertParams: ClassVar[type[Params]] = Params
     EditParams: ClassVar[type[Params]] = Params
+    # True: `invert` also receives `seeds=` (each sample's sweep seed), for methods that look up
+    # per-seed results (e.g. `precomputed`); sampling methods use `generators` instead.
+    needs_seeds: ClassVar[bool] = False
 
     @abstractmethod
     def invert(

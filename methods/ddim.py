@@ -66,23 +66,31 @@ def predict_noise(
     uncond: torch.Tensor | None = None,
     guidance: torch.Tensor | float = 1.0,
     alpha: float | None = None,
+    values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Classifier-free-guided noise prediction eps_u + g * (eps_c - eps_u), g per batch row.
 
     With every g equal to 1 (or no `uncond`) the unconditional pass is skipped. v-prediction
-    models (SD 2.x 768 px) are converted to epsilon, which needs the step's `alpha`.
+    models (SD 2.x 768 px) are converted to epsilon, which needs the step's `alpha`. `values`
+    replaces `cond` as the value input of the cross-attention of the conditional rows (the
+    unconditional rows keep their own); it needs a `P2PAttnProcessor` on the UNet.
     """
     batch = latents.shape[0]
     g = torch.as_tensor(guidance, dtype=torch.float32, device=latents.device).reshape(-1)
     g = g.expand(batch) if g.numel() == 1 else g
     unet_dtype = backbone.unet.dtype
     if uncond is None or bool((g == 1).all()):
-        out = backbone.unet(latents.to(unet_dtype), t, encoder_hidden_states=cond.to(unet_dtype)).sample.float()
+        kwargs = None if values is None else {"value_states": values.to(unet_dtype)}
+        out = backbone.unet(
+            latents.to(unet_dtype), t, encoder_hidden_states=cond.to(unet_dtype), cross_attention_kwargs=kwargs
+        ).sample.float()
         return _to_epsilon(backbone, out, latents, alpha)
+    kwargs = None if values is None else {"value_states": torch.cat([uncond, values]).to(unet_dtype)}
     both = backbone.unet(
         torch.cat([latents, latents]).to(unet_dtype),
         t,
         encoder_hidden_states=torch.cat([uncond, cond]).to(unet_dtype),
+        cross_attention_kwargs=kwargs,
     ).sample.float()
     both = _to_epsilon(backbone, both, torch.cat([latents, latents]), alpha)
     eps_u, eps_c = both.chunk(2)

@@ -4,12 +4,13 @@ inversion methods (DDIM, Null-text, Negative-prompt, Direct inversion) share.
 `p2p_edit` runs one loop per distinct guidance scale over the rows [sources; targets]: one source
 (reconstruction) row per sample and one target row per (edit point, sample). What differs between
 the inversion methods is passed in: the unconditional embedding (per step for Null-text), and an
-optional source trajectory that pins the source rows to the inversion latents (Direct inversion).
+optional source trajectory that pins the source rows to the inversion latents (Direct inversion),
+and optional per-step value inputs of the cross-attention (StyleDiffusion).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -32,7 +33,11 @@ class P2PParams(Params):
         "auto", description="word swap, refinement, or auto: swap when the word counts match"
     )
     reweight: dict[str, float] = Field(default_factory=dict, description="target-prompt word -> attention factor")
-    local_blend: bool = Field(False, description="blend with the source outside the blended words' mask")
+    local_blend: bool | Literal["when_given"] = Field(
+        False,
+        description="blend with the source outside the blended words' mask; 'when_given': only for samples "
+        "whose meta has blended words, the others unblended (PIE-Bench's protocol)",
+    )
     blend_threshold: float = Field(0.3, gt=0, lt=1, description="LocalBlend mask threshold")
     blend_start: float = Field(0.2, ge=0, le=1, description="fraction of steps before LocalBlend acts")
     control_uncond: bool = Field(False, description="also control the unconditional branch (P2Plus)")
@@ -42,6 +47,18 @@ class GuidedP2PParams(P2PParams):
     """P2P controls plus the classifier-free guidance scale of the edit."""
 
     guidance: float = Field(7.5, ge=0, le=50, description="classifier-free guidance scale")
+
+
+class P2PlusParams(P2PParams):
+    """P2Plus (StyleDiffusion): P2P plus self-attention replacement in the unconditional branch."""
+
+    uncond_self_replace: float = Field(
+        0.0, ge=0, le=1, description="fraction of steps with injected self-attention in the unconditional branch"
+    )
+
+
+ValueInputs = Callable[[int, torch.Tensor], torch.Tensor]
+"""(step counted from the loop's start, cond rows (R, L, D)) -> value inputs (R, L, D) of those rows."""
 
 
 def p2p_edit(
@@ -54,12 +71,14 @@ def p2p_edit(
     guidance: float | None = None,
     start: int = 0,
     source_trajectory: torch.Tensor | None = None,
+    values: ValueInputs | None = None,
 ) -> list[torch.Tensor]:
     """Edit every sample at every P2P point; one (B, 3, H, W) image tensor per point.
 
     `uncond` is (B, L, D), or (steps, B, L, D) for a per-step embedding. `guidance` overrides the
     points' own scale (Null-text's embeddings only hold for the scale they were tuned at).
     `source_trajectory` (steps + 1, B, ...) as returned by `ddim_invert` pins the source rows.
+    `values` gives the cross-attention value inputs of the conditional rows at each step.
     """
     by_scale: dict[float, list[int]] = {}
     for k, point in enumerate(points):
@@ -69,7 +88,7 @@ def p2p_edit(
     for scale, indices in by_scale.items():
         _, targets = p2p_latents(
             backbone, samples, [points[k] for k in indices], start_latents, schedule, uncond, scale, start,
-            source_trajectory,
+            source_trajectory, values,
         )  # fmt: skip
         for k, image in zip(indices, backbone.decode(targets).split(len(samples))):
             results[k] = image
@@ -82,7 +101,7 @@ def build_control(
     """The per-row controls for rows [samples; points x samples] (point-major target rows)."""
     tokenizer = backbone.tokenizer
     batch = len(samples)
-    mappers, alphas, equalizers, cross, self_, blends = [], [], [], [], [], []
+    mappers, alphas, equalizers, cross, self_, uncond_self, blends = [], [], [], [], [], [], []
     for point in points:
         for sample in samples:
             source, target = sample.source_prompt or "", sample.target_prompt
@@ -98,6 +117,7 @@ def build_control(
             equalizers.append(equalizer)
             cross.append(int(point.cross_replace * n_steps))
             self_.append(int(point.self_replace * n_steps))
+            uncond_self.append(int(point.uncond_self_replace * n_steps) if isinstance(point, P2PlusParams) else 0)
             blends.append(_blend_words(tokenizer, sample, point, n_steps))
     control = P2PControl(
         n_source=batch,
@@ -108,16 +128,16 @@ def build_control(
         cross_steps=torch.tensor(cross, device=backbone.device),
         self_steps=torch.tensor(self_, device=backbone.device),
         control_uncond=any(p.control_uncond for p in points),
+        uncond_self_steps=torch.tensor(uncond_self, device=backbone.device) if any(uncond_self) else None,
     )
     if any(p.local_blend for p in points):
         src_words, tgt_words, thresholds, starts = (list(x) for x in zip(*blends))
-        side = backbone.unet.config.sample_size
         control.blend = LocalBlend(
             source_words=torch.stack(src_words).to(backbone.device),
             target_words=torch.stack(tgt_words).to(backbone.device),
             threshold=torch.tensor(thresholds, device=backbone.device),
             start_step=torch.tensor(starts, device=backbone.device),
-            map_tokens=_blend_map_tokens(backbone, side),
+            map_tokens=attention_map_tokens(backbone),
         )
     return control
 
@@ -132,6 +152,7 @@ def p2p_latents(
     scale: float,
     start: int = 0,
     source_trajectory: torch.Tensor | None = None,
+    values: ValueInputs | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The controlled DDIM loop at one guidance scale: final (source (B), target (P*B)) latents."""
     batch, n_points = len(samples), len(points)
@@ -147,7 +168,10 @@ def p2p_latents(
             control.step = i - start
             a_from, a_to = schedule.alphas[i].item(), schedule.alphas[i + 1].item()
             step_uncond = uncond_rows[i] if uncond_rows.dim() == 4 else uncond_rows
-            eps = predict_noise(backbone, x, schedule.timesteps[i], cond, step_uncond, scale, alpha=a_from)
+            step_values = values(i - start, cond) if values is not None else None
+            eps = predict_noise(
+                backbone, x, schedule.timesteps[i], cond, step_uncond, scale, alpha=a_from, values=step_values
+            )
             x = ddim_move(x, eps, a_from, a_to)
             if source_trajectory is not None:
                 x[:batch] = source_trajectory[schedule.steps - i - 1].float()
@@ -182,6 +206,8 @@ def _blend_words(tokenizer, sample: Sample, point: P2PParams, n_steps: int) -> t
     if not point.local_blend:
         return src_mask, tgt_mask, point.blend_threshold, n_steps + 1
     words = sample.meta.get("blended_words")
+    if not words and point.local_blend == "when_given":
+        return src_mask, tgt_mask, point.blend_threshold, n_steps + 1
     if not words or len(words) != 2:
         raise ValueError(
             f"local_blend needs the sample's meta['blended_words'] = [source word, target word]; sample {sample.id!r} has {words!r}"
@@ -195,9 +221,11 @@ def _blend_words(tokenizer, sample: Sample, point: P2PParams, n_steps: int) -> t
     return src_mask, tgt_mask, point.blend_threshold, int(point.blend_start * n_steps)
 
 
-def _blend_map_tokens(backbone: Backbone, latent_side: int) -> int:
-    """Query count of the layers whose maps make the LocalBlend mask: 16x16 on SD at 512 px
-    (latent / 4), or the coarsest attention resolution the UNet has when that does not exist."""
+def attention_map_tokens(backbone: Backbone) -> int:
+    """Query count of the layers whose cross-attention maps P2P's LocalBlend and StyleDiffusion's
+    attention loss use: 16x16 on SD at 512 px (latent / 4), or the coarsest attention resolution
+    the UNet has when that does not exist."""
+    latent_side = backbone.unet.config.sample_size
     levels = [i for i, name in enumerate(backbone.unet.config.down_block_types) if "CrossAttn" in name]
     sides = [latent_side // 2**i for i in levels]
     wanted = latent_side // 4

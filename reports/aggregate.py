@@ -38,6 +38,7 @@ class MetricInfo:
 
 METRIC_INFO: dict[str, MetricInfo] = {
     "clip_t": MetricInfo("CLIP-T", True, "more editable"),
+    "clip_whole": MetricInfo("CLIP whole", True, "more editable"),
     "clip_edited": MetricInfo("CLIP edited", True, "more editable"),
     "lpips": MetricInfo("LPIPS", False, "more faithful"),
     "ns_lpips": MetricInfo("NS-LPIPS", False, "more faithful"),
@@ -45,9 +46,14 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "ssim": MetricInfo("SSIM", True, "more faithful"),
     "mse": MetricInfo("MSE", False, "more faithful"),
     "structure": MetricInfo("Structure distance", False, "more faithful"),
+    "structure_distance": MetricInfo("Structure distance", False, "more faithful"),
     "aesthetic": MetricInfo("Aesthetic score", True, "more aesthetic"),
     "sfid": MetricInfo("SFID", False, "more realistic"),
     "csfid": MetricInfo("CSFID", False, "more realistic and on-class"),
+    "fid": MetricInfo("FID", False, "more realistic"),
+    "kid": MetricInfo("KID", False, "more realistic"),
+    "accuracy": MetricInfo("Accuracy (DeiT)", True, "more on-target"),
+    "unedited": MetricInfo("Unedited (DeiT)", False, "more edited"),
 }
 
 

@@ -15,8 +15,10 @@ import pyarrow.fs as pafs
 
 from editsweep.bench.store import RunStore
 from editsweep.reports.aggregate import aggregate, summary_metrics
+from editsweep.reports.breakdown import write_protocol_tables
 from editsweep.reports.leaderboard import leaderboard_markdown
 from editsweep.reports.plots import image_grid, tradeoff_plot
+from editsweep.reports.set_metrics import add_set_metrics
 from editsweep.reports.tracking import log_to_mlflow, resolve_tracking_uri
 
 
@@ -36,6 +38,7 @@ class ReportResult:
     mlflow_run_id: str
     tracking_uri: str
     notes: list[str] = field(default_factory=list)
+    set_figures: list[Path] = field(default_factory=list)  # CSFID-LPIPS curve when features were stored
 
 
 def build_report(
@@ -45,14 +48,17 @@ def build_report(
     *,
     x: str = "lpips",
     y: str = "clip_t",
+    reference_stats: str | None = None,
 ) -> ReportResult:
     """Build the report of the run in `run_dir` and log it to MLflow (see `log_to_mlflow`).
 
     `tracking_uri` and `experiment` default to the `mlflow` section of the sweep spec in the run's
     newest manifest (as `editsweep run` uses them), the experiment then to the spec's name; the
     tracking URI then to MLFLOW_TRACKING_URI or a SQLite file in the run dir. The trade-off plot
-    shows `y` against `x`. Raises ReportError when the run dir is not local, does not exist or has
-    no result rows.
+    shows `y` against `x`. Set-level metrics (SFID, CSFID, FID, KID) come from stored Inception
+    features and the reference stats file `reference_stats` (default: the dataset's
+    `reference_stats` param in the spec), with a CSFID-LPIPS curve (`set_metrics.add_set_metrics`).
+    Raises ReportError when the run dir is not local, does not exist or has no result rows.
     """
     store = RunStore(run_dir)
     if not isinstance(store.fs, pafs.LocalFileSystem):
@@ -65,9 +71,9 @@ def build_report(
 
     out = Path(store.path("report"))
     out.mkdir(parents=True, exist_ok=True)
-    summary = aggregate(results)
+    spec = _sweep_spec(store)
+    summary, set_figures, notes = add_set_metrics(aggregate(results), results, spec, out, reference_stats)
     metrics = summary_metrics(summary)
-    notes = []
     if not metrics:
         notes.append(f"no scores: none of the {len(results)} tasks has an ok row with scores")
 
@@ -94,8 +100,8 @@ def build_report(
     if notes:
         text += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
     leaderboard_md.write_text(text)
+    protocol_tables = write_protocol_tables(results, summary, out)
 
-    spec = _sweep_spec(store)
     uri = resolve_tracking_uri(store.root, tracking_uri or spec.get("mlflow", {}).get("tracking_uri"))
     experiment = experiment or spec.get("mlflow", {}).get("experiment") or spec.get("name")
     params = {
@@ -110,9 +116,10 @@ def build_report(
         "n_boot": summary.attrs["n_boot"],
         "notes": " | ".join(notes),
     }
-    artifacts = [p for p in (summary_csv, leaderboard_md, tradeoff_png, grid_png) if p is not None]
+    artifacts = [p for p in (summary_csv, leaderboard_md, tradeoff_png, *set_figures, grid_png) if p is not None]
+    artifacts += protocol_tables
     run_id = log_to_mlflow(store.root, summary, artifacts, params, tracking_uri=uri, experiment=experiment)
-    return ReportResult(out, summary_csv, leaderboard_md, tradeoff_png, grid_png, run_id, uri, notes)
+    return ReportResult(out, summary_csv, leaderboard_md, tradeoff_png, grid_png, run_id, uri, notes, set_figures)
 
 
 def _sweep_spec(store: RunStore) -> dict[str, Any]:

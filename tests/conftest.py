@@ -48,3 +48,43 @@ def fake_gpu_ray():
     ray.shutdown()
     if was_running:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+@pytest.fixture(scope="session")
+def imagenet_layout(tmp_path_factory):
+    """A small ImageNet-layout copy of FlexIT's protocol: 6 test queries (3 target classes x 2) from the
+    real query list, their val images as JPEGs in per-class wnid folders, and a train folder with 3
+    images per target class. Returns a dict: queries, val, train, ids, target_wnids."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from editsweep.datasets.imagenet import imagenet_wnids
+
+    base = tmp_path_factory.mktemp("imagenet")
+    df = pd.read_csv(SHARED_DATA / "imagenet_flexit" / "queries.csv", index_col=0)
+    test = df[df["is_test"]].sort_index()
+    targets = sorted(test["target_id"].unique())[:3]
+    subset = pd.concat([test[test["target_id"] == t].head(2) for t in targets]).sort_index()
+    subset.to_csv(base / "queries.csv")
+    rng = np.random.default_rng(0)
+
+    def save(path, width, height):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        low = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+        Image.fromarray(low).resize((width, height), Image.Resampling.BILINEAR).save(path, quality=95)
+
+    for rel in subset["path"]:
+        save(base / "val" / rel, 80, 60)
+    wnids = imagenet_wnids()
+    target_wnids = [wnids[t] for t in targets]
+    for wnid in target_wnids:
+        for i in range(3):
+            save(base / "train" / wnid / f"{wnid}_{i}.JPEG", 72, 90)
+    return {
+        "queries": base / "queries.csv",
+        "val": base / "val",
+        "train": base / "train",
+        "ids": [str(i) for i in subset.index],
+        "target_wnids": target_wnids,
+    }

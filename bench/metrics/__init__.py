@@ -1,6 +1,16 @@
 """Per-image scorers, each one registered module (importing this package registers them)."""
 
-from editsweep.bench.metrics import clip_t, lpips_distance, pixel  # noqa: F401  (registration side effect)
+from editsweep.bench.metrics import (  # noqa: F401  (registration side effect)
+    aesthetic,
+    clip_t,
+    flexit_accuracy,
+    inception,
+    lpips_distance,
+    ns_lpips,
+    pie_bench,
+    pixel,
+    structure,
+)
 from editsweep.bench.metrics.base import (
     SCORERS,
     Scorer,

@@ -72,8 +72,25 @@ def _candidate_files(filename: str) -> list[str]:
     return [filename]
 
 
-def resolve_pretrained_checkpoint(model: str, tag: str) -> str:
+def open_clip_tag_kwargs(model: str, tag: str) -> dict[str, Any]:
+    """`create_model` keywords that make any weights for `model` behave like the tag's.
+
+    The tag says how its weights were trained: QuickGELU (e.g. ViT-L-14:openai, which the plain
+    ViT-L-14 config lacks) and preprocessing; use it for files and random weights as well.
+    """
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(model, tag)
+    return {
+        "force_quick_gelu": bool(tag_cfg.get("quick_gelu", False)),
+        "force_preprocess_cfg": {k: tag_cfg[k] for k in _TAG_PREPROCESS_KEYS if k in tag_cfg},
+    }
+
+
+def resolve_pretrained_checkpoint(model: str, tag: str, scorer: str = "CLIP-T") -> str:
     """Local path of the checkpoint for an open_clip (model, tag): from the HF cache, or downloaded.
+
+    `scorer` names who needs the weights in the error message.
 
     Raises `ScorerWeightsError` at once when the file is not cached and HF_HUB_OFFLINE is set,
     and after the first connection failure otherwise.
@@ -98,7 +115,7 @@ def resolve_pretrained_checkpoint(model: str, tag: str) -> str:
 
     def missing(reason: str) -> ScorerWeightsError:
         return ScorerWeightsError(
-            f"CLIP-T weights for open_clip {model}:{tag} are not available ({reason}): none of "
+            f"{scorer} weights for open_clip {model}:{tag} are not available ({reason}): none of "
             f"{', '.join(candidates)} from hub repo {repo_id} is in the HF cache {cache_dir}. Provide them: "
             f"on a connected machine run `hf download {repo_id} {candidates[0]}` (or {candidates[-1]}) with the "
             f"same HF_HOME/HF_HUB_CACHE, or copy the file here and set the scorer's "
@@ -127,25 +144,58 @@ def _local_dir(weights: str) -> Path | None:
     return path if weights.startswith(_LOCAL_DIR) or path.is_dir() else None
 
 
-def _load_local(model_name: str, weights: str, tag_kwargs: dict[str, Any]) -> tuple[torch.nn.Module, str, str]:
+def load_local_clip(
+    model_name: str, weights: str, tag_kwargs: dict[str, Any], scorer: str = "CLIP-T"
+) -> tuple[torch.nn.Module, str, str]:
     """(model, weights_source, tokenizer name) from a local checkpoint file or open_clip folder."""
     import open_clip
 
     local_dir = _local_dir(weights)
     if local_dir is not None:
         if not (local_dir / "open_clip_config.json").is_file():
-            raise ScorerWeightsError(f"CLIP-T weights folder {local_dir} has no open_clip_config.json")
+            raise ScorerWeightsError(f"{scorer} weights folder {local_dir} has no open_clip_config.json")
         name, kwargs, source = f"{_LOCAL_DIR}{local_dir}", {}, f"{_LOCAL_DIR}{local_dir}"
     else:
         checkpoint = str(Path(weights).expanduser())
         if not os.path.isfile(checkpoint):
-            raise ScorerWeightsError(f"CLIP-T weights file {checkpoint} does not exist (weights: {weights!r})")
+            raise ScorerWeightsError(f"{scorer} weights file {checkpoint} does not exist (weights: {weights!r})")
         name, kwargs, source = model_name, {"pretrained": checkpoint, **tag_kwargs}, f"{model_name}:{checkpoint}"
     try:
         model = open_clip.create_model(name, require_pretrained=True, **kwargs)
     except (RuntimeError, ValueError, OSError) as exc:
-        raise ScorerWeightsError(f"CLIP-T weights {source} cannot be loaded into open_clip: {exc}") from exc
+        raise ScorerWeightsError(f"{scorer} weights {source} cannot be loaded into open_clip: {exc}") from exc
     return model, source, name
+
+
+def clip_preprocess(images: torch.Tensor, cfg: dict[str, Any], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """open_clip's eval transform on a (N,3,H,W) [0,1] batch: resize, center crop (or pad), normalise.
+
+    Same steps as the PIL pipeline (antialiased resize with the tag's interpolation, bicubic
+    for CLIP), done on the tensor; values are clamped to [0,1] after resizing as 8-bit PIL would.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    size = cfg["size"]
+    th, tw = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = images.shape[-2:]
+    mode = cfg.get("resize_mode", "shortest")
+    if mode == "squash":
+        new_hw = [th, tw]
+    else:
+        scale = min(th / h, tw / w) if mode == "longest" else max(th / h, tw / w)
+        new_hw = [max(1, round(h * scale)), max(1, round(w * scale))]
+        if mode == "shortest" and th == tw:  # torchvision Resize(int): short side exact, long side truncated
+            new_hw = [th, int(th * w / h)] if h <= w else [int(th * h / w), th]
+    interpolation = InterpolationMode(cfg.get("interpolation", "bicubic"))
+    x = TF.resize(images, new_hw, interpolation=interpolation, antialias=True).clamp(0.0, 1.0)
+    if x.shape[-2:] != (th, tw):
+        pad_h, pad_w = max(th - x.shape[-2], 0), max(tw - x.shape[-1], 0)
+        if pad_h or pad_w:
+            pads = [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2]
+            x = F.pad(x, pads, value=cfg.get("fill_color", 0) / 255.0)
+        x = TF.center_crop(x, [th, tw])
+    return (x - mean) / std
 
 
 @register_scorer
@@ -160,13 +210,7 @@ class ClipTScorer(Scorer):
 
         super().__init__(params, device)
         p: ClipTParams = self.params
-        tag_cfg = open_clip.get_pretrained_cfg(p.model, p.pretrained_tag)
-        # The tag says how its weights were trained: QuickGELU (e.g. ViT-L-14:openai, which the plain
-        # ViT-L-14 config lacks) and preprocessing; use it for files and random weights as well.
-        tag_kwargs: dict[str, Any] = {
-            "force_quick_gelu": bool(tag_cfg.get("quick_gelu", False)),
-            "force_preprocess_cfg": {k: tag_cfg[k] for k in _TAG_PREPROCESS_KEYS if k in tag_cfg},
-        }
+        tag_kwargs = open_clip_tag_kwargs(p.model, p.pretrained_tag)
         if p.weights == "random":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_SEED)
@@ -177,7 +221,7 @@ class ClipTScorer(Scorer):
             model = open_clip.create_model(p.model, pretrained=checkpoint, **tag_kwargs)
             self._source, tokenizer_name = f"{p.model}:{p.pretrained_tag}", p.model
         else:
-            model, self._source, tokenizer_name = _load_local(p.model, p.weights, tag_kwargs)
+            model, self._source, tokenizer_name = load_local_clip(p.model, p.weights, tag_kwargs)
         self.model = model.to(device).eval()
         self.tokenizer = open_clip.get_tokenizer(tokenizer_name)
         self.preprocess_cfg = open_clip.get_model_preprocess_cfg(self.model)
@@ -192,35 +236,8 @@ class ClipTScorer(Scorer):
         return self._source
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """open_clip's eval transform on a (N,3,H,W) [0,1] batch: resize, center crop (or pad), normalise.
-
-        Same steps as the PIL pipeline (antialiased resize with the tag's interpolation, bicubic
-        for CLIP), done on the tensor; values are clamped to [0,1] after resizing as 8-bit PIL would.
-        """
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
-
-        cfg = self.preprocess_cfg
-        size = cfg["size"]
-        th, tw = (size, size) if isinstance(size, int) else tuple(size)
-        h, w = images.shape[-2:]
-        mode = cfg.get("resize_mode", "shortest")
-        if mode == "squash":
-            new_hw = [th, tw]
-        else:
-            scale = min(th / h, tw / w) if mode == "longest" else max(th / h, tw / w)
-            new_hw = [max(1, round(h * scale)), max(1, round(w * scale))]
-            if mode == "shortest" and th == tw:  # torchvision Resize(int): short side exact, long side truncated
-                new_hw = [th, int(th * w / h)] if h <= w else [int(th * h / w), th]
-        interpolation = InterpolationMode(cfg.get("interpolation", "bicubic"))
-        x = TF.resize(images, new_hw, interpolation=interpolation, antialias=True).clamp(0.0, 1.0)
-        if x.shape[-2:] != (th, tw):
-            pad_h, pad_w = max(th - x.shape[-2], 0), max(tw - x.shape[-1], 0)
-            if pad_h or pad_w:
-                pads = [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2]
-                x = F.pad(x, pads, value=cfg.get("fill_color", 0) / 255.0)
-            x = TF.center_crop(x, [th, tw])
-        return (x - self._mean) / self._std
+        """open_clip's eval transform on a (N,3,H,W) [0,1] batch (see `clip_preprocess`)."""
+        return clip_preprocess(images, self.preprocess_cfg, self._mean, self._std)
 
     @torch.no_grad()
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:

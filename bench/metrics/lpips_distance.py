@@ -3,7 +3,8 @@
 Conventions differ between papers; the stored "lpips" is the raw distance (not x100 / x1000):
 TEdBench-style papers use VGG (the default here); FlexIT/DiffEdit ImageNet uses AlexNet with
 normalize=True at 256 px and reports x100; PIE-Bench's unedited-region LPIPS uses SqueezeNet on
-[-1, 1] inputs and reports x10^3. Images are compared at the resolution they come in.
+[-1, 1] inputs and reports x10^3. Images are compared at the resolution they come in, or after
+FlexIT's resize + center crop to `size` (256 for the ImageNet protocol).
 
 The `lpips` package ships only its linear heads; the backbone is torchvision's ImageNet weights.
 They are read from the torch hub cache (or a given file) and never downloaded here: torchvision
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
+from editsweep.bench.metrics.inception import resize_center_crop
 from editsweep.datasets.base import Sample
 
 RANDOM_SEED = 0
@@ -34,6 +37,9 @@ class LpipsParams(ScorerParams):
     (or a folder holding it under its standard name)."""
 
     net: Literal["alex", "vgg", "squeeze"] = "vgg"
+    size: int | None = Field(
+        None, ge=16, le=2048, description="resize short side + center crop both images first (FlexIT: 256); none: as is"
+    )
 
 
 def backbone_file(net: str) -> tuple[str, str]:
@@ -118,4 +124,6 @@ class LpipsScorer(Scorer):
         """Raw LPIPS per image for [0,1] inputs (normalize=True maps them to [-1, 1])."""
         a = edited.to(self.device, torch.float32)
         b = sources.to(self.device, torch.float32)
+        if self.params.size is not None:
+            a, b = resize_center_crop(a, self.params.size), resize_center_crop(b, self.params.size)
         return ScoreBatch(scores={"lpips": self.model(a, b, normalize=True).flatten().cpu()})

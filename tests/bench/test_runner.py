@@ -28,6 +28,10 @@ def test_sweep_runs_on_ray_and_resumes(ray_session, make_spec, tmp_path):
     manifests = store.list_files("manifests")
     manifest = store.read_json(manifests[0])
     assert manifest["spec"]["name"] == "test" and manifest["versions"]["torch"]
+    # The driver wrote one Parquet batch per unit, then merged them: one file per partition.
+    assert first.files_compacted >= 2
+    assert sorted(f.split("/")[1] for f in store.list_files("results")) == ["method=copy", "method=ddim_edit"]
+    assert first.driver_cpu_seconds > 0 and first.dispatch_gap_seconds >= 0
 
     again = run_sweep(spec, tmp_path, progress=False)
     assert (again.n_skipped, again.n_ok, again.invert_calls) == (24, 0, 0)

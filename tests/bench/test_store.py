@@ -83,3 +83,20 @@ def test_a_filesystem_uri_works_like_a_path(tmp_path):
 def test_empty_run_reads_as_no_rows(tmp_path):
     store = RunStore(str(tmp_path / "nothing-yet"))
     assert store.read_results().empty and store.completed_task_keys() == set()
+
+
+def test_compaction_merges_each_partition_and_keeps_every_row(tmp_path):
+    store = RunStore(str(tmp_path))
+    for i in range(5):
+        store.write_rows([row(f"k{i}", scores={"psnr": float(i)}), row(f"s{i}", method="sdedit")])
+    store.write_rows([row("k0", "error", seconds=-5)])  # an older failed attempt of an ok task
+    before = store.read_all_rows()
+    assert len(store.list_files("results")) == 11
+    assert store.compact() == 11
+    files = store.list_files("results")
+    assert len(files) == 2 and {f.split("/")[1] for f in files} == {"method=copy", "method=sdedit"}
+    after = store.read_all_rows()
+    key = ["task_key", "status"]
+    assert after.sort_values(key)[key].values.tolist() == before.sort_values(key)[key].values.tolist()
+    assert store.read_results().set_index("task_key").loc["k3", "scores"] == {"psnr": 3.0}
+    assert store.compact() == 0  # nothing left to merge

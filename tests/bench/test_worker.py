@@ -12,6 +12,8 @@ def run_units(spec, run_dir):
     worker = SweepWorker(spec, str(run_dir), "run-test")
     tasks, units = plan(spec, RunStore(str(run_dir)).completed_task_keys())
     reports = [worker.process(u) for u in units]
+    for report in reports:  # as the driver does
+        RunStore(str(run_dir)).write_rows(report.rows)
     return tasks, reports, RunStore(str(run_dir)).read_results()
 
 
