@@ -2,13 +2,13 @@
 
 Each sample's mask comes from, in order:
 1. the dataset: `sample.meta["mask"]`, a (H, W) boolean numpy array at the dataset image's original
-   resolution (1 = edited/object region); it is center-cropped like the image (`fit_square`) and
-   resized with nearest neighbours;
+   resolution (1 = edited/object region), brought to the mask size by `fit_square_mask` (the
+   image's center crop, nearest-neighbour resize);
 2. the configured provider, for the samples the dataset left without one:
-   - `attention` (offline default): the cross-attention map of the object word, averaged over every
-     cross-attention layer (upsampled to the mask size) and every step of a DDIM inversion of the
-     input (guidance 1, a prompt holding the word), min-max normalised per image and binarised at
-     `threshold`. The maps are materialised with `P2PAttnProcessor` on the
+   - `attention` (offline default): the cross-attention map of the object word, averaged over heads,
+     over the cross-attention layers at P2P's mask resolution (16x16 on SD at 512 px) and over every
+     step of a DDIM inversion of the input (guidance 1, a prompt holding the word), upsampled to the
+     mask size, min-max normalised per image and binarised at `threshold`. The maps are recorded by `AttentionRecorder` through `P2PAttnProcessor` on the
      cross-attention layers only; self-attention keeps the UNet's own processors;
    - `clipseg`: a text-prompted segmentation model loaded by Hub id or local folder through
      transformers (default `CIDAS/clipseg-rd64-refined`) with the object word as its prompt; the
@@ -29,10 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.attention import P2PAttnProcessor
+from editsweep.datasets.images import fit_square_mask
+from editsweep.methods.attention import AttentionRecorder, P2PAttnProcessor
 from editsweep.methods.backbone import Backbone
 from editsweep.methods.base import images_tensor
 from editsweep.methods.ddim import ddim_invert, make_schedule
+from editsweep.methods.p2p import attention_map_tokens
 from editsweep.methods.prompt_alignment import word_positions
 
 MaskProvider = Literal["attention", "clipseg"]
@@ -77,7 +79,7 @@ def object_word(sample: Sample, configured: str | None = None) -> str:
 
 
 def dataset_mask(sample: Sample, size: tuple[int, int]) -> torch.Tensor | None:
-    """The sample's own mask at `size` (h, w) as a float tensor, or None when it has none."""
+    """The sample's own mask at the square `size` (h, w) as a float tensor, or None when it has none."""
     mask = sample.meta.get("mask")
     if mask is None:
         return None
@@ -88,10 +90,7 @@ def dataset_mask(sample: Sample, size: tuple[int, int]) -> torch.Tensor | None:
             f"resolution (1 = object), got dtype {array.dtype} and shape {array.shape}"
         )
     # The same center crop as `fit_square` applies to the image, so mask and image stay aligned.
-    side = min(array.shape)
-    top, left = (array.shape[0] - side) // 2, (array.shape[1] - side) // 2
-    square = torch.from_numpy(array[top : top + side, left : left + side].astype(np.float32))
-    return F.interpolate(square[None, None], size=size, mode="nearest")[0, 0]
+    return torch.from_numpy(fit_square_mask(array, size[0]).astype(np.float32))
 
 
 def object_masks(
@@ -126,34 +125,25 @@ def object_masks(
     return torch.stack([m.to(latents.device) for m in masks])
 
 
-class CrossAttentionMaps:
-    """The control a `P2PAttnProcessor` calls: keeps head-averaged cross-attention maps, edits nothing."""
-
-    def __init__(self) -> None:
-        self.maps: list[torch.Tensor] = []
-
-    def __call__(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
-        """Record (batch, queries, tokens) of one layer; return the probabilities unchanged."""
-        if is_cross:
-            self.maps.append(probs.mean(1).float())
-        return probs
-
-    def word_map(self, positions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B, h, w): the maps of the token `positions` (B, L) summed, upsampled, averaged over layers."""
-        total = torch.zeros(len(positions), *size, device=positions.device)
-        for probs in self.maps:
-            side = int(round(probs.shape[1] ** 0.5))
-            word = (probs * positions[:, None]).sum(-1).view(-1, 1, side, side)
-            total += F.interpolate(word, size=size, mode="bilinear", align_corners=False)[:, 0]
-        return total / max(1, len(self.maps))
+def word_map(maps: Sequence[torch.Tensor], positions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w): per layer, the head-averaged maps (B, heads, queries, L) of the token `positions`
+    (B, L) summed, upsampled to `size`; averaged over the layers."""
+    total = torch.zeros(len(positions), *size, device=positions.device)
+    for probs in maps:
+        probs = probs.float().mean(1)
+        side = int(round(probs.shape[1] ** 0.5))
+        word = (probs * positions[:, None]).sum(-1).view(-1, 1, side, side)
+        total += F.interpolate(word, size=size, mode="bilinear", align_corners=False)[:, 0]
+    return total / max(1, len(maps))
 
 
 @contextmanager
-def recording_cross_attention(backbone: Backbone) -> Iterator[CrossAttentionMaps]:
-    """Record the cross-attention maps of every UNet call in the block; restores the processors."""
+def recording_cross_attention(backbone: Backbone) -> Iterator[AttentionRecorder]:
+    """Record the cross-attention maps at P2P's mask resolution (`attention_map_tokens`: 16x16 on SD
+    at 512 px) of every UNet call in the block; restores the processors."""
     unet = backbone.unet
     original = unet.attn_processors
-    recorder = CrossAttentionMaps()
+    recorder = AttentionRecorder(map_tokens=attention_map_tokens(backbone))
     # Only cross-attention ("attn2") layers materialise their maps; self-attention keeps SDPA.
     unet.set_attn_processor(
         {name: P2PAttnProcessor(recorder) if ".attn2." in name else proc for name, proc in original.items()}
@@ -189,7 +179,7 @@ def attention_maps(
     cond = backbone.encode_text(prompts)
     with recording_cross_attention(backbone) as recorder:
         ddim_invert(backbone, latents, make_schedule(backbone, steps), cond)
-    maps = recorder.word_map(positions, tuple(latents.shape[-2:])).flatten(1)
+    maps = word_map(recorder.take(), positions, tuple(latents.shape[-2:])).flatten(1)
     low, high = maps.amin(1, keepdim=True), maps.amax(1, keepdim=True)
     return ((maps - low) / (high - low).clamp_min(1e-12)).view(-1, *latents.shape[-2:])
 
