@@ -5,6 +5,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     ddim_edit,
     ddim_p2p,
     direct_inversion,
+    layer_diffusion,
     negative_prompt,
     null_text,
     precomputed,
