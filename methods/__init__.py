@@ -5,10 +5,12 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     ddim_edit,
     ddim_p2p,
     direct_inversion,
+    imagic,
     negative_prompt,
     null_text,
     prompt_tuning,
     sdedit,
+    timestep_injection,
 )
 from editsweep.methods.base import METHODS, Method, Params, State, get_method_class, register_method
 
