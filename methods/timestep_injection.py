@@ -67,9 +67,7 @@ class InjectionEditParams(Params):
     src_ratio: float = Field(
         0.2, ge=0, le=1, description="fraction of the first steps conditioned on e_src (useful range 0.1-0.4)"
     )
-    eta: float = Field(
-        0.7, ge=0, le=2, description="after the switch: e = eta * e_tgt + (1 - eta) * e_opt"
-    )
+    eta: float = Field(0.7, ge=0, le=2, description="after the switch: e = eta * e_tgt + (1 - eta) * e_opt")
     guidance: float = Field(7.5, ge=0, le=50, description="CFG scale while sampling (match nti_guidance under NTI)")
 
 
@@ -98,9 +96,7 @@ class TimestepInjection(Method):
         trajectory = ddim_invert(backbone, latents, schedule, source)
         state = {"latents": trajectory[-1], "source": source, "optimized": optimized}
         if params.inversion != "ddim":
-            nti = NullTextParams(
-                steps=params.steps, guidance=params.nti_guidance, inner_steps=params.nti_inner_steps
-            )
+            nti = NullTextParams(steps=params.steps, guidance=params.nti_guidance, inner_steps=params.nti_inner_steps)
             with torch.enable_grad():
                 null = optimize_null_text(backbone, trajectory, source, schedule, nti)
             state["null_embeddings"] = null.transpose(0, 1).contiguous()  # batch-first (B, steps, L, D)

@@ -11,7 +11,7 @@ from editsweep.methods.imagic import ImagicEditParams, ImagicInvertParams
 
 TARGET = "a blue bird in the sky"
 # Small stage A (lr raised so that 10 steps move e_opt) shared by the tests below.
-TEXT = dict(text_steps=10, text_lr=1e-2)
+TEXT = {"text_steps": 10, "text_lr": 1e-2}
 
 
 @pytest.fixture(scope="module")
