@@ -5,6 +5,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     ddim_edit,
     ddim_p2p,
     direct_inversion,
+    imagic,
     layer_diffusion,
     negative_prompt,
     null_text,
@@ -12,6 +13,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     prompt_tuning,
     sdedit,
     style_diffusion,
+    timestep_injection,
     vae_roundtrip,
 )
 from editsweep.methods.base import METHODS, Method, Params, State, get_method_class, register_method

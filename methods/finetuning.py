@@ -3,6 +3,8 @@
 - `denoising_losses`: the diffusion training loss per image, with noise and timesteps drawn from
   each sample's own generator (a sample's result does not depend on its batch mates).
 - `optimize_embeddings`: Adam on text embeddings (one per image) under that loss, UNet frozen.
+- `optimize_target_embeddings`: Imagic's stage A for a batch of samples (the target prompt's
+  embedding pulled toward each input image), shared by Imagic and the timestep-injection method.
 - `finetuned_unet`: a context in which `backbone.unet` is a trainable float32 copy of the UNet;
   the worker's own weights are put back untouched when it exits, even on an error, so nothing a
   group learns leaks into the next group on the same worker.
@@ -20,7 +22,9 @@ from contextlib import contextmanager
 import torch
 from diffusers import UNet2DConditionModel
 
+from editsweep.datasets.base import Sample
 from editsweep.methods.backbone import Backbone
+from editsweep.methods.base import images_tensor, target_prompts
 
 LossWeights = Callable[[torch.Tensor], torch.Tensor]
 """Maps a per-pixel squared error (B, C, h, w) to per-image losses (B,), e.g. a masked mean."""
@@ -88,6 +92,24 @@ def optimize_embeddings(
             loss.backward()
             optimizer.step()
     return embedding.detach()
+
+
+def optimize_target_embeddings(
+    backbone: Backbone,
+    samples: Sequence[Sample],
+    generators: Sequence[torch.Generator],
+    steps: int,
+    learning_rate: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Imagic's text optimisation: (clean latents (B, C, h, w), e_opt (B, L, D) float32).
+
+    Each e_opt starts at its sample's target-prompt embedding e_tgt and is optimised with the
+    denoising loss on that sample's image, UNet frozen; few steps keep it near e_tgt, so that
+    interpolating between the two is meaningful.
+    """
+    latents = backbone.encode_images(images_tensor(samples, backbone.device))
+    target = backbone.encode_text(target_prompts(samples))
+    return latents, optimize_embeddings(backbone, latents, target, generators, steps, learning_rate)
 
 
 @contextmanager
