@@ -191,7 +191,7 @@ class SweepWorker:
         sources = images_tensor(samples, self.device)
         inputs = [self.store.write_input(g.head.dataset, s.id, s.image) for g, s in loaded]
         rows: list[dict[str, Any]] = []
-        chunk = max(1, self.spec.execution.edit_batch_size // batch)
+        chunk = len(edit_points) if method.edit_points_together else max(1, self.spec.execution.edit_batch_size // batch)
         start = 0
         one_by_one_until = 0  # after a failing chunk, its points are retried alone to isolate the culprit
         while start < len(edit_points):

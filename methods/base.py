@@ -44,6 +44,10 @@ class Method(ABC):
     # True: `invert` also receives `seeds=` (each sample's sweep seed), for methods that look up
     # per-seed results (e.g. `precomputed`); sampling methods use `generators` instead.
     needs_seeds: ClassVar[bool] = False
+    # True for methods whose `edit` does costly per-group work before sampling (fine-tuning a UNet
+    # copy per image): the worker then passes every edit point of a group in one call instead of
+    # chunks of `edit_batch_size`, so that work runs once (it splits only after running out of memory).
+    edit_points_together: ClassVar[bool] = False
 
     @abstractmethod
     def invert(

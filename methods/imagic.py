@@ -10,9 +10,10 @@ C. Sampling: guided DDIM from Gaussian noise with e = eta * e_tgt + (1 - eta) * 
    point of a sample (eta, guidance, steps) runs in one batched loop on that sample's model, from
    one noise draw (common random numbers across points).
 
-Stage B runs inside `edit`, so it is repeated for every `edit` call of a group: keep
-`execution.edit_batch_size` >= points x batch so that a group makes a single call. A call's
-result does not depend on that (generators are fresh per call), only its cost does.
+Stage B runs inside `edit` (a fine-tuned UNet is not a state of plain tensors), so the method sets
+`edit_points_together`: the worker passes every edit point of a group in one call and each image
+is fine-tuned once (a call split after running out of memory fine-tunes again, with identical
+results: generators are fresh per call).
 
 Choices where the sources read here leave room (the paper's method section and diffusers'
 community `imagic_stable_diffusion` pipeline, an SD re-implementation):
@@ -75,6 +76,7 @@ class Imagic(Method):
     """Text optimisation, per-image UNet fine-tuning, and sampling from an interpolated embedding."""
 
     name = "imagic"
+    edit_points_together = True
     InvertParams = ImagicInvertParams
     EditParams = ImagicEditParams
 

@@ -27,8 +27,9 @@ masked means (each loss is the mean squared error over its region's latent cells
 and drawing separate noise for the two terms. A term whose region is empty or whose weight is 0 is
 left out entirely (no UNet call, no noise drawn), so an all-background mask gives exactly the
 result of lambda_f = 0. Fine-tuning happens in `edit` because a fine-tuned UNet is not a state of
-plain tensors; the worker gives each edit call fresh generators, so a group whose points are
-split over several calls fine-tunes once per call with identical results.
+plain tensors; `edit_points_together` makes the worker pass every edit point of a group in one
+call, so each image is fine-tuned once (a split after running out of memory repeats it, with
+identical results: each edit call gets fresh generators).
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ class LayerDiffusion(Method):
     """LayerDiffusion: layered embedding optimisation and fine-tuning under an object mask."""
 
     name = "layer_diffusion"
+    edit_points_together = True
     InvertParams = LayerInvertParams
     EditParams = LayerEditParams
 

@@ -35,6 +35,20 @@ def test_one_inversion_per_group_for_a_sweep_of_edit_points(make_spec, tmp_path,
     assert rows["input_path"].notna().all() and rows["image_path"].notna().all()
 
 
+def test_methods_that_edit_points_together_get_every_point_in_one_call(make_spec, tmp_path, plugin):
+    """Fine-tuning methods fine-tune once per edit call: `edit_batch_size` must not split a group."""
+    points = {"guidance": [1.0, 2.0, 4.0, 7.5]}
+    spec = make_spec(
+        [{"name": "together_ddim", "invert": {"steps": 2}, "edit": points}, {"name": "counting_ddim", "invert": {"steps": 2}, "edit": points}],
+        n=2,
+        execution={"batch_size": 2, "edit_batch_size": 2},
+    )
+    plugin.EDIT_CALLS.clear()
+    _, reports, rows = run_units(spec, tmp_path)
+    assert plugin.EDIT_CALLS == [4] and (rows["status"] == "ok").all() and len(rows) == 16
+    assert sum(r.edit_calls for r in reports) == 1 + 4  # counting_ddim: 2 samples x 1 point per call
+
+
 def test_rerun_skips_finished_tasks(make_spec, tmp_path, plugin):
     spec = make_spec([{"name": "counting_ddim", "invert": {"steps": 2}, "edit": {"guidance": [1.0, 3.0]}}], n=2)
     run_units(spec, tmp_path)

@@ -1,6 +1,7 @@
 """Test-only methods, loaded through a spec's `imports:` like any user plugin.
 
 - `counting_ddim`: ddim_edit that records every sample it inverts (in-process tests read it);
+- `together_ddim`: ddim_edit with `edit_points_together`, recording the points of each edit call;
 - `faulty`: copy that misbehaves on chosen samples: raises, returns NaN, or kills its process
   (optionally only while a flag file exists, which lets a test "repair" the fault between runs).
 """
@@ -17,6 +18,7 @@ from editsweep.methods.copy_input import Copy
 from editsweep.methods.ddim_edit import DDIMEdit
 
 INVERTED: list[str] = []
+EDIT_CALLS: list[int] = []  # edit points per `edit` call of `together_ddim`
 
 
 @register_method
@@ -26,6 +28,18 @@ class CountingDDIM(DDIMEdit):
     def invert(self, backbone, samples, params, generators):
         INVERTED.extend(s.id for s in samples)
         return super().invert(backbone, samples, params, generators)
+
+
+@register_method
+class TogetherDDIM(DDIMEdit):
+    """ddim_edit that asks for every edit point of a group in one call (as fine-tuning methods do)."""
+
+    name = "together_ddim"
+    edit_points_together = True
+
+    def edit(self, backbone, state, samples, invert_params, edit_params, generators):
+        EDIT_CALLS.append(len(edit_params))
+        return super().edit(backbone, state, samples, invert_params, edit_params, generators)
 
 
 class FaultParams(Params):
