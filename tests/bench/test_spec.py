@@ -18,7 +18,7 @@ def minimal(**overrides):
 
 
 def test_every_config_in_the_repo_validates():
-    for path in sorted((REPO / "configs").glob("*.yaml")):
+    for path in sorted((REPO / "configs").glob("**/*.yaml")):
         assert load_spec(path).name
 
 

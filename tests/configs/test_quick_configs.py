@@ -1,0 +1,38 @@
+"""The seed papers' quickstart-sized specs (`configs/quick/`) run offline on the tiny backbone.
+
+Each spec runs in-process (one `SweepWorker`, rows written as the driver writes them): every planned
+task must end as an `ok` row. The full-size specs next to them are checked by
+tests/bench/test_spec.py (they validate) and need GPUs and real weights to run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from editsweep.bench.plan import plan
+from editsweep.bench.spec import load_spec
+from editsweep.bench.store import RunStore
+from editsweep.bench.worker import SweepWorker
+
+QUICK = sorted((Path(__file__).resolve().parents[2] / "configs" / "quick").glob("*.yaml"))
+
+
+def test_there_is_a_quick_spec_for_each_seed_paper():
+    assert {p.stem for p in QUICK} >= {"imagic", "timestep-injection", "style-diffusion", "layer-diffusion"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", QUICK, ids=[p.stem for p in QUICK])
+def test_quick_spec_runs_offline(path, tmp_path):
+    spec = load_spec(path)
+    store = RunStore(str(tmp_path))
+    worker = SweepWorker(spec, str(tmp_path), "run-quick")
+    tasks, units = plan(spec, set())
+    for unit in units:
+        store.write_rows(worker.process(unit).rows)
+    rows = store.read_results()
+    assert len(rows) == len(tasks) > 0
+    assert rows["status"].eq("ok").all(), rows["error"].dropna().unique().tolist()
+    assert rows["scores"].map(lambda s: "lpips" in s and "clip_t" in s).all()
