@@ -4,8 +4,10 @@ each dataset's layout, and without the data they stop with a message naming the 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 from PIL import Image
 
@@ -79,3 +81,25 @@ def test_list_shows_the_data_folder_as_required(capsys):
     assert main(["list", "datasets"]) == 0
     out = capsys.readouterr().out
     assert "pie_bench" in out and "coco" in out and "root (required)" in out and "PydanticUndefined" not in out
+
+
+TEDBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "tedbench"
+TEDBENCH_SPECS = sorted(p.name for p in CONFIGS.glob("*.yaml") if "tedbench" in p.read_text())
+
+
+@pytest.mark.parametrize("spec", TEDBENCH_SPECS)
+def test_tedbench_specs_plan_every_pair_with_a_local_copy(spec, tmp_path, capsys):
+    """The seed papers' TEdBench specs (download: true) plan on a local copy: 100 pairs x seeds."""
+    if not (TEDBENCH / "input_list.json").is_file():
+        pytest.skip(f"the shared TEdBench copy is not at {TEDBENCH}")
+    raw = yaml.safe_load((CONFIGS / spec).read_text())
+    params = raw["datasets"][0]["params"]
+    params.pop("download", None)
+    params["root"] = str(TEDBENCH)
+    path = tmp_path / spec
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    seeds = len(raw.get("seeds", [0]))
+    for method in raw["methods"]:
+        assert re.search(rf"  {method['name']}: \d+ tasks, {100 * seeds} groups", out), out
