@@ -2,9 +2,9 @@
 
 The driver keeps a bounded number of units queued at each actor (`max_in_flight`) and gives the
 next pending unit to whichever actor finishes one (pull, not a fixed split), largest units first.
-Workers write the images; the driver writes each returned unit's rows as one Parquet batch at once
-(one writer for the results table, nothing held in memory), and merges the run's small files into
-one per partition at the end. When an actor dies, its unit goes back to the queue and the actor is replaced by a
+Workers write the images and return their rows; the driver writes rows in batches (`RowBuffer`:
+every `flush_seconds` or `flush_rows`, and on every way out; one writer for the results table),
+then merges the run's files into one per partition at the end. When an actor dies, its unit goes back to the queue and the actor is replaced by a
 fresh one (models reloaded); a unit that has killed `max_retries + 1` workers becomes error rows.
 """
 
@@ -35,7 +35,7 @@ from tqdm import tqdm  # noqa: E402
 
 from editsweep.bench.plan import Unit, plan
 from editsweep.bench.spec import SweepSpec
-from editsweep.bench.store import RunStore
+from editsweep.bench.store import RowBuffer, RunStore
 from editsweep.bench.worker import SweepWorker, UnitReport, task_row
 
 PACKAGES = (
@@ -97,9 +97,13 @@ def run_sweep(
         summary.workers = pool.infos
         bar = tqdm(total=pending, desc=f"sweep {spec.name}", unit="edit", disable=not progress, file=sys.stderr)
         cpu = time.process_time()
+        rows = RowBuffer(store, spec.execution.flush_rows, spec.execution.flush_seconds)
         try:
-            _drive(pool, units, spec, store, summary, bar)
+            _drive(pool, units, spec, store, rows, summary, bar)
         finally:
+            t0 = time.perf_counter()
+            rows.flush()  # on every way out (errors, Ctrl-C): finished units are never dropped
+            summary.seconds["write_rows"] += time.perf_counter() - t0
             summary.driver_cpu_seconds = time.process_time() - cpu
             bar.close()
             pool.shutdown()
@@ -143,7 +147,9 @@ class _Pool:
             ray.kill(actor, no_restart=True)
 
 
-def _drive(pool: _Pool, units: list[Unit], spec: SweepSpec, store: RunStore, summary: RunSummary, bar: tqdm) -> None:
+def _drive(
+    pool: _Pool, units: list[Unit], spec: SweepSpec, store: RunStore, rows: RowBuffer, summary: RunSummary, bar: tqdm
+) -> None:
     """Pull loop: keep `max_in_flight` units queued per actor; on a death, retry what it held.
 
     Locality: an actor gets units of the backbone it holds; only when none is left does it take
@@ -161,6 +167,11 @@ def _drive(pool: _Pool, units: list[Unit], spec: SweepSpec, store: RunStore, sum
     throughput = [Counter() for _ in pool.actors]  # per actor slot: units, tasks, busy seconds
     last_finished: list[float | None] = [None] * len(pool.actors)  # per slot: when its last unit ended
 
+    def flush_rows() -> None:
+        t0 = time.perf_counter()
+        rows.flush()
+        summary.seconds["write_rows"] += time.perf_counter() - t0
+
     def submit(slot: int) -> None:
         if not queues[pool.holds[slot]]:
             busiest = max(queues, key=lambda key: sum(len(u.tasks) for u in queues[key]))
@@ -176,7 +187,11 @@ def _drive(pool: _Pool, units: list[Unit], spec: SweepSpec, store: RunStore, sum
         for slot in range(len(pool.actors)):
             submit(slot)
     while in_flight:
-        (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+        done, _ = ray.wait(list(in_flight), num_returns=1, timeout=rows.seconds_left())
+        if not done:  # the buffered rows came due while every actor was busy
+            flush_rows()
+            continue
+        (ref,) = done
         unit, slot, actor = in_flight.pop(ref)
         try:
             report: UnitReport = ray.get(ref)
@@ -198,15 +213,15 @@ def _drive(pool: _Pool, units: list[Unit], spec: SweepSpec, store: RunStore, sum
                 queues[unit.backbone].appendleft(unit)
             else:
                 message = f"the worker died {attempts[id(unit)]} times on this unit; last error: {_first_line(err)}"
-                store.write_rows(task_row(t, status="error", error=message, run_id=summary.run_id) for t in unit.tasks)
+                rows.add(task_row(t, status="error", error=message, run_id=summary.run_id) for t in unit.tasks)
                 summary.n_error += len(unit.tasks)
                 bar.update(len(unit.tasks))
             submit(slot)
             continue
         queued[actor].remove(ref)
-        t0 = time.perf_counter()
-        store.write_rows(report.rows)  # before anything else: a returned unit is never lost
-        summary.seconds["write_rows"] += time.perf_counter() - t0
+        rows.add(report.rows)
+        if rows.due():
+            flush_rows()
         if last_finished[slot] is not None:
             summary.dispatch_gap_seconds += max(0.0, report.started_at - last_finished[slot])
         last_finished[slot] = report.finished_at

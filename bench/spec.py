@@ -77,6 +77,10 @@ class ExecutionSpec(_Strict):
     edit_batch_size: int = Field(16, ge=1, description="images denoised together in one edit call")
     max_retries: int = Field(2, ge=0, description="re-runs of a unit whose worker died")
     max_restarts: int = Field(4, ge=0, description="restarts of a dead worker actor")
+    flush_seconds: float = Field(
+        1.0, ge=0, le=600, description="the driver writes buffered rows at least this often (0: each unit at once)"
+    )
+    flush_rows: int = Field(512, ge=1, description="... or as soon as this many rows are buffered")
 
 
 class MlflowSpec(_Strict):

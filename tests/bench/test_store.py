@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from editsweep.bench.store import FILE_SCHEMA, RunStore
+from editsweep.bench.store import FILE_SCHEMA, RowBuffer, RunStore
 
 NOW = datetime(2026, 11, 22, tzinfo=timezone.utc)
 
@@ -100,3 +100,26 @@ def test_compaction_merges_each_partition_and_keeps_every_row(tmp_path):
     assert after.sort_values(key)[key].values.tolist() == before.sort_values(key)[key].values.tolist()
     assert store.read_results().set_index("task_key").loc["k3", "scores"] == {"psnr": 3.0}
     assert store.compact() == 0  # nothing left to merge
+
+
+def test_row_buffer_writes_batches_when_due_and_everything_on_flush(tmp_path, monkeypatch):
+    import editsweep.bench.store as store_module
+
+    now = [100.0]
+    monkeypatch.setattr(store_module.time, "monotonic", lambda: now[0])
+    store = RunStore(str(tmp_path))
+    buffer = RowBuffer(store, max_rows=3, max_seconds=2.0)
+    assert not buffer.due() and buffer.seconds_left() is None
+    buffer.add([row("a"), row("b")])
+    now[0] += 1.5
+    assert not buffer.due() and buffer.seconds_left() == 0.5 and store.list_files("results") == []
+    buffer.add([row("c")])
+    assert buffer.due()  # three rows
+    buffer.flush()
+    assert len(store.list_files("results")) == 1 and buffer.seconds_left() is None
+    buffer.add([row("d")])
+    now[0] += 2.0
+    assert buffer.due()  # the oldest row is two seconds old
+    buffer.flush()
+    buffer.flush()  # nothing left: no empty file
+    assert len(store.list_files("results")) == 2 and len(store.read_results()) == 4
