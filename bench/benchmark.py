@@ -89,14 +89,12 @@ def _per_method(store: RunStore) -> dict[str, dict[str, float]]:
         )
     reference = out.get("ddim_p2p")
     for method, timing in out.items():
-        published = PUBLISHED.get(method)
-        if published is None:
-            continue
-        timing["published"] = published
         if reference is not None:
             measured = timing["invert_s_per_image"] + timing["edit_s_per_image"]
-            base = reference["invert_s_per_image"] + reference["edit_s_per_image"]
+            timing["x_ddim_p2p"] = round(measured / (reference["invert_s_per_image"] + reference["edit_s_per_image"]), 2)
+        published = PUBLISHED.get(method)
+        if published is not None:
+            timing["published"] = published
             paper = published.get("total_s", published.get("invert_s", 0) + published.get("edit_s", 0))
-            timing["x_ddim_p2p"] = round(measured / base, 2)
             timing["published_x_ddim_p2p"] = round(paper / 24, 2)  # DDIM+P2P: 11 s + 13 s
     return out
