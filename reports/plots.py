@@ -46,15 +46,27 @@ def tradeoff_plot(summary: pd.DataFrame, path: str | Path, x: str = "lpips", y: 
     front over all points (directions from `metric_info`; unknown ones count as higher-better).
     Raises ValueError when x or y has no finite mean in `summary`.
     """
-    for metric in (x, y):
-        if metric not in summary_metrics(summary) or not np.isfinite(summary[f"{metric}_mean"]).any():
-            raise ValueError(f"no finite {metric!r} scores in the summary: cannot plot {y} against {x}")
+    return tradeoff_panels(summary, path, [(x, y)])
+
+
+def tradeoff_panels(summary: pd.DataFrame, path: str | Path, pairs: list[tuple[str, str]]) -> Path:
+    """Trade-off plots side by side in one figure, one panel per (x, y) pair (e.g. CLIP-T and
+    CSFID, both against LPIPS). Raises ValueError when a pair has no finite means."""
+    for x, y in pairs:
+        for metric in (x, y):
+            if metric not in summary_metrics(summary) or not np.isfinite(summary[f"{metric}_mean"]).any():
+                raise ValueError(f"no finite {metric!r} scores in the summary: cannot plot {y} against {x}")
+    fig = Figure(figsize=(8 * len(pairs), 6), layout="constrained")
+    for ax, (x, y) in zip(np.atleast_1d(fig.subplots(1, len(pairs))), pairs):
+        _draw_tradeoff(ax, summary, x, y)
+    fig.savefig(path, dpi=120)
+    return Path(path)
+
+
+def _draw_tradeoff(ax: Axes, summary: pd.DataFrame, x: str, y: str) -> None:
     points = summary.dropna(subset=[f"{x}_mean", f"{y}_mean"])
     points = points[np.isfinite(points[f"{x}_mean"]) & np.isfinite(points[f"{y}_mean"])]
     series = ["method", "dataset"] + (["backbone"] if summary["backbone"].nunique() > 1 else [])
-
-    fig = Figure(figsize=(8, 6), layout="constrained")
-    ax = fig.subplots()
     for key, curve in points.groupby(series, sort=False):
         curve = curve.sort_values(f"{x}_mean")
         ax.errorbar(
@@ -102,8 +114,6 @@ def tradeoff_plot(summary: pd.DataFrame, path: str | Path, x: str = "lpips", y: 
     ax.set_title(title, color="darkred" if summary["random_weights"].any() else "black")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
-    return Path(path)
 
 
 def _err(curve: pd.DataFrame, metric: str) -> np.ndarray:

@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 
 from editsweep.bench.metrics.inception import FEATURE
-from editsweep.reports.aggregate import POINT_KEYS
-from editsweep.reports.plots import tradeoff_plot
+from editsweep.reports.aggregate import POINT_KEYS, summary_metrics
+from editsweep.reports.plots import tradeoff_panels
 from editsweep.reports.reference_stats import ReferenceStats, ReferenceStatsError
 
 SET_METRICS = ("sfid", "csfid", "fid", "kid")
@@ -167,8 +167,8 @@ def add_set_metrics(
 ) -> tuple[pd.DataFrame, list[Path], list[str]]:
     """The report's set-level step: (summary with SFID/CSFID/FID/KID, figures drawn, notes).
 
-    Does nothing for runs without inception features. Draws the CSFID-vs-LPIPS trade-off curve
-    (`tradeoff_csfid.png`) next to the report's CLIP-vs-LPIPS one. A missing reference stats file is
+    Does nothing for runs without inception features. Draws `tradeoff_csfid.png`: the CLIP-T and
+    CSFID trade-off curves against LPIPS side by side in one figure. A missing reference stats file is
     a note; stats from another extractor raise ReferenceStatsError (mixing extractors gives
     meaningless numbers).
     """
@@ -190,8 +190,9 @@ def add_set_metrics(
     stats = {d: ReferenceStats.load(p) for d, p in paths.items()}
     summary = merge_into_summary(summary, point_set_metrics(results, stats))
     figure = out_dir / CSFID_FIGURE
+    pairs = [("lpips", "clip_t"), ("lpips", "csfid")] if "clip_t" in summary_metrics(summary) else [("lpips", "csfid")]
     try:
-        tradeoff_plot(summary, figure, x="lpips", y="csfid")
+        tradeoff_panels(summary, figure, pairs)
     except ValueError as e:
         return summary, [], [*notes, f"CSFID-LPIPS plot skipped: {e}"]
     return summary, [figure], notes

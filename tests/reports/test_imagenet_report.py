@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from editsweep.bench.cli import main
 from editsweep.bench.plan import plan
@@ -71,6 +72,8 @@ def test_report_has_csfid_and_clip_curves_over_lpips(imagenet_run):
     assert result.tradeoff_png is not None and result.tradeoff_png.read_bytes()[:4] == b"\x89PNG"
     assert [p.name for p in result.set_figures] == ["tradeoff_csfid.png"]
     assert result.set_figures[0].read_bytes()[:4] == b"\x89PNG"
+    with Image.open(result.set_figures[0]) as figure:  # two 8x6-inch panels side by side
+        assert figure.width / figure.height == pytest.approx(16 / 6, rel=0.01)
     summary = pd.read_csv(result.summary_csv)
     assert len(summary) == 3
     assert np.isfinite(summary[["sfid_mean", "csfid_mean", "fid_mean", "kid_mean", "accuracy_mean"]]).all().all()
