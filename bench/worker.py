@@ -110,6 +110,15 @@ class SweepWorker:
         parts = [f"backbone={self.backbone.weights_source}"] + [f"{s.name}={s.weights_source}" for s in self.scorers]
         return ";".join(parts)
 
+    def _weights(self, task: Task) -> dict[str, Any]:
+        """The row's `weights` and `random_weights`: backbone, scorers and the method's own models."""
+        method = self.methods[task.method]
+        extra = method.model_sources(method.InvertParams.model_validate(json.loads(task.invert_params)))
+        return dict(
+            weights=";".join([self.weights, *(f"{name}={source}" for name, source in extra.items())]),
+            random_weights=self.random_weights or any(s.endswith(":random") for s in extra.values()),
+        )
+
     def info(self) -> dict[str, Any]:
         """Who this worker is, which backbone it holds, and how long it took to load its models."""
         return dict(
@@ -276,8 +285,7 @@ class SweepWorker:
             source_prompt=sample.source_prompt,
             target_prompt=sample.target_prompt,
             labels=sample_labels(sample),
-            random_weights=self.random_weights,
-            weights=self.weights,
+            **self._weights(task),
             worker=self.name,
             device=self.device_name,
             **timing,
@@ -294,8 +302,7 @@ class SweepWorker:
                 status="error",
                 error=message,
                 run_id=self.run_id,
-                random_weights=self.random_weights,
-                weights=self.weights,
+                **self._weights(t),
                 worker=self.name,
                 device=self.device_name,
             )

@@ -49,6 +49,12 @@ class Method(ABC):
     # chunks of `edit_batch_size`, so that work runs once (it splits only after running out of memory).
     edit_points_together: ClassVar[bool] = False
 
+    @classmethod
+    def model_sources(cls, invert_params: Params) -> dict[str, str]:
+        """Models the method loads besides the backbone: name -> weights source, ending in ':random'
+        for random weights. Recorded in every row next to the backbone's and the scorers'."""
+        return {}
+
     @abstractmethod
     def invert(
         self, backbone: Backbone, samples: Sequence[Sample], params: Params, generators: Sequence[torch.Generator]

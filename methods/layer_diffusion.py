@@ -175,6 +175,11 @@ class LayerDiffusion(Method):
     InvertParams = LayerInvertParams
     EditParams = LayerEditParams
 
+    @classmethod
+    def model_sources(cls, invert_params: Params) -> dict[str, str]:
+        """The segmentation model, when CLIPSeg provides the masks."""
+        return {"segmentation": invert_params.segmentation_model} if invert_params.mask_provider == "clipseg" else {}
+
     def invert(
         self,
         backbone: Backbone,

@@ -40,6 +40,7 @@ from editsweep.methods.backbone import Backbone
 from editsweep.methods.base import Method, Params, State, images_tensor, register_method, source_prompts
 from editsweep.methods.ddim import Schedule, ddim_invert, ddim_move, make_schedule, predict_noise
 from editsweep.methods.image_encoder import DEFAULT_IMAGE_ENCODER, load_image_encoder
+from editsweep.methods.image_encoder import PRESETS as IMAGE_ENCODER_PRESETS
 from editsweep.methods.p2p import P2PlusParams, ValueInputs, attention_map_tokens, p2p_edit
 
 Mapping = dict[str, torch.Tensor]
@@ -215,6 +216,12 @@ class StyleDiffusion(Method):
     name = "style_diffusion"
     InvertParams = StyleDiffusionParams
     EditParams = StyleDiffusionEditParams
+
+    @classmethod
+    def model_sources(cls, invert_params: Params) -> dict[str, str]:
+        """The CLIP image encoder (`tiny`: seeded random weights)."""
+        name = invert_params.image_encoder
+        return {"image_encoder": f"{name}:random" if name in IMAGE_ENCODER_PRESETS else name}
 
     def invert(
         self,

@@ -185,3 +185,9 @@ def test_each_image_has_its_own_mapping_and_a_projection_when_widths_differ():
     scale2, _ = apply_mapping(mapping, changed)
     assert torch.equal(scale2[0], scale[0]) and not torch.allclose(scale2[1], scale[1])
     assert "proj_w" not in init_mapping(5, 32, 32, 77, generators, torch.device("cpu"))
+
+
+def test_rows_name_the_image_encoder_and_flag_the_random_preset():
+    cls = get_method_class("style_diffusion")
+    assert cls.model_sources(cls.InvertParams(image_encoder="tiny")) == {"image_encoder": "tiny:random"}
+    assert cls.model_sources(cls.InvertParams()) == {"image_encoder": "openai/clip-vit-base-patch16"}
