@@ -77,6 +77,11 @@ def test_sfid_and_csfid_equal_flexits_formula(row_maker, run_factory):
         expected_sfid, expected_csfid = flexit_scores(preds, target_ids, stats)
         assert point["sfid"] == pytest.approx(expected_sfid, rel=1e-9)
         assert point["csfid"] == pytest.approx(expected_csfid, rel=1e-9)
+        # ... and the formula written out directly in numpy (METRICS.md): means only, classes equally.
+        feats, ids = preds.numpy(), target_ids.numpy()
+        assert point["sfid"] == pytest.approx(((feats.mean(0) - stats.mean) ** 2).sum(), rel=1e-9)
+        per_class = [((feats[ids == c].mean(0) - stats.class_means[c]) ** 2).sum() for c in np.unique(ids)]
+        assert point["csfid"] == pytest.approx(np.mean(per_class), rel=1e-9)
         # CSFID weights classes equally: it is not the image-weighted mean of per-image distances.
         assert point["csfid"] != pytest.approx(point["sfid"], rel=1e-3)
 
