@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from editsweep.methods.hub import hf_offline
 
 PRESETS = ("tiny", "sd-v1-arch")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -151,7 +152,7 @@ def _load_pretrained(source: str, dtype: torch.dtype):
     # Try the local cache first: it is instant, and offline a network attempt only adds retries.
     with contextlib.suppress(OSError, ValueError):
         return load_all(local_only=True)
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    offline = hf_offline()
     if local.exists() or offline:
         raise BackboneLoadError(_missing_message(source, local.exists()))
     try:

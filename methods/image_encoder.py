@@ -9,7 +9,6 @@ how to provide it. Encoders are cached per (name, device): a worker loads each o
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +17,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from editsweep.methods.hub import hf_offline
 
 # The encoder of the official StyleDiffusion code: all 197 ViT-B/16 tokens after the final layer
 # norm, whose width (768) is Stable Diffusion 1.x's cross-attention width.
@@ -111,7 +112,7 @@ def _load_pretrained(source: str) -> tuple[CLIPVisionModelWithProjection, CLIPIm
     # The cache first: instant, and offline a network attempt only adds retries.
     with contextlib.suppress(OSError, ValueError):
         return load(local_only=True)
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    offline = hf_offline()
     if local.exists() or offline:
         raise ImageEncoderLoadError(_missing_message(source, local.exists()))
     try:

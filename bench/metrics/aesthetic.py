@@ -35,13 +35,13 @@ from pydantic import Field
 
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
 from editsweep.bench.metrics.clip_t import (
-    _hf_offline,
     clip_preprocess,
     load_local_clip,
     open_clip_tag_kwargs,
     resolve_pretrained_checkpoint,
 )
 from editsweep.datasets.base import Sample
+from editsweep.methods.hub import hf_offline
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def resolve_head(head: str) -> Path:
         f"(TORCH_HOME now resolves to {Path(torch.hub.get_dir()).parent}), or set the scorer's "
         f"`head: /path/to/{HEAD_FILE}`; `weights: random` gives uncomparable scores for smoke tests"
     )
-    if _hf_offline():
+    if hf_offline():
         raise ScorerWeightsError(f"aesthetic head {HEAD_FILE} is not cached at {path} (HF_HUB_OFFLINE is set): {how}")
     try:
         _download_head(path)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
 from editsweep.datasets.base import Sample
+from editsweep.methods.hub import hf_cache_dir, hf_offline
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +43,6 @@ class ClipTParams(ScorerParams):
 
     model: str = "ViT-L-14"
     pretrained_tag: str = "openai"
-
-
-def _hf_offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub reads it, but read now (not at import time)."""
-    from huggingface_hub import constants as hf_constants
-
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    return hf_constants.HF_HUB_OFFLINE or value.upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _hf_cache_dir() -> str:
-    """The hub cache folder that huggingface_hub would use given the current environment."""
-    from huggingface_hub import constants as hf_constants
-
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    return hf_constants.HF_HUB_CACHE
 
 
 def _candidate_files(filename: str) -> list[str]:
@@ -107,7 +89,7 @@ def resolve_pretrained_checkpoint(model: str, tag: str, scorer: str = "CLIP-T") 
         raise ScorerWeightsError(f"open_clip tag {model}:{tag} has no hub entry; set weights: /path/to/file")
     repo_id, filename = os.path.split(cfg["hf_hub"])  # "org/repo/" means open_clip's default file name
     candidates = _candidate_files(filename or _HF_WEIGHTS_NAME)
-    cache_dir = _hf_cache_dir()
+    cache_dir = hf_cache_dir()
     for name in candidates:
         cached = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
         if isinstance(cached, str):
@@ -123,7 +105,7 @@ def resolve_pretrained_checkpoint(model: str, tag: str, scorer: str = "CLIP-T") 
             f"open_clip_config.json + weights); `weights: random` gives uncomparable scores for smoke tests."
         )
 
-    if _hf_offline():
+    if hf_offline():
         raise missing("HF_HUB_OFFLINE is set")
     error: Exception | None = None
     for name in candidates:

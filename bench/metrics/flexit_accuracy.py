@@ -28,6 +28,7 @@ from pydantic import Field
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
 from editsweep.bench.metrics.inception import resize_center_crop
 from editsweep.datasets.base import Sample
+from editsweep.methods.hub import hf_offline
 
 MODEL_ID = "facebook/deit-base-distilled-patch16-384"
 RANDOM_SEED = 0
@@ -67,7 +68,7 @@ def _load_deit(name: str) -> torch.nn.Module:
     try:
         return DeiTForImageClassificationWithTeacher.from_pretrained(name)
     except (OSError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+        offline = hf_offline()
         raise ScorerWeightsError(
             f"flexit_accuracy cannot load the DeiT classifier {name!r}"
             f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {e}. Provide it: on a connected machine run "

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
-from editsweep.bench.metrics.clip_t import _hf_cache_dir, _hf_offline
 from editsweep.datasets.base import Sample
+from editsweep.methods.hub import hf_cache_dir, hf_offline
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _load_vit(p: StructureParams) -> tuple[torch.nn.Module, str]:
             config = ViTConfig(**TINY_VIT, layer_norm_eps=DINO_LAYER_NORM_EPS)
             return ViTModel(config, add_pooling_layer=False), "tiny-vit:random"
     source = p.model if p.weights == "pretrained" else p.weights
-    offline = p.weights == "pretrained" and _hf_offline()
+    offline = p.weights == "pretrained" and hf_offline()
     try:
         model = ViTModel.from_pretrained(
             source, add_pooling_layer=False, layer_norm_eps=DINO_LAYER_NORM_EPS, local_files_only=offline
@@ -89,7 +89,7 @@ def _load_vit(p: StructureParams) -> tuple[torch.nn.Module, str]:
         reason = "HF_HUB_OFFLINE is set" if offline else f"download failed: {exc}"
         raise ScorerWeightsError(
             f"structure distance needs DINO ViT-B/8 weights {p.model} ({reason}); they are not in the HF cache "
-            f"{_hf_cache_dir()}. Provide them: on a connected machine run `hf download {p.model}` with the same "
+            f"{hf_cache_dir()}. Provide them: on a connected machine run `hf download {p.model}` with the same "
             f"HF_HOME/HF_HUB_CACHE, or save the model to a folder and set the scorer's `weights: /path/to/folder`; "
             f"`weights: random` gives uncomparable scores for smoke tests."
         ) from exc
