@@ -52,9 +52,10 @@ def fake_gpu_ray():
 
 @pytest.fixture(scope="session")
 def imagenet_layout(tmp_path_factory):
-    """A small ImageNet-layout copy of FlexIT's protocol: 6 test queries (3 target classes x 2) from the
-    real query list, their val images as JPEGs in per-class wnid folders, and a train folder with 3
-    images per target class. Returns a dict: queries, val, train, ids, target_wnids."""
+    """A small ImageNet-layout copy of FlexIT's protocol: 6 test queries (3 target classes x 2) in the
+    query list's real format (built here, so that no test needs the shared copy), their val images
+    as JPEGs in per-class wnid folders, and a train folder with 3 images per target class. Returns a
+    dict: queries, val, train, ids, target_wnids."""
     import numpy as np
     import pandas as pd
     from PIL import Image
@@ -62,10 +63,20 @@ def imagenet_layout(tmp_path_factory):
     from editsweep.datasets.imagenet import imagenet_wnids
 
     base = tmp_path_factory.mktemp("imagenet")
-    df = pd.read_csv(SHARED_DATA / "imagenet_flexit" / "queries.csv", index_col=0)
-    test = df[df["is_test"]].sort_index()
-    targets = sorted(test["target_id"].unique())[:3]
-    subset = pd.concat([test[test["target_id"] == t].head(2) for t in targets]).sort_index()
+    wnids = imagenet_wnids()
+    targets = [1, 2, 3]
+    queries = [
+        dict(
+            path=f"{wnids[10 + k]}/ILSVRC2012_val_{k + 1:08d}.JPEG",
+            source=f"class {10 + k}",
+            source_id=10 + k,
+            target=f"class {targets[k // 2]}",
+            target_id=targets[k // 2],
+            is_test=True,
+        )
+        for k in range(6)
+    ]
+    subset = pd.DataFrame(queries, index=[3000 + 7 * k for k in range(6)])
     subset.to_csv(base / "queries.csv")
     rng = np.random.default_rng(0)
 

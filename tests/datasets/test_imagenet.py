@@ -12,8 +12,12 @@ from editsweep.datasets.base import DatasetError, sample_labels
 from editsweep.datasets.imagenet import ImageNetFlexit, download_queries, imagenet_wnids
 
 SHARED_QUERIES = Path(__file__).resolve().parents[3] / "shared" / "data" / "imagenet_flexit" / "queries.csv"
+needs_shared_queries = pytest.mark.skipif(
+    not SHARED_QUERIES.is_file(), reason=f"the shared copy of FlexIT's query list is not at {SHARED_QUERIES}"
+)
 
 
+@needs_shared_queries
 def test_the_real_query_list_splits_and_class_order():
     full = ImageNetFlexit({"queries": str(SHARED_QUERIES)})
     dev = ImageNetFlexit({"queries": str(SHARED_QUERIES), "split": "dev", "limit": 5})
@@ -83,9 +87,9 @@ def test_a_missing_image_names_the_file(imagenet_layout, tmp_path):
         ds.load(sid)
 
 
-def test_a_malformed_query_list_names_the_file_and_columns(tmp_path):
+def test_a_malformed_query_list_names_the_file_and_columns(imagenet_layout, tmp_path):
     bad = tmp_path / "queries.csv"
-    pd.read_csv(SHARED_QUERIES, index_col=0).head(3).drop(columns=["target_id", "is_test"]).to_csv(bad)
+    pd.read_csv(imagenet_layout["queries"], index_col=0).head(3).drop(columns=["target_id", "is_test"]).to_csv(bad)
     with pytest.raises(DatasetError, match=rf"{bad} lacks column\(s\) target_id, is_test"):
         ImageNetFlexit({"queries": str(bad)}).sample_ids()
     with pytest.raises(DatasetError, match="cannot read the imagenet query list"):
@@ -94,6 +98,7 @@ def test_a_malformed_query_list_names_the_file_and_columns(tmp_path):
         ImageNetFlexit({})
 
 
+@needs_shared_queries
 def test_download_is_checked_against_the_pinned_sha256(tmp_path):
     url = SHARED_QUERIES.as_uri()  # a file:// URL stands in for the pinned GitHub file
     path = download_queries(tmp_path / "cache", url)
@@ -105,6 +110,7 @@ def test_download_is_checked_against_the_pinned_sha256(tmp_path):
     assert not (tmp_path / "cache2" / "queries.csv").exists()
 
 
+@needs_shared_queries
 def test_the_imagenet_config_plans_without_images(tmp_path, monkeypatch, capsys):
     from editsweep.bench.cli import main
 
