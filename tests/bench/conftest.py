@@ -40,3 +40,33 @@ def plugin():
     load_registries()
     import_plugins([PLUGIN])
     return sys.modules["editsweep_plugin_faulty_methods"]
+
+
+@pytest.fixture
+def run_invariants():
+    """Checks a finished run directory: exactly one ok row per task that can succeed, error rows
+    only for the culprits, and no stored image without the ok row that points at it.
+
+    Call as `run_invariants(run_dir, expected_ok, culprits)` with two sets of task keys; returns
+    the newest row of each task, indexed by task key.
+    """
+    from editsweep.bench.store import RunStore
+
+    def check(run_dir: Any, expected_ok: set[str], culprits: set[str] = frozenset()):
+        store = RunStore(str(run_dir))
+        rows = store.read_all_rows()
+        ok = rows[rows["status"] == "ok"]
+        assert ok["task_key"].is_unique, "a task has more than one ok row"
+        assert set(ok["task_key"]) == set(expected_ok), (
+            f"ok tasks differ: missing {len(set(expected_ok) - set(ok['task_key']))}, "
+            f"unexpected {len(set(ok['task_key']) - set(expected_ok))}"
+        )
+        latest = store.read_results().set_index("task_key")
+        errors = set(latest.index[latest["status"] == "error"])
+        assert errors == set(culprits), f"error rows {sorted(errors - set(culprits))[:3]} are not culprits"
+        images = {p.rsplit("/", 1)[-1].removesuffix(".png") for p in store.list_files("images")}
+        assert images <= set(ok["task_key"]), f"images without an ok row: {sorted(images - set(ok['task_key']))[:3]}"
+        assert set(ok["image_path"].map(lambda p: p.rsplit("/", 1)[-1].removesuffix(".png"))) <= images
+        return latest
+
+    return check
