@@ -22,9 +22,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from editsweep.datasets.base import Dataset, DatasetError, DatasetParams, Sample, register_dataset
+from editsweep.datasets.entries import resolve_inside, validate_entry
 from editsweep.datasets.images import load_rgb
 
 COMMIT = "e711b1e515d4f1e297eecd031e55c4d0070cb41c"
@@ -124,24 +125,27 @@ class TEdBench(Dataset):
         return download(cache_dir(self.params.cache_dir), self.params.base_url)
 
     @cached_property
-    def _entries(self) -> dict[str, tuple[str, str]]:
-        """Sample id -> (img_name, target_text), in file order, at most `limit` of them."""
+    def _entries(self) -> dict[str, tuple[int, Any]]:
+        """Sample id -> (index, raw entry), in file order, at most `limit` of them.
+
+        Entries are checked one by one in `load`, so one malformed entry fails only its own sample;
+        a file that is not JSON or not a list fails the whole dataset here.
+        """
         path = self.root / INPUT_LIST
         try:
             pairs = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise DatasetError(f"cannot read {path}: {e}") from e
-        if not isinstance(pairs, list) or not all(
-            isinstance(p, dict) and isinstance(p.get("img_name"), str) and isinstance(p.get("target_text"), str)
-            for p in pairs
-        ):
-            raise DatasetError(f"{path} is not a list of {{'img_name': str, 'target_text': str}} objects")
-        entries = {f"{i:03d}-{p['img_name']}": (p["img_name"], p["target_text"]) for i, p in enumerate(pairs)}
-        return dict(list(entries.items())[: self.params.limit])
+        if not isinstance(pairs, list):
+            raise DatasetError(
+                f"{path} must be a JSON list of {{'img_name': str, 'target_text': str}} objects, "
+                f"got {type(pairs).__name__}"
+            )
+        return {sample_id(i, p): (i, p) for i, p in enumerate(pairs[: self.params.limit])}
 
     @cached_property
-    def _source_prompts(self) -> dict[str, str] | None:
-        """img_name -> source prompt from the `source_prompts` file, or None when not given."""
+    def _source_prompts(self) -> dict[str, Any] | None:
+        """img_name -> source prompt (unchecked: `load` checks the one it uses), or None when not given."""
         if self.params.source_prompts is None:
             return None
         path = Path(self.params.source_prompts).expanduser()
@@ -149,32 +153,63 @@ class TEdBench(Dataset):
             prompts = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise DatasetError(f"cannot read source prompts {path}: {e}") from e
-        if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        if not isinstance(prompts, dict):
             raise DatasetError(f"source prompts {path} must be a JSON object mapping img_name to a prompt string")
         return prompts
 
     def sample_ids(self) -> list[str]:
-        """`{index:03d}-{img_name}` for each pair of `input_list.json`, in file order."""
+        """`{index:03d}-{img_name}` for each pair of `input_list.json`, in file order.
+
+        Reads only `input_list.json` (and the source prompts file, so that a broken one fails planning).
+        """
+        self._source_prompts  # noqa: B018 - read now: a broken file is a planning error, not 100 sample errors
         return list(self._entries)
 
     def load(self, sample_id: str) -> Sample:
-        """The image `originals/<img_name>` as RGB with its target prompt (and source prompt if given)."""
+        """The image `originals/<img_name>` as RGB with its target prompt (and source prompt if given).
+
+        Raises `DatasetError` naming the entry when it is malformed or names a file outside `originals/`.
+        """
         try:
-            img_name, target_text = self._entries[sample_id]
+            index, raw = self._entries[sample_id]
         except KeyError:
             raise DatasetError(f"unknown tedbench sample id {sample_id!r}") from None
+        where = f"{self.root / INPUT_LIST} entry {index}"
+        pair = validate_entry(_Pair, raw, where)
+        path = resolve_inside(self.root / "originals", pair.img_name, where)
         source_prompt = None
         if self._source_prompts is not None:
-            if img_name not in self._source_prompts:
-                raise DatasetError(f"source prompts {self.params.source_prompts} have no entry for {img_name!r}")
-            source_prompt = self._source_prompts[img_name]
+            if pair.img_name not in self._source_prompts:
+                raise DatasetError(f"source prompts {self.params.source_prompts} have no entry for {pair.img_name!r}")
+            source_prompt = self._source_prompts[pair.img_name]
+            if not isinstance(source_prompt, str):
+                raise DatasetError(
+                    f"source prompts {self.params.source_prompts}: the entry for {pair.img_name!r} is not a string "
+                    f"(got {source_prompt!r})"
+                )
         return Sample(
             id=sample_id,
-            image=load_rgb(self.root / "originals" / img_name),
-            target_prompt=target_text,
+            image=load_rgb(path),
+            target_prompt=pair.target_text,
             source_prompt=source_prompt,
-            meta={"img_name": img_name},
+            meta={"img_name": pair.img_name},
         )
+
+
+class _Pair(BaseModel):
+    """One entry of `input_list.json`; other keys are allowed (and ignored)."""
+
+    img_name: str
+    target_text: str
+
+
+def sample_id(index: int, entry: Any) -> str:
+    """`{index:03d}-{img_name}`, or `{index:03d}-invalid-entry` when the entry has no string img_name.
+
+    Unique either way: the index comes first and has no "-" in it.
+    """
+    name = entry.get("img_name") if isinstance(entry, dict) else None
+    return f"{index:03d}-{name if isinstance(name, str) else 'invalid-entry'}"
 
 
 def cache_dir(override: str | None = None) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -163,3 +164,93 @@ def test_cache_dir_default_and_env(monkeypatch, tmp_path):
     monkeypatch.setenv("EDITSWEEP_CACHE", str(tmp_path))
     assert cache_dir() == tmp_path / "tedbench"
     assert cache_dir(str(tmp_path / "mine")) == tmp_path / "mine"
+
+
+def _image_bytes(colour: tuple[int, int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 16), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _raw_root(root: Path, entries: list, files: dict[str, bytes]) -> Path:
+    """A TEdBench folder whose input_list.json holds `entries` exactly as given (malformed ones too)."""
+    (root / "originals").mkdir(parents=True)
+    (root / "input_list.json").write_text(json.dumps(entries))
+    for name, data in files.items():
+        (root / "originals" / name).write_bytes(data)
+    return root
+
+
+def test_entries_naming_files_outside_originals_are_refused_without_reading_them(tmp_path, outside, opened):
+    root = tmp_path / "ted"
+    entries = [
+        {"img_name": "a.png", "target_text": "A."},
+        {"img_name": "../../secret/x.png", "target_text": "Up."},
+        {"img_name": str(outside), "target_text": "Absolute."},
+        {"img_name": "link.png", "target_text": "A link leading outside."},
+        {"img_name": "../input_list.json", "target_text": "Inside the root, outside originals/."},
+        {"img_name": "sub/../a.png", "target_text": "Stays inside."},
+    ]
+    _raw_root(root, entries, {"a.png": _image_bytes((1, 2, 3))})
+    (root / "originals" / "link.png").symlink_to(outside)
+    dataset = TEdBench({"root": str(root)})
+    ids = dataset.sample_ids()
+    assert ids == [f"{i:03d}-{e['img_name']}" for i, e in enumerate(entries)]  # every entry is planned
+    assert dataset.load(ids[0]).image.getpixel((0, 0)) == (1, 2, 3)
+    for i in (1, 2, 3, 4):
+        with pytest.raises(DatasetError, match=rf"entry {i}: .*{re.escape(entries[i]['img_name'])}.*(outside|absolute)"):
+            dataset.load(ids[i])
+    assert outside.resolve() not in opened and (root / "input_list.json").resolve() not in opened
+    assert dataset.load(ids[5]).image.getpixel((0, 0)) == (1, 2, 3)  # `..` that stays inside is fine
+
+
+def test_a_malformed_entry_fails_only_its_sample(tmp_path):
+    entries = [
+        {"img_name": "a.png", "target_text": "A."},
+        {"img_name": "b.png", "target_text": None},
+        {"img_name": "c.png"},
+        {"target_text": "No image."},
+        "not an object",
+        {"img_name": 3, "target_text": "A number."},
+        {"img_name": "b.png", "target_text": "B."},
+    ]
+    root = _raw_root(tmp_path / "ted", entries, {"a.png": _image_bytes((1, 2, 3)), "b.png": _image_bytes((4, 5, 6))})
+    dataset = TEdBench({"root": str(root)})
+    ids = dataset.sample_ids()
+    # Good entries keep their ids; an entry without a string img_name gets one from its index.
+    assert ids == ["000-a.png", "001-b.png", "002-c.png", "003-invalid-entry", "004-invalid-entry",
+                   "005-invalid-entry", "006-b.png"]
+    assert dataset.load("000-a.png").target_prompt == "A."
+    assert dataset.load("006-b.png").image.getpixel((0, 0)) == (4, 5, 6)
+    problems = {1: "target_text: Input should be a valid string", 2: "target_text: Field required",
+                3: "img_name: Field required", 4: "valid dictionary", 5: "img_name: Input should be a valid string"}
+    for i, problem in problems.items():
+        with pytest.raises(DatasetError, match=rf"input_list.json entry {i} is malformed: .*{problem}"):
+            dataset.load(ids[i])
+
+
+def test_a_malformed_source_prompt_fails_only_the_samples_of_its_image(tmp_path):
+    root = _raw_root(
+        tmp_path / "ted",
+        [{"img_name": "a.png", "target_text": "A."}, {"img_name": "b.png", "target_text": "B."}],
+        {"a.png": _image_bytes((1, 2, 3)), "b.png": _image_bytes((4, 5, 6))},
+    )
+    prompts = tmp_path / "sources.json"
+    prompts.write_text(json.dumps({"a.png": "A photo.", "b.png": None}))
+    dataset = TEdBench({"root": str(root), "source_prompts": str(prompts)})
+    assert dataset.load("000-a.png").source_prompt == "A photo."
+    with pytest.raises(DatasetError, match=r"sources.json.*'b.png'.*not a string"):
+        dataset.load("001-b.png")
+    prompts.write_text(json.dumps(["not", "a", "mapping"]))
+    with pytest.raises(DatasetError, match="sources.json must be a JSON object"):
+        TEdBench({"root": str(root), "source_prompts": str(prompts)}).sample_ids()
+
+
+def test_an_input_list_that_is_not_a_list_is_a_whole_dataset_error(tmp_path):
+    (tmp_path / "input_list.json").write_text(json.dumps({"img_name": "a.png", "target_text": "A."}))
+    with pytest.raises(DatasetError, match=r"input_list.json must be a JSON list.*got dict"):
+        TEdBench({"root": str(tmp_path)}).sample_ids()
