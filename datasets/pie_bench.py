@@ -19,6 +19,9 @@ What is copied from the official scripts (cure-lab/PnPInversion `run_editing_p2p
   row-major pixels, a run clipped at the end of the image, then the 1-pixel border set to 1
   ("to avoid annotation errors in boundary"). It lands in meta["mask"], (512, 512) bool, 1 = edit.
 
+Each entry is checked when its sample loads (`load`): a malformed entry, or one whose image path
+leads outside `annotation_images/` (see `datasets/entries.py`), fails only its own sample.
+
 Research-use data; cite Ju et al. 2023 (PnP Inversion / PIE-Bench).
 """
 
@@ -32,9 +35,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from editsweep.datasets.base import Dataset, DatasetError, DatasetParams, Sample, register_dataset
+from editsweep.datasets.entries import resolve_inside, validate_entry
 from editsweep.datasets.images import load_rgb
 
 MAPPING_FILE = "mapping_file.json"
@@ -52,8 +56,10 @@ EDIT_TYPES: dict[int, str] = {
     8: "change_background",
     9: "change_style",
 }
-_FIELDS = ("image_path", "original_prompt", "editing_prompt", "editing_type_id", "blended_word", "mask")
 _MARKED = re.compile(r"\[([^\]]*)\]")
+# An editing_type_id: "0".."9" in the published file (pydantic's lax mode reads a numeric string as an int).
+EditType = Annotated[int, Field(ge=0, le=9)]
+_EDIT_TYPE: TypeAdapter[int] = TypeAdapter(EditType)
 
 
 def mask_decode(encoded: Sequence[int], shape: tuple[int, int] = MASK_SHAPE) -> np.ndarray:
@@ -96,7 +102,7 @@ class PieBenchParams(DatasetParams):
     """Where the unzipped data is, which edit types, and how many samples."""
 
     root: str = Field(description="folder with mapping_file.json and annotation_images/")
-    edit_types: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(
+    edit_types: list[EditType] | None = Field(
         None, min_length=1, description="editing_type_id values to keep (0-9); default all"
     )
     limit: int | None = Field(None, ge=1, description="at most this many samples, in file order")
@@ -125,23 +131,24 @@ class PieBench(Dataset):
         return Path(self.params.root).expanduser()
 
     @cached_property
-    def _entries(self) -> dict[str, dict[str, Any]]:
-        """Id -> mapping entry, filtered by edit type, in file order, at most `limit`."""
+    def _entries(self) -> dict[str, Any]:
+        """Id -> raw mapping entry, filtered by edit type, in file order, at most `limit`.
+
+        Entries are checked one by one in `load`, so one malformed entry fails only its own sample;
+        a file that is not JSON or not an object fails the whole dataset here. An entry whose
+        edit type cannot be read is kept by any `edit_types` filter, so that its error is seen.
+        """
         path = self.root / MAPPING_FILE
         try:
             mapping = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise DatasetError(f"cannot read {path}: {e}") from e
         if not isinstance(mapping, dict):
-            raise DatasetError(f"{path} must be a JSON object keyed by 12-digit image ids, got {type(mapping).__name__}")
-        for key, entry in mapping.items():
-            missing = [f for f in _FIELDS if not isinstance(entry, dict) or f not in entry]
-            if missing:
-                raise DatasetError(f"{path}: entry {key!r} lacks {', '.join(missing)}")
-            if str(entry["editing_type_id"]) not in {str(k) for k in EDIT_TYPES}:
-                raise DatasetError(f"{path}: entry {key!r} has editing_type_id {entry['editing_type_id']!r}, not 0-9")
-        wanted = None if self.params.edit_types is None else {str(t) for t in self.params.edit_types}
-        kept = {k: e for k, e in mapping.items() if wanted is None or str(e["editing_type_id"]) in wanted}
+            raise DatasetError(
+                f"{path} must be a JSON object keyed by 12-digit image ids, got {type(mapping).__name__}"
+            )
+        wanted = self.params.edit_types
+        kept = {k: e for k, e in mapping.items() if wanted is None or _edit_type(e) in (*wanted, None)}
         return dict(list(kept.items())[: self.params.limit])
 
     def sample_ids(self) -> list[str]:
@@ -149,33 +156,59 @@ class PieBench(Dataset):
         return list(self._entries)
 
     def load(self, sample_id: str) -> Sample:
-        """The image, cleaned prompts, and meta: edit type, blended words, marked words, mask."""
+        """The image, cleaned prompts, and meta: edit type, blended words, marked words, mask.
+
+        Raises `DatasetError` naming the entry when it is malformed or its image path leaves
+        `annotation_images/`.
+        """
         try:
-            entry = self._entries[sample_id]
+            raw = self._entries[sample_id]
         except KeyError:
             raise DatasetError(f"unknown pie_bench sample id {sample_id!r}") from None
+        where = f"{self.root / MAPPING_FILE} entry {sample_id!r}"
+        entry = validate_entry(_Entry, raw, where)
+        path = resolve_inside(self.root / IMAGES_DIR, entry.image_path, where)
         try:
-            mask = mask_decode(entry["mask"])
-        except (TypeError, ValueError) as e:
-            raise DatasetError(f"{self.root / MAPPING_FILE}: entry {sample_id!r} has a bad mask: {e}") from e
-        type_id = int(entry["editing_type_id"])
-        blended = entry["blended_word"].split(" ") if entry["blended_word"] != "" else []
+            mask = mask_decode(entry.mask)
+        except ValueError as e:
+            raise DatasetError(f"{where} has a bad mask: {e}") from e
+        blended = entry.blended_word.split(" ") if entry.blended_word != "" else []
         meta: dict[str, Any] = {
-            "edit_type": type_id,
-            "edit_type_name": EDIT_TYPES[type_id],
-            "editing_instruction": entry.get("editing_instruction", ""),
-            "blended_word": entry["blended_word"],
-            "source_marked": marked_words(entry["original_prompt"]),
-            "target_marked": marked_words(entry["editing_prompt"]),
-            "image_path": entry["image_path"],
+            "edit_type": entry.editing_type_id,
+            "edit_type_name": EDIT_TYPES[entry.editing_type_id],
+            "editing_instruction": entry.editing_instruction,
+            "blended_word": entry.blended_word,
+            "source_marked": marked_words(entry.original_prompt),
+            "target_marked": marked_words(entry.editing_prompt),
+            "image_path": entry.image_path,
             "mask": mask,
         }
         if len(blended) == 2:
             meta["blended_words"] = blended
         return Sample(
             id=sample_id,
-            image=load_rgb(self.root / IMAGES_DIR / entry["image_path"]),
-            target_prompt=clean_prompt(entry["editing_prompt"]),
-            source_prompt=clean_prompt(entry["original_prompt"]),
+            image=load_rgb(path),
+            target_prompt=clean_prompt(entry.editing_prompt),
+            source_prompt=clean_prompt(entry.original_prompt),
             meta=meta,
         )
+
+
+class _Entry(BaseModel):
+    """One entry of `mapping_file.json`; other keys are allowed (and ignored)."""
+
+    image_path: str
+    original_prompt: str
+    editing_prompt: str
+    editing_instruction: str = ""
+    editing_type_id: EditType
+    blended_word: str
+    mask: list[int]
+
+
+def _edit_type(entry: Any) -> int | None:
+    """The entry's editing_type_id as an int 0-9, or None when it cannot be read."""
+    try:
+        return _EDIT_TYPE.validate_python(entry["editing_type_id"])
+    except (TypeError, KeyError, ValidationError):
+        return None

@@ -6,6 +6,9 @@ PNG, some RGBA, and `bird.png` is JPEG data identical to `bird.jpeg`; both stay,
 prompts. Target prompts are kept verbatim (each ends with a period). TEdBench has no source prompts:
 pass `source_prompts` (a JSON file mapping img_name to a prompt) for methods that need one.
 
+Each entry is checked when its sample loads (`load`): a malformed entry, or one whose img_name
+leads outside `originals/` (see `datasets/entries.py`), fails only its own sample.
+
 Research-use data without a declared licence; cite Kawar et al. 2023.
 """
 

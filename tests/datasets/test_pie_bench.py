@@ -4,6 +4,7 @@ synthetic folders in the published layout (the data itself is not available here
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -143,11 +144,60 @@ def test_a_malformed_mapping_file_is_an_error_naming_it(pie_root):
     mapping.write_text(mapping.read_text()[:-20])
     with pytest.raises(DatasetError, match="mapping_file.json"):
         PieBench({"root": str(pie_root)}).sample_ids()
-    mapping.write_text(json.dumps({"000000000001": {"image_path": "x.jpg"}}))
-    with pytest.raises(DatasetError, match=r"mapping_file.json: entry '000000000001' lacks original_prompt"):
+    mapping.write_text(json.dumps(["not", "an", "object"]))
+    with pytest.raises(DatasetError, match=r"mapping_file.json must be a JSON object.*got list"):
         PieBench({"root": str(pie_root)}).sample_ids()
 
 
 def test_a_root_without_the_mapping_file_says_what_to_provide(tmp_path):
     with pytest.raises(DatasetError, match="no mapping_file.json.*annotation_images"):
         PieBench({"root": str(tmp_path)})
+
+
+def test_a_malformed_entry_fails_only_its_sample(pie_root):
+    mapping_file = pie_root / "mapping_file.json"
+    good = json.loads(mapping_file.read_text())
+    broken = {
+        "900000000001": {"image_path": "x.jpg"},
+        "900000000002": {**good["111000000002"], "editing_prompt": None},
+        "900000000003": {**good["111000000002"], "editing_type_id": "12"},
+        "900000000004": "not an object",
+        "900000000005": {**good["111000000002"], "mask": [1, 2, 3]},
+    }
+    mapping_file.write_text(json.dumps({**good, **broken}))
+    data = PieBench({"root": str(pie_root)})
+    assert data.sample_ids() == [*ENTRIES, *broken]
+    assert data.load("111000000002").target_prompt == "a dog sitting on a wooden table"
+    problems = {
+        "900000000001": "original_prompt: Field required",
+        "900000000002": "editing_prompt: Input should be a valid string",
+        "900000000003": "editing_type_id: Input should be less than or equal to 9",
+        "900000000004": "valid dictionary",
+        "900000000005": "bad mask",
+    }
+    for key, problem in problems.items():
+        with pytest.raises(DatasetError, match=rf"mapping_file.json entry '{key}'.*{problem}"):
+            data.load(key)
+    # An entry whose edit type cannot be read is kept by every filter, so that its error is seen.
+    assert PieBench({"root": str(pie_root), "edit_types": [6]}).sample_ids() == [
+        "611000000003", "900000000001", "900000000003", "900000000004"
+    ]
+
+
+@pytest.mark.parametrize("escape", ["../mapping_file.json", "../../secret/x.png", "absolute", "link.jpg"])
+def test_an_image_path_outside_annotation_images_is_refused_without_reading_it(tmp_path, outside, opened, escape):
+    root = make_pie_root(tmp_path / "PIE-Bench", size=64)
+    mapping_file = root / "mapping_file.json"
+    mapping = json.loads(mapping_file.read_text())
+    if escape == "absolute":
+        escape = str(outside)
+    elif escape == "link.jpg":
+        (root / "annotation_images" / "link.jpg").symlink_to(outside)
+    mapping["611000000003"]["image_path"] = escape
+    mapping_file.write_text(json.dumps(mapping))
+    data = PieBench({"root": str(root)})
+    assert data.sample_ids() == list(ENTRIES)
+    with pytest.raises(DatasetError, match=rf"entry '611000000003'.*{re.escape(repr(escape))}.*(outside|absolute)"):
+        data.load("611000000003")
+    assert data.load("111000000002").image.size == (64, 64)
+    assert outside.resolve() not in opened and mapping_file.resolve() not in opened
