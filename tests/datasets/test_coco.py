@@ -4,6 +4,8 @@ synthetic folder in the official layout."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -73,8 +75,68 @@ def test_missing_image_malformed_json_and_too_large_n_are_clear_errors(tmp_path)
     captions.write_text("{not json")
     with pytest.raises(DatasetError, match="captions_val2017.json"):
         Coco({"root": str(root), "n": 2}).sample_ids()
-    captions.write_text(json.dumps({"images": [{"id": 1}], "annotations": []}))
+    captions.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}]}))
     with pytest.raises(DatasetError, match="captions_val2017.json is not a COCO captions file"):
         Coco({"root": str(root), "n": 1}).sample_ids()
     with pytest.raises(DatasetError, match="has no annotations/captions_val2017.json"):
         Coco({"root": str(tmp_path)})
+
+
+def _edit_captions(root: Path, change) -> None:
+    captions = root / "annotations" / "captions_val2017.json"
+    data = json.loads(captions.read_text())
+    change(data)
+    captions.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("escape", ["../annotations/captions_val2017.json", "../../secret/x.png", "absolute", "link.jpg"])
+def test_a_file_name_outside_val2017_is_refused_without_reading_it(tmp_path, outside, opened, escape):
+    root = make_coco_root(tmp_path / "coco", n_images=4)
+    if escape == "absolute":
+        escape = str(outside)
+    elif escape == "link.jpg":
+        (root / "val2017" / "link.jpg").symlink_to(outside)
+
+    def change(data):
+        data["images"][2]["file_name"] = escape
+
+    _edit_captions(root, change)
+    data = Coco({"root": str(root), "n": 4})
+    victim = f"{1000 + 7 * 2:012d}"
+    assert sorted(data.sample_ids()) == [f"{1000 + 7 * k:012d}" for k in range(4)]
+    with pytest.raises(DatasetError, match=rf"images\[2\] \(image id 1014\).*{re.escape(repr(escape))}.*(outside|absolute)"):
+        data.load(victim)
+    assert all(data.load(i).image.mode == "RGB" for i in data.sample_ids() if i != victim)
+    assert outside.resolve() not in opened and (root / "annotations" / "captions_val2017.json").resolve() not in opened
+
+
+def test_a_malformed_image_or_annotation_fails_only_its_sample(tmp_path, caplog):
+    root = make_coco_root(tmp_path / "coco", n_images=5)
+
+    def change(data):
+        data["images"][1]["file_name"] = None  # image 1007: a sample whose entry is wrong
+        del data["images"][2]["id"]  # no id: a sample named by its index
+        next(a for a in data["annotations"] if a["image_id"] == 1021)["caption"] = None  # image 1021
+        next(a for a in data["annotations"] if a["image_id"] == 1028)["image_id"] = "abc"  # belongs to no image
+        data["annotations"].append("not an object")
+
+    _edit_captions(root, change)
+    with caplog.at_level(logging.WARNING):
+        data = Coco({"root": str(root), "n": 5})
+        ids = data.sample_ids()
+    assert sorted(ids) == sorted(["000000001000", "000000001007", "000000001021", "000000001028", "images[2]"])
+    assert "annotations[12]" in caplog.text and "annotations[15]" in caplog.text  # the two unattributable ones
+    assert data.load("000000001000").target_prompt == "caption 3000 of image 1000"
+    assert data.load("000000001028").target_prompt == "caption 3084 of image 1028"  # its other captions
+    problems = {
+        "000000001007": r"images\[1\] \(image id 1007\) is malformed: file_name: Input should be a valid string",
+        "images[2]": r"images\[2\] is malformed: id: Field required",
+        "000000001021": r"annotations\[\d+\] \(a caption of image 1021\) is malformed: caption: Input should be a valid",
+    }
+    for sample_id, problem in problems.items():
+        with pytest.raises(DatasetError, match=rf"captions_val2017.json {problem}"):
+            data.load(sample_id)
+    # A file whose top level is not the captions layout is still an error for the whole dataset.
+    _edit_captions(root, lambda d: d.update(images={"not": "a list"}))
+    with pytest.raises(DatasetError, match="captions_val2017.json is not a COCO captions file"):
+        Coco({"root": str(root), "n": 1}).sample_ids()
