@@ -12,6 +12,10 @@ The images are ILSVRC2012 validation images from a local `root`, in one of two l
   file names are unique, so the query's file name finds the image; when `labels:` names the
   official `LOC_val_solution.csv`, each image's class is checked against the query's source wnid.
 
+Each row of the query list is checked on its own: a malformed row fails only its sample (see
+`read_queries`), and a query path (or a symlink it finds) leading outside `root` is refused (see
+`datasets/entries.py`).
+
 Planning reads only the query list (`sample_ids` never touches `root`), so `--dry-run` works
 without the images. Prompts are the class names of the query list through `prompt_template`
 (default: the bare class name, the text query of FlexIT's and DiffEdit's ImageNet experiments).
@@ -28,14 +32,16 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 
 from editsweep.datasets.base import Dataset, DatasetError, DatasetParams, Sample, register_dataset
+from editsweep.datasets.entries import resolve_inside, validate_entry
 from editsweep.datasets.images import load_rgb
 
 COMMIT = "7aece383f04e12307372ba8c729a556dfaacd8e8"
@@ -102,17 +108,38 @@ class ImageNetFlexit(Dataset):
         return download_queries(cache_dir(self.params.cache_dir))
 
     @cached_property
-    def all_queries(self) -> pd.DataFrame:
-        """Every row of the query list, indexed by query id (both splits)."""
+    def _query_list(self) -> QueryList:
         return read_queries(self.queries_path)
 
     @cached_property
+    def all_queries(self) -> pd.DataFrame:
+        """Every well-formed row of the query list, indexed by query id (both splits)."""
+        return self._query_list.rows
+
+    @cached_property
+    def _split_ids(self) -> list[str]:
+        """The sample ids of the split, in query-id order, at most `limit`.
+
+        Malformed rows are planned like the others (their `load` raises): in the split their
+        `is_test` names, or in every split when it cannot be read, so that their error is seen.
+        """
+        wanted = None if self.params.split == "all" else self.params.split == "test"
+        rows = self.all_queries
+        if wanted is not None:
+            rows = rows[rows["is_test"] == wanted]
+        order = [((0, int(i), 0), str(i)) for i in rows.index]
+        order += [
+            (bad.order, sample_id)
+            for sample_id, bad in self._query_list.malformed.items()
+            if wanted is None or bad.is_test in (wanted, None)
+        ]
+        return [sample_id for _, sample_id in sorted(order)][: self.params.limit]
+
+    @cached_property
     def queries(self) -> pd.DataFrame:
-        """The rows of the split, in query-id order, at most `limit`."""
-        df = self.all_queries
-        if self.params.split != "all":
-            df = df[df["is_test"] == (self.params.split == "test")]
-        return df.sort_index().head(self.params.limit) if self.params.limit else df.sort_index()
+        """The well-formed rows of the split, in query-id order, among the first `limit` queries."""
+        chosen = [int(i) for i in self._split_ids if i not in self._query_list.malformed]
+        return self.all_queries.loc[chosen]
 
     @cached_property
     def target_classes(self) -> tuple[int, ...]:
@@ -120,6 +147,7 @@ class ImageNetFlexit(Dataset):
 
         FlexIT's eval.py takes them from the whole query file (`sorted(set(df.target_id))`), not
         from the evaluated images; both splits have the same 273, and `limit` does not shrink them.
+        Malformed rows are left out (each class has 4 queries, so one bad row removes no class).
         """
         return tuple(sorted(int(c) for c in self.all_queries["target_id"].unique()))
 
@@ -139,32 +167,43 @@ class ImageNetFlexit(Dataset):
         return {r["ImageId"]: r["PredictionString"].split()[0] for r in rows if r["PredictionString"]}
 
     def sample_ids(self) -> list[str]:
-        """The query ids of the split (reads only the query list)."""
-        return [str(i) for i in self.queries.index]
+        """The query ids of the split (reads only the query list); `row-<n>` for a row without one."""
+        return list(self._split_ids)
 
-    def image_path(self, query_path: str) -> Path:
-        """Where the image of a query path lives under `root` in the chosen layout."""
+    def image_path(self, query_path: str, entry: str = "imagenet query") -> Path:
+        """Where the image of a query path lives under `root` in the chosen layout.
+
+        Raises `DatasetError` naming `entry` when the query path, or the file it finds (through
+        a symlink), leads outside `root`.
+        """
         if self.params.root is None:
             raise DatasetError("imagenet needs `root:` (a local ILSVRC2012 val folder) to load images")
         root = Path(self.params.root).expanduser()
         if not root.is_dir():
             raise DatasetError(f"ImageNet val root {root} does not exist: set `root:` to your ILSVRC2012 val folder")
-        return root / query_path if self.params.layout == "folders" else root / Path(query_path).name
+        path = resolve_inside(root, query_path, entry)
+        return path if self.params.layout == "folders" else resolve_inside(root, Path(query_path).name, entry)
 
     def load(self, sample_id: str) -> Sample:
-        """The query's validation image as RGB, prompts from the class names, classes in meta."""
+        """The query's validation image as RGB, prompts from the class names, classes in meta.
+
+        Raises `DatasetError` naming the row when it is malformed or its path leads outside `root`.
+        """
+        bad = self._query_list.malformed.get(sample_id)
+        if bad is not None and sample_id in self._split_ids:
+            raise DatasetError(bad.problem)
         try:
             q = self.queries.loc[int(sample_id)]
         except (KeyError, ValueError):
             raise DatasetError(f"unknown imagenet query id {sample_id!r} in the {self.params.split} split") from None
         wnid = q["path"].split("/")[0]
-        path = self.image_path(q["path"])
+        path = self.image_path(q["path"], f"{self.queries_path} query {sample_id} (path)")
         if not path.is_file():
             raise DatasetError(
                 f"ImageNet val image for query {sample_id} not found: {path} (layout: {self.params.layout}; "
                 f"query path {q['path']})"
             )
-        labelled = self._flat_labels.get(path.stem)
+        labelled = self._flat_labels.get(Path(q["path"]).stem)
         if labelled is not None and labelled != wnid:
             raise DatasetError(
                 f"{path} is labelled {labelled} in {self.params.labels}, but query {sample_id} expects {wnid}"
@@ -187,10 +226,48 @@ class ImageNetFlexit(Dataset):
         )
 
 
-def read_queries(path: Path) -> pd.DataFrame:
-    """Read a FlexIT query list, indexed by query id; `DatasetError` naming the file and what is wrong."""
+class _Query(BaseModel):
+    """One row of the query list (class indices in the standard sorted-wnid order)."""
+
+    path: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    source_id: int = Field(ge=0, le=999)
+    target: str = Field(min_length=1)
+    target_id: int = Field(ge=0, le=999)
+    is_test: bool
+
+
+_IS_TEST: TypeAdapter[bool] = TypeAdapter(bool)
+
+
+@dataclass(frozen=True)
+class MalformedQuery:
+    """A row of the query list that cannot be a sample: why, its split if readable, where it sorts."""
+
+    problem: str
+    is_test: bool | None
+    order: tuple[int, int, int]  # (0, query id, row) among the query ids, or (1, row, 0) after them
+
+
+@dataclass(frozen=True)
+class QueryList:
+    """A query list read row by row: the well-formed rows and, by sample id, the malformed ones."""
+
+    rows: pd.DataFrame
+    malformed: dict[str, MalformedQuery]
+
+
+def read_queries(path: Path) -> QueryList:
+    """Read a FlexIT query list, checking each row on its own.
+
+    A row that is malformed (a cell of the wrong type, a class index out of range, a query id that
+    is not an integer or is repeated) becomes a `MalformedQuery` naming its row; the well-formed
+    rows are indexed by query id with integer class ids. A file that cannot be read as CSV, or lacks
+    columns, raises `DatasetError` naming the file.
+    """
     try:
-        df = pd.read_csv(path, index_col=0)
+        # Every cell as text (empty stays ""): the rows are typed one by one below.
+        df = pd.read_csv(path, index_col=0, dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as e:
         raise DatasetError(f"cannot read the imagenet query list {path}: {e}") from e
     missing = [c for c in QUERY_COLUMNS if c not in df.columns]
@@ -199,19 +276,46 @@ def read_queries(path: Path) -> pd.DataFrame:
             f"imagenet query list {path} lacks column(s) {', '.join(missing)}: FlexIT's queries.csv has an unnamed "
             f"query-id column then {', '.join(QUERY_COLUMNS)}"
         )
+    rows_of: dict[int, list[int]] = {}
+    for row, raw_id in enumerate(df.index):
+        try:
+            rows_of.setdefault(int(raw_id), []).append(row)
+        except ValueError:
+            pass
+    good: dict[int, _Query] = {}
+    malformed: dict[str, MalformedQuery] = {}
+    for row, (raw_id, cells) in enumerate(zip(df.index, df[list(QUERY_COLUMNS)].to_dict("records"), strict=True)):
+        try:
+            query_id: int | None = int(raw_id)
+        except ValueError:
+            query_id = None
+        where = f"{path} row {row} (query id {raw_id if query_id is not None else repr(raw_id)})"
+        is_test = _readable_is_test(cells["is_test"])
+        if query_id is None:
+            problem = f"{where}: the query id is not an integer"
+            malformed[f"row-{row}"] = MalformedQuery(problem, is_test, (1, row, 0))
+            continue
+        if len(rows_of[query_id]) > 1:
+            if rows_of[query_id][0] == row:
+                rows = " and ".join(map(str, rows_of[query_id]))
+                problem = f"{path} rows {rows} share the query id {query_id}: query ids must be unique"
+                malformed[str(query_id)] = MalformedQuery(problem, is_test, (0, query_id, row))
+            continue
+        try:
+            good[query_id] = validate_entry(_Query, cells, where)
+        except DatasetError as e:
+            malformed[str(query_id)] = MalformedQuery(str(e), is_test, (0, query_id, row))
+    rows_df = pd.DataFrame(
+        [q.model_dump() for q in good.values()], index=pd.Index(list(good), dtype="int64"), columns=list(QUERY_COLUMNS)
+    )
+    return QueryList(rows_df.astype({"source_id": "int64", "target_id": "int64", "is_test": bool}), malformed)
+
+
+def _readable_is_test(cell: str) -> bool | None:
     try:
-        df = df.astype({"source_id": int, "target_id": int})
-        df.index = df.index.astype(int)
-    except (ValueError, TypeError) as e:
-        raise DatasetError(
-            f"imagenet query list {path}: query ids, source_id and target_id must be integers ({e})"
-        ) from e
-    if not df.index.is_unique:
-        raise DatasetError(f"imagenet query list {path}: query ids (first column) are not unique")
-    df["is_test"] = df["is_test"].astype(str).str.lower().map({"true": True, "false": False})
-    if df["is_test"].isna().any():
-        raise DatasetError(f"imagenet query list {path}: is_test must be True or False in every row")
-    return df
+        return _IS_TEST.validate_python(cell)
+    except ValidationError:
+        return None
 
 
 @lru_cache(maxsize=1)

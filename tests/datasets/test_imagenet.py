@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -122,3 +123,89 @@ def test_the_imagenet_config_plans_without_images(tmp_path, monkeypatch, capsys)
     assert main(["run", str(config), "--dry-run", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "copy: 1092 tasks, 1092 groups" in out and "sdedit: 6552 tasks, 1092 groups" in out
+
+
+def _rewrite(queries: Path, dest: Path, change) -> Path:
+    """A copy of the query list at `dest`, its cells read as text and changed by `change(df)`."""
+    df = pd.read_csv(queries, index_col=0, dtype=str, keep_default_na=False)
+    change(df)
+    df.to_csv(dest)
+    return dest
+
+
+@pytest.mark.parametrize("escape", ["../secret/x.png", "absolute", "link"])
+def test_a_query_path_outside_root_is_refused_without_reading_it(imagenet_layout, tmp_path, outside, opened, escape):
+    root = tmp_path / "val"
+    shutil.copytree(imagenet_layout["val"], root)
+    first = pd.read_csv(imagenet_layout["queries"], index_col=0)["path"].iloc[0]
+    if escape == "absolute":
+        escape = str(outside)
+    elif escape == "link":
+        escape = f"{first.split('/')[0]}/link.JPEG"
+        (root / escape).symlink_to(outside)
+
+    def change(df):
+        df.iloc[1, df.columns.get_loc("path")] = escape
+
+    queries = _rewrite(imagenet_layout["queries"], tmp_path / "queries.csv", change)
+    ds = ImageNetFlexit({"queries": str(queries), "root": str(root)})
+    sid = ds.sample_ids()[1]
+    with pytest.raises(DatasetError, match=rf"query {sid}\b.*{re.escape(repr(escape))}.*(outside|absolute)"):
+        ds.load(sid)
+    assert ds.load(ds.sample_ids()[0]).image.size == (80, 60)
+    assert outside.resolve() not in opened
+
+
+def test_a_flat_layout_link_leading_outside_root_is_refused(imagenet_layout, tmp_path, outside, opened):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in imagenet_layout["val"].glob("*/*.JPEG"):
+        shutil.copy(f, flat / f.name)
+    ds = ImageNetFlexit({"queries": str(imagenet_layout["queries"]), "root": str(flat), "layout": "flat"})
+    victim = ds.sample_ids()[2]
+    name = Path(ds.queries.loc[int(victim), "path"]).name
+    (flat / name).unlink()
+    (flat / name).symlink_to(outside)
+    with pytest.raises(DatasetError, match=rf"query {victim}\b.*{name}.*outside"):
+        ds.load(victim)
+    assert outside.resolve() not in opened
+
+
+def test_a_malformed_query_row_fails_only_its_sample(imagenet_layout, tmp_path):
+    def change(df):
+        df.iloc[1, df.columns.get_loc("source_id")] = "abc"
+        df.iloc[2, df.columns.get_loc("target_id")] = ""
+        df.iloc[4, df.columns.get_loc("is_test")] = "maybe"
+        df.iloc[5, df.columns.get_loc("target_id")] = "1000"
+        df.index = [*df.index[:3], "x", *df.index[4:]]
+
+    queries = _rewrite(imagenet_layout["queries"], tmp_path / "queries.csv", change)
+    ds = ImageNetFlexit({"queries": str(queries), "root": str(imagenet_layout["val"])})
+    ids = ds.sample_ids()
+    assert ids == ["3000", "3007", "3014", "3028", "3035", "row-3"]  # query ids, then rows without one
+    assert ds.load("3000").target_prompt == "class 1"
+    problems = {
+        "3007": r"row 1 \(query id 3007\) is malformed: source_id: Input should be a valid integer",
+        "3014": r"row 2 \(query id 3014\) is malformed: target_id: Input should be a valid integer",
+        "row-3": r"row 3 \(query id 'x'\): the query id is not an integer",
+        "3028": r"row 4 \(query id 3028\) is malformed: is_test: Input should be a valid boolean",
+        "3035": r"row 5 \(query id 3035\) is malformed: target_id: Input should be less than or equal to 999",
+    }
+    for sample_id, problem in problems.items():
+        with pytest.raises(DatasetError, match=rf"queries.csv {problem}"):
+            ds.load(sample_id)
+    # A row whose split cannot be read is in every split, so that its error is seen.
+    assert ImageNetFlexit({"queries": str(queries), "split": "dev"}).sample_ids() == ["3028"]
+    assert ImageNetFlexit({"queries": str(queries), "limit": 2}).sample_ids() == ["3000", "3007"]
+
+
+def test_a_repeated_query_id_fails_only_that_id(imagenet_layout, tmp_path):
+    def change(df):
+        df.index = ["3000" if i == "3007" else i for i in df.index]
+
+    queries = _rewrite(imagenet_layout["queries"], tmp_path / "queries.csv", change)
+    ds = ImageNetFlexit({"queries": str(queries), "root": str(imagenet_layout["val"])})
+    assert ds.sample_ids() == ["3000", "3014", "3021", "3028", "3035"]
+    with pytest.raises(DatasetError, match=r"queries.csv rows 0 and 1 share the query id 3000"):
+        ds.load("3000")
+    assert ds.load("3014").image.size == (80, 60)
