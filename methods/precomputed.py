@@ -5,7 +5,8 @@ no image extension, `.png`, `.jpg`, `.jpeg` and `.webp` are tried (exactly one m
 file is brought to the backbone's resolution like the inputs (`fit_square`: center crop, LANCZOS),
 so it is scored against the input the worker scores it with. The backbone itself runs nothing.
 
-Files are read in `invert`, so a missing or unreadable file fails only its own sample: the worker
+Only files inside `folder` are read (a sample id or symlink leading out of it is refused, see
+`resolve_file`). Files are read in `invert`, so a missing or unreadable file fails only its own sample: the worker
 retries a failing batch group by group and turns that sample's tasks into error rows naming the
 file, while the other samples go on. `folder` is made absolute when the spec is loaded (relative to
 the spec file's folder), so every worker reads the same place.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from PIL import Image
 from pydantic import Field, field_validator
 
 from editsweep.datasets.base import Sample
+from editsweep.datasets.entries import resolve_inside
 from editsweep.datasets.images import fit_square, load_rgb
 from editsweep.methods.backbone import Backbone
 from editsweep.methods.base import Method, Params, State, register_method
@@ -58,16 +60,26 @@ class PrecomputedInvertParams(Params):
             raise ValueError(
                 f"pattern {pattern!r} has unknown placeholders {sorted(unknown)}; allowed: {{sample_id}}, {{seed}}"
             )
+        if PurePath(pattern).is_absolute() or ".." in PurePath(pattern).parts:
+            raise ValueError(
+                f"pattern {pattern!r} must name a file relative to `folder`, without '..' and not absolute: "
+                "put the folder itself in `folder`"
+            )
         return pattern
 
 
 def resolve_file(folder: Path, pattern: str, sample_id: str, seed: int) -> Path:
-    """The file of (sample, seed), or FileNotFoundError naming what was looked for."""
+    """The file of (sample, seed), or FileNotFoundError naming what was looked for.
+
+    Each candidate must lie inside `folder` (`resolve_inside`: a sample id such as `../x`, or a
+    symlink leading out, raises `DatasetError`), so no file outside it is ever read.
+    """
     name = pattern.format(sample_id=sample_id, seed=seed)
-    has_extension = Path(pattern).suffix.lower() in Image.registered_extensions()
-    candidates = [folder / name] if has_extension else [folder / (name + ext) for ext in EXTENSIONS]
-    found = [c for c in candidates if c.is_file()]
     what = f"precomputed image for sample {sample_id!r} seed {seed}"
+    has_extension = Path(pattern).suffix.lower() in Image.registered_extensions()
+    names = [name] if has_extension else [name + ext for ext in EXTENSIONS]
+    candidates = [resolve_inside(folder, n, what) for n in names]
+    found = [c for c in candidates if c.is_file()]
     if not found:
         raise FileNotFoundError(f"no {what}: {' or '.join(map(str, candidates))}")
     if len(found) > 1:

@@ -3,6 +3,7 @@ folder made absolute by the spec loader, and a sweep where one missing file fail
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from editsweep.bench.spec import SpecError, load_spec
-from editsweep.datasets.base import Sample
+from editsweep.datasets.base import DatasetError, Sample
 from editsweep.datasets.images import fit_square, load_rgb
 from editsweep.methods.base import Params, get_method_class
 from editsweep.methods.precomputed import PrecomputedInvertParams, resolve_file
@@ -58,6 +59,23 @@ def test_resolve_file_names_what_is_missing_or_ambiguous(tmp_path):
         resolve_file(tmp_path, "{sample_id}", "a", 0)
 
 
+@pytest.mark.parametrize("sample_id", ["../secret", "link", "/abs"])
+def test_a_file_outside_the_folder_is_refused_without_reading_it(tmp_path, sample_id):
+    folder, secret = tmp_path / "outs", tmp_path / "secret.png"
+    folder.mkdir()
+    write_image(secret, 0)
+    (folder / "link.png").symlink_to(secret)
+    if sample_id == "/abs":
+        sample_id = str(tmp_path / "secret")
+    with pytest.raises(DatasetError, match=rf"sample {re.escape(repr(sample_id))} seed 0.*(outside|absolute)"):
+        resolve_file(folder, "{sample_id}", sample_id, 0)
+    backbone = SimpleNamespace(resolution=16, device=torch.device("cpu"))
+    samples = [Sample(id=sample_id, image=Image.new("RGB", (8, 8)), target_prompt="x")]
+    params = PrecomputedInvertParams(folder=str(folder), pattern="{sample_id}.png")
+    with pytest.raises(DatasetError, match="outside|absolute"):
+        get_method_class("precomputed")().invert(backbone, samples, params, [torch.Generator()], seeds=[0])
+
+
 def _raw(folder, **invert):
     return {
         "name": "pre",
@@ -85,6 +103,8 @@ def test_spec_makes_the_folder_absolute_relative_to_the_spec_file(tmp_path, monk
         ({"pattern": "{seed}.png"}, "must contain {sample_id}"),
         ({"pattern": "{sample_id}_{step}.png"}, "unknown placeholders"),
         ({"pattern": "{sample_id"}, "not a valid format string"),
+        ({"pattern": "../{sample_id}.png"}, "relative to `folder`"),
+        ({"pattern": "/tmp/{sample_id}.png"}, "relative to `folder`"),
     ],
 )
 def test_bad_patterns_are_spec_errors(tmp_path, invert, message):
