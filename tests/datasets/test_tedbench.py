@@ -254,3 +254,45 @@ def test_an_input_list_that_is_not_a_list_is_a_whole_dataset_error(tmp_path):
     (tmp_path / "input_list.json").write_text(json.dumps({"img_name": "a.png", "target_text": "A."}))
     with pytest.raises(DatasetError, match=r"input_list.json must be a JSON list.*got dict"):
         TEdBench({"root": str(tmp_path)}).sample_ids()
+
+
+def test_a_worker_stores_rows_for_good_pairs_and_error_rows_for_bad_ones(tmp_path, outside):
+    """End to end in one process (as tests/bench/test_worker.py's run_units): the planner lists every
+    entry, the worker loads each, and only the good pairs become ok rows; nothing from outside the
+    dataset reaches the run's inputs/ or images/."""
+    from editsweep.bench.plan import plan
+    from editsweep.bench.spec import load_spec
+    from editsweep.bench.store import RunStore
+    from editsweep.bench.worker import SweepWorker
+
+    entries = [
+        {"img_name": "a.png", "target_text": "A."},
+        {"img_name": "../../secret/x.png", "target_text": "Outside."},
+        {"img_name": "a.png", "target_text": None},
+        {"img_name": "b.png", "target_text": "B."},
+    ]
+    root = _raw_root(tmp_path / "ted", entries, {"a.png": _image_bytes((1, 2, 3)), "b.png": _image_bytes((4, 5, 6))})
+    spec = load_spec(
+        {
+            "name": "ted",
+            "datasets": [{"name": "tedbench", "params": {"root": str(root)}}],
+            "methods": [{"name": "copy"}],
+            "metrics": {"psnr": {}},
+            "execution": {"batch_size": 4},
+        }
+    )
+    run_dir = tmp_path / "run"
+    tasks, units = plan(spec)
+    assert len(tasks) == 4
+    worker = SweepWorker(spec, str(run_dir), "run-test")
+    store = RunStore(str(run_dir))
+    for unit in units:
+        store.write_rows(worker.process(unit).rows)
+    rows = store.read_results().set_index("sample_id")
+    assert list(rows.loc[["000-a.png", "003-b.png"], "status"]) == ["ok", "ok"]
+    assert rows.loc["001-../../secret/x.png", "status"] == "error"
+    assert "entry 1" in rows.loc["001-../../secret/x.png", "error"]
+    assert "outside" in rows.loc["001-../../secret/x.png", "error"]
+    assert rows.loc["002-a.png", "status"] == "error" and "entry 2 is malformed" in rows.loc["002-a.png", "error"]
+    stored = [RunStore(str(run_dir)).read_image(p) for p in store.list_files("inputs")]
+    assert len(stored) == 2 and {im.getpixel((0, 0)) for im in stored} == {(1, 2, 3), (4, 5, 6)}
