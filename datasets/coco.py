@@ -84,7 +84,8 @@ class Coco(Dataset):
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise DatasetError(f"cannot read {path}: {e}") from e
-        if not (isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("annotations"), list)):
+        layout_ok = isinstance(data, dict) and all(isinstance(data.get(k), list) for k in ("images", "annotations"))
+        if not layout_ok:
             raise DatasetError(
                 f"{path} is not a COCO captions file: it needs `images` [{{id, file_name}}] and "
                 "`annotations` [{id, image_id, caption}] lists at the top level"

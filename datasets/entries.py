@@ -32,7 +32,7 @@ def resolve_inside(base: str | Path, rel: object, entry: str) -> Path:
 
     Raises `DatasetError` naming `entry` (which entry of which file asked for it) and `rel` when
     `rel` is not a relative path string or resolves outside `base` (through `..` or a symlink).
-    Nothing is opened or read here, so a refused path is never touched beyond `stat`.
+    No file is opened here: resolving only looks up the path's components and links.
     """
     if not isinstance(rel, str) or not rel or "\x00" in rel:
         raise DatasetError(f"{entry}: the file name {rel!r} is not a non-empty path string")

@@ -89,7 +89,9 @@ def _edit_captions(root: Path, change) -> None:
     captions.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("escape", ["../annotations/captions_val2017.json", "../../secret/x.png", "absolute", "link.jpg"])
+@pytest.mark.parametrize(
+    "escape", ["../annotations/captions_val2017.json", "../../secret/x.png", "absolute", "link.jpg"]
+)
 def test_a_file_name_outside_val2017_is_refused_without_reading_it(tmp_path, outside, opened, escape):
     root = make_coco_root(tmp_path / "coco", n_images=4)
     if escape == "absolute":
@@ -104,7 +106,8 @@ def test_a_file_name_outside_val2017_is_refused_without_reading_it(tmp_path, out
     data = Coco({"root": str(root), "n": 4})
     victim = f"{1000 + 7 * 2:012d}"
     assert sorted(data.sample_ids()) == [f"{1000 + 7 * k:012d}" for k in range(4)]
-    with pytest.raises(DatasetError, match=rf"images\[2\] \(image id 1014\).*{re.escape(repr(escape))}.*(outside|absolute)"):
+    expected = rf"images\[2\] \(image id 1014\).*{re.escape(repr(escape))}.*(outside|absolute)"
+    with pytest.raises(DatasetError, match=expected):
         data.load(victim)
     assert all(data.load(i).image.mode == "RGB" for i in data.sample_ids() if i != victim)
     assert outside.resolve() not in opened and (root / "annotations" / "captions_val2017.json").resolve() not in opened
@@ -131,7 +134,7 @@ def test_a_malformed_image_or_annotation_fails_only_its_sample(tmp_path, caplog)
     problems = {
         "000000001007": r"images\[1\] \(image id 1007\) is malformed: file_name: Input should be a valid string",
         "images[2]": r"images\[2\] is malformed: id: Field required",
-        "000000001021": r"annotations\[\d+\] \(a caption of image 1021\) is malformed: caption: Input should be a valid",
+        "000000001021": r"annotations\[\d+\] \(a caption of image 1021\) is malformed: caption: Input should be",
     }
     for sample_id, problem in problems.items():
         with pytest.raises(DatasetError, match=rf"captions_val2017.json {problem}"):
