@@ -297,3 +297,15 @@ def test_a_worker_stores_rows_for_good_pairs_and_error_rows_for_bad_ones(tmp_pat
     assert rows.loc["002-a.png", "status"] == "error" and "entry 2 is malformed" in rows.loc["002-a.png", "error"]
     stored = [RunStore(str(run_dir)).read_image(p) for p in store.list_files("inputs")]
     assert len(stored) == 2 and {im.getpixel((0, 0)) for im in stored} == {(1, 2, 3), (4, 5, 6)}
+
+
+def test_originals_may_be_a_link_to_another_disk(tmp_path):
+    """The layout's own folder is resolved first (datasets/entries.py): only entries are confined."""
+    store = tmp_path / "big-disk" / "originals"
+    store.mkdir(parents=True)
+    (store / "a.png").write_bytes(_image_bytes((7, 8, 9)))
+    root = tmp_path / "ted"
+    root.mkdir()
+    (root / "input_list.json").write_text(json.dumps([{"img_name": "a.png", "target_text": "A."}]))
+    (root / "originals").symlink_to(store)
+    assert TEdBench({"root": str(root)}).load("000-a.png").image.getpixel((0, 0)) == (7, 8, 9)
