@@ -14,6 +14,8 @@ import importlib
 import importlib.util
 import itertools
 import json
+import math
+import re
 import sys
 import typing
 from pathlib import Path
@@ -115,7 +117,7 @@ class MlflowSpec(_Strict):
 class SweepSpec(_Strict):
     """A whole sweep: methods x datasets x seeds x parameter grids."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$", description="letters, digits, _ . - (not only dots): the default run dir is runs/<name>")
+    name: str = Field(description="letters, digits, _ . - (not only dots): the default run dir is runs/<name>")
     imports: list[str] = Field(default_factory=list, description="modules or .py files registering plugins")
     backbone: BackboneSpec | list[BackboneSpec] = Field(
         default_factory=BackboneSpec, description="one backbone, or a list to sweep over backbones"
@@ -130,6 +132,17 @@ class SweepSpec(_Strict):
     allow_random_weights: bool = Field(False, description="let scorers use random weights when asked")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        # The default run directory is runs/<name>: `..` would put it at the checkout root.
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not name.strip("."):
+            raise ValueError(
+                f"{name!r} is not a folder name: use letters, digits, '_', '.' and '-' (not only dots), "
+                "since the default run directory is runs/<name>"
+            )
+        return name
 
     @field_validator("seeds")
     @classmethod
@@ -407,10 +420,24 @@ def _check_registered(spec: SweepSpec) -> list[str]:
 
 def _validate(model: type[BaseModel], values: dict[str, Any], where: str) -> list[str]:
     try:
-        model.model_validate(values)
+        valid = model.model_validate(values)
     except ValidationError as err:
         allowed = ", ".join(model.model_fields) or "(none)"
         return [f"{line} (parameters of this model: {allowed})" for line in _format_errors(err, where).splitlines()]
+    return _non_finite(valid.model_dump(), where)
+
+
+def _non_finite(value: Any, where: str) -> list[str]:
+    """NaN and infinities, which canonical JSON (the stored params and the task keys) cannot hold.
+
+    pydantic would dump them as null, so that `nan` and `inf` would name the same task.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where}: {value} is not a finite number; parameters are stored as JSON"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{where}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{where}[{i}]")]
     return []
 
 

@@ -237,3 +237,15 @@ def test_a_plugin_that_registers_a_built_in_name_is_refused(tmp_path):
     from editsweep.methods.ddim_edit import DDIMEdit
 
     assert METHODS["ddim_edit"] is DDIMEdit
+
+
+def test_the_name_error_says_what_a_name_may_hold():
+    with pytest.raises(SpecError, match=r"name: .*'\.\.' is not a folder name.*runs/<name>"):
+        load_spec(minimal(name=".."))
+
+
+def test_non_finite_parameters_are_refused_since_json_cannot_hold_them():
+    # pydantic dumps NaN and inf as null: they would be stored as null and name the same task.
+    bad = minimal(methods=[{"name": "null_text", "invert": {"epsilon": [1e-5, float("inf")]}}])
+    with pytest.raises(SpecError, match=r"methods\[0\]\.invert\.epsilon: inf is not a finite number"):
+        load_spec(bad)
