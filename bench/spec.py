@@ -37,7 +37,7 @@ class SpecError(ValueError):
 # The store's `seed` column is int64 (bench/store.py SCHEMA): a seed outside it would run every
 # edit, then fail the row write, on every rerun.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX, strict=False)]
+Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
 def canonical_json(value: Any) -> str:

@@ -161,6 +161,9 @@ def test_a_relative_backbone_folder_is_relative_to_the_spec_file(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("name: b\nbackbone: {name: ./models/sd}\ndatasets: [{name: synthetic}]\nmethods: [{name: copy}]\n")
     assert load_spec(path).backbones[0].name == str(tmp_path / "models" / "sd")
+    # Also without `./`: a name of the Hub's org/name shape that is a folder next to the spec is that folder.
+    path.write_text("name: b\nbackbone: {name: models/sd}\ndatasets: [{name: synthetic}]\nmethods: [{name: copy}]\n")
+    assert load_spec(path).backbones[0].name == str(tmp_path / "models" / "sd")
 
 
 def test_hub_ids_and_presets_are_not_checked_as_folders():
