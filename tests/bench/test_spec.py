@@ -179,6 +179,12 @@ def test_a_yaml_key_given_twice_names_the_key_and_line(tmp_path):
     path.write_text("name: a\ndatasets: [{name: synthetic}]\nmethods: [{name: copy}]\nname: b\n")
     with pytest.raises(SpecError, match=r"'name' given twice.*line 4"):
         load_spec(path)
+    path.write_text("name: a\ndatasets: [{name: synthetic, name: coco}]\nmethods: [{name: copy}]\n")
+    with pytest.raises(SpecError, match=r"'name' given twice: line 2 and line 2"):
+        load_spec(path)
+    # YAML merge keys may be overridden: that is what they are for.
+    path.write_text("name: a\ndatasets: [{name: synthetic}]\nmethods: [&m {name: ddim_edit}, {<<: *m, name: copy}]\n")
+    assert [m.name for m in load_spec(path).methods] == ["ddim_edit", "copy"]
 
 
 def plugin_spec(tmp_path, *plugins):
