@@ -131,7 +131,7 @@ def test_keys_are_sha256_of_the_documented_payload():
 
     from editsweep.bench.plan import canonical_json
 
-    (task,) = plan(spec_of([SYN], [{"name": "copy"}]), )[0][:1]
+    task = plan(spec_of([SYN], [{"name": "copy"}]))[0][0]
     group_payload = canonical_json(
         [
             "editsweep-group-v2",
