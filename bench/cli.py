@@ -109,16 +109,24 @@ def _run(args: argparse.Namespace) -> int:
 
 def _dry_run(spec: SweepSpec, out: str) -> int:
     """Print what a run would do, per method, without starting Ray or loading a model."""
-    from editsweep.bench.plan import group_tasks, plan
+    from collections import Counter, defaultdict
+
+    from editsweep.bench.plan import plan
     from editsweep.bench.store import RunStore
 
     tasks, units = plan(spec, RunStore(out).completed_task_keys())
-    pending = [t for u in units for t in u.tasks]
-    print(f"{spec.name}: {len(tasks)} tasks in {len(group_tasks(tasks))} groups (one inversion each)")
-    for method in spec.methods:
-        mine = [t for t in tasks if t.method == method.name]
-        print(f"  {method.name}: {len(mine)} tasks, {len(group_tasks(mine))} groups")
-    print(f"to run: {len(pending)} tasks in {len(units)} units -> {out}")
+    per_method: Counter[str] = Counter()
+    groups: dict[str, set[str]] = defaultdict(set)
+    for t in tasks:
+        per_method[t.method] += 1
+        groups[t.method].add(t.group_key)
+    n_groups = sum(len(g) for g in groups.values())  # a group never spans two methods
+    print(f"{spec.name}: {len(tasks)} tasks in {n_groups} groups (one inversion each)")
+    if tasks.duplicates:
+        print(f"  {tasks.duplicates} duplicate tasks dropped (repeated method or dataset entries, overlapping grids)")
+    for method, count in per_method.items():
+        print(f"  {method}: {count} tasks, {len(groups[method])} groups")
+    print(f"to run: {sum(u.n_tasks for u in units)} tasks in {len(units)} units -> {out}")
     return 0
 
 

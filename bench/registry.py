@@ -18,9 +18,14 @@ class Registry(Mapping[str, T], Generic[T]):
     def register(self, cls: T) -> T:
         """Class decorator: make `cls` available under `cls.name`."""
         known = self._classes.get(cls.name)
-        # Re-importing the same file (e.g. a plugin loaded twice) is not a clash.
-        if known is not None and known.__qualname__ != cls.__qualname__:
-            raise ValueError(f"{self.kind} name {cls.name!r} is registered twice")
+        # Executing the same module again (importlib.reload, a plugin file imported under its one
+        # module name: bench/spec.py `plugin_module_name`) is not a clash; any other class is, even
+        # one with the same qualname, so a plugin never silently replaces a built-in.
+        if known is not None and _origin(known) != _origin(cls):
+            raise ValueError(
+                f"{self.kind} name {cls.name!r} is registered twice: by {_origin(known)} and by {_origin(cls)}; "
+                "give one of them another name"
+            )
         self._classes[cls.name] = cls
         return cls
 
@@ -35,3 +40,8 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def __len__(self) -> int:
         return len(self._classes)
+
+
+def _origin(cls: type) -> str:
+    """Where a class is defined: `module.qualname`."""
+    return f"{cls.__module__}.{cls.__qualname__}"

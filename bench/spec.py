@@ -9,13 +9,18 @@ axis; the sweep is the cartesian product of all axes. For a parameter that itsel
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import itertools
+import json
+import math
+import re
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from types import ModuleType
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -27,6 +32,17 @@ from editsweep.methods.base import METHODS, get_method_class
 
 class SpecError(ValueError):
     """The spec is invalid; the message lists every problem with its key path."""
+
+
+# The store's `seed` column is int64 (bench/store.py SCHEMA): a seed outside it would run every
+# edit, then fail the row write, on every rerun.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal values give equal strings."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 class _Strict(BaseModel):
@@ -46,6 +62,14 @@ class DatasetSpec(_Strict):
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+    def params_json(self) -> str:
+        """The params with the dataset's defaults filled in, as canonical JSON.
+
+        With the name, this is the dataset instance: part of every task's identity (bench/plan.py),
+        stored in the `dataset_params` column, and the key of a worker's dataset cache.
+        """
+        return canonical_json(get_dataset_class(self.name).Params.model_validate(self.params).model_dump(mode="json"))
 
 
 class MethodSpec(_Strict):
@@ -93,14 +117,14 @@ class MlflowSpec(_Strict):
 class SweepSpec(_Strict):
     """A whole sweep: methods x datasets x seeds x parameter grids."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="letters, digits, _ . - (not only dots): the default run dir is runs/<name>")
     imports: list[str] = Field(default_factory=list, description="modules or .py files registering plugins")
     backbone: BackboneSpec | list[BackboneSpec] = Field(
         default_factory=BackboneSpec, description="one backbone, or a list to sweep over backbones"
     )
     datasets: list[DatasetSpec] = Field(min_length=1)
     methods: list[MethodSpec] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, description="distinct int64 values")
     metrics: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"clip_t": {}, "lpips": {}, "psnr": {}, "ssim": {}},
         description="per-image scorers and their parameters; default: the four standard ones, pretrained",
@@ -108,6 +132,17 @@ class SweepSpec(_Strict):
     allow_random_weights: bool = Field(False, description="let scorers use random weights when asked")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        # The default run directory is runs/<name>: `..` would put it at the checkout root.
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not name.strip("."):
+            raise ValueError(
+                f"{name!r} is not a folder name: use letters, digits, '_', '.' and '-' (not only dots), "
+                "since the default run directory is runs/<name>"
+            )
+        return name
 
     @field_validator("seeds")
     @classmethod
@@ -139,25 +174,56 @@ class SweepSpec(_Strict):
         return self.backbones[0].device
 
 
-def import_plugins(imports: list[str]) -> None:
-    """Import user modules (dotted names or .py paths) so their methods/datasets/metrics register."""
+def plugin_module_name(path: str | Path) -> str:
+    """The module name a plugin file is imported under: unique per absolute path.
+
+    Derived from the path, not only the file name, so that two plugins called `methods.py` in
+    different folders both load; the same file always gets the same name, so importing it again
+    (a second spec, a worker) is a no-op.
+    """
+    resolved = Path(path).expanduser().resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    return f"editsweep_plugin_{resolved.stem}_{digest}"
+
+
+def import_plugins(imports: list[str]) -> list[ModuleType]:
+    """Import user modules (dotted names or .py paths) so their methods/datasets/metrics register.
+
+    A plugin that fails to import (any exception, e.g. a syntax error or a name that clashes with a
+    registered one: bench/registry.py) is a SpecError naming the file or module and the error.
+    """
+    modules = []
     for entry in imports:
         if entry.endswith(".py"):
             path = Path(entry)
             if not path.is_file():
                 raise SpecError(f"imports: no such file {path}")
-            module_name = f"editsweep_plugin_{path.stem}"
+            module_name = plugin_module_name(path)
             if module_name in sys.modules:
+                modules.append(sys.modules[module_name])
                 continue
             spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
-            spec.loader.exec_module(module)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as err:  # noqa: BLE001 - any failure of user code becomes one clear message
+                del sys.modules[module_name]  # a fixed file imports afresh next time
+                raise SpecError(f"imports: plugin file {path} failed to import: {_describe_error(err)}") from None
+            modules.append(module)
         else:
             try:
-                importlib.import_module(entry)
-            except ImportError as err:
-                raise SpecError(f"imports: cannot import {entry!r}: {err}") from err
+                modules.append(importlib.import_module(entry))
+            except Exception as err:  # noqa: BLE001 - as above
+                raise SpecError(f"imports: cannot import {entry!r}: {_describe_error(err)}") from None
+    return modules
+
+
+def _describe_error(err: BaseException) -> str:
+    """`Type: message`, and for a syntax error the line it is on."""
+    if isinstance(err, SyntaxError):
+        return f"SyntaxError: {err.msg} (line {err.lineno})"
+    return f"{type(err).__name__}: {err}"
 
 
 def _absolute_plugin(entry: Any, base_dir: Path | None) -> Any:
@@ -211,7 +277,9 @@ def load_spec(source: str | Path | dict[str, Any]) -> SweepSpec:
         if not path.is_file():
             raise SpecError(f"spec file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        except _DuplicateKeyError as err:
+            raise SpecError(f"{path}: {err}") from None
         except yaml.YAMLError as err:
             raise SpecError(f"{path} is not valid YAML: {err}") from err
         base_dir = path.parent
@@ -224,14 +292,91 @@ def load_spec(source: str | Path | dict[str, Any]) -> SweepSpec:
         import_plugins(raw["imports"])
     if isinstance(raw.get("methods"), list):
         raw = {**raw, "methods": [_absolute_method_paths(entry, base_dir) for entry in raw["methods"]]}
+    raw = _absolute_backbone_paths(raw, base_dir)
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_format_errors(err, "")) from None
-    problems = _check_registered(spec)
+    problems = _check_backbones(spec) + _check_registered(spec)
     if problems:
         raise SpecError("invalid sweep spec:\n" + "\n".join(f"  - {p}" for p in problems))
     return spec
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    """A mapping of the spec names one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error.
+
+    PyYAML (like the YAML 1.1 spec it follows loosely) silently keeps the last value; a spec with
+    `seeds:` twice would run a different sweep than the one the reader sees.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden by design
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKeyError(f"key {key!r} given twice: line {seen[key]} and line {line}")
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def _absolute_backbone_paths(raw: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    """Backbone names that are local folders made absolute, relative to the spec file's folder.
+
+    As for `imports:`: workers in other processes or on other nodes then read the same folder.
+    Hub ids and presets are left as they are (methods/backbone.py: `backbone_source`).
+    """
+    from editsweep.methods.backbone import backbone_source
+
+    def fix(entry: Any) -> Any:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            return entry
+        name = entry["name"]
+        if backbone_source(name, base_dir) != "folder":
+            return entry
+        return {**entry, "name": _absolute_path(name, base_dir)}
+
+    backbone = raw.get("backbone")
+    if isinstance(backbone, list):
+        return {**raw, "backbone": [fix(b) for b in backbone]}
+    if backbone is not None:
+        return {**raw, "backbone": fix(backbone)}
+    return raw
+
+
+def _check_backbones(spec: SweepSpec) -> list[str]:
+    """A backbone that names a local folder must be one, and a diffusers one.
+
+    Hub ids are not checked here: the workers' cache or network decides (methods/backbone.py
+    fails there with a message saying how to provide the weights), and `--dry-run` must work on a
+    machine that has no weights.
+    """
+    from editsweep.methods.backbone import backbone_source, diffusers_folder_problem
+
+    problems = []
+    for i, b in enumerate(spec.backbones):
+        where = f"backbone[{i}].name" if isinstance(spec.backbone, list) else "backbone.name"
+        if backbone_source(b.name) != "folder":
+            continue
+        folder = Path(b.name).expanduser()
+        if not folder.is_dir():
+            problems.append(
+                f"{where}: no such folder {b.name!r}: give a local diffusers folder, a Hub id (org/name), "
+                "or a preset (tiny, sd-v1-arch)"
+            )
+        elif problem := diffusers_folder_problem(folder):
+            problems.append(f"{where}: {problem}")
+    return problems
 
 
 def load_registries() -> None:
@@ -275,10 +420,24 @@ def _check_registered(spec: SweepSpec) -> list[str]:
 
 def _validate(model: type[BaseModel], values: dict[str, Any], where: str) -> list[str]:
     try:
-        model.model_validate(values)
+        valid = model.model_validate(values)
     except ValidationError as err:
         allowed = ", ".join(model.model_fields) or "(none)"
         return [f"{line} (parameters of this model: {allowed})" for line in _format_errors(err, where).splitlines()]
+    return _non_finite(valid.model_dump(), where)
+
+
+def _non_finite(value: Any, where: str) -> list[str]:
+    """NaN and infinities, which canonical JSON (the stored params and the task keys) cannot hold.
+
+    pydantic would dump them as null, so that `nan` and `inf` would name the same task.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where}: {value} is not a finite number; parameters are stored as JSON"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{where}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{where}[{i}]")]
     return []
 
 

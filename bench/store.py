@@ -38,6 +38,7 @@ SCHEMA = pa.schema(
         pa.field("run_id", pa.string()),
         pa.field("method", pa.string(), nullable=False),
         pa.field("dataset", pa.string(), nullable=False),
+        pa.field("dataset_params", pa.string()),  # canonical JSON, defaults filled in: with `dataset`, the instance
         pa.field("backbone", pa.string()),
         pa.field("dtype", pa.string()),
         pa.field("sample_id", pa.string()),

@@ -60,6 +60,7 @@ def task_row(task: Task, **fields: Any) -> dict[str, Any]:
         group_key=task.group_key,
         method=task.method,
         dataset=task.dataset,
+        dataset_params=task.dataset_params,
         backbone=task.backbone,
         dtype=task.dtype,
         sample_id=task.sample_id,
@@ -93,7 +94,8 @@ class SweepWorker:
         self.backbone = load_backbone(first.name, self.device, first.dtype)
         self.backbone_key = (first.name, first.dtype)
         self.scorers = [get_scorer_class(n)(p or {}, self.device) for n, p in self.spec.metrics.items()]
-        self.datasets = {d.name: get_dataset_class(d.name)(d.params) for d in self.spec.datasets}
+        # Keyed by instance (name, params): two entries of one dataset each load their own samples.
+        self.datasets = {(d.name, d.params_json()): get_dataset_class(d.name)(d.params) for d in self.spec.datasets}
         self.methods: dict[str, Method] = {m.name: get_method_class(m.name)() for m in self.spec.methods}
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.device_name = torch.cuda.get_device_name(self.device) if use_cuda else "cpu"
@@ -173,7 +175,7 @@ class SweepWorker:
         return report
 
     def _load_sample(self, task: Task) -> Sample:
-        sample = self.datasets[task.dataset].load(task.sample_id)
+        sample = self.datasets[task.dataset, task.dataset_params].load(task.sample_id)
         if not sample.target_prompt:
             raise ValueError("the sample has no target prompt")
         sample.image = fit_square(sample.image, self.backbone.resolution)

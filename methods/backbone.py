@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -128,15 +130,45 @@ def load_backbone(
     )
 
 
+# A Hub repo id: `name` or `org/name` (huggingface_hub's rules: letters, digits, - _ .).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+def backbone_source(name: str, base_dir: Path | None = None) -> Literal["preset", "folder", "hub"]:
+    """Whether a backbone name is a preset, a local folder or a Hugging Face Hub id.
+
+    A folder: what exists locally (relative to `base_dir`, default the current folder), and every
+    name that is clearly a path even if it does not exist - absolute, starting with `.` or `~`, with a
+    backslash, or not of the Hub's `org/name` shape (e.g. `a/b/c`) - so that a missing folder is
+    reported as missing instead of being looked up on the Hub.
+    """
+    if name in PRESETS:
+        return "preset"
+    path = Path(name).expanduser()
+    if name.startswith((".", "~")) or "\\" in name or path.is_absolute() or not _HUB_ID.match(name):
+        return "folder"
+    return "folder" if ((base_dir or Path.cwd()) / path).exists() else "hub"
+
+
+def diffusers_folder_problem(folder: Path) -> str | None:
+    """Why `folder` is not a diffusers Stable Diffusion folder, or None when it looks like one."""
+    if (folder / "model_index.json").exists() or (folder / "unet").is_dir():
+        return None
+    return (
+        f"{folder} is not a diffusers Stable Diffusion folder (no model_index.json or unet/): "
+        "save one with `StableDiffusionPipeline.save_pretrained(dir, safe_serialization=True)`"
+    )
+
+
 def _load_pretrained(source: str, dtype: torch.dtype):
     """Each part from `source` (local folder or Hub id), safetensors only, cache first."""
     local = Path(source).expanduser()
-    if local.exists() and not (local / "model_index.json").exists() and not (local / "unet").is_dir():
-        raise BackboneLoadError(
-            f"{local} is not a diffusers Stable Diffusion folder (no model_index.json or unet/): "
-            "save one with `StableDiffusionPipeline.save_pretrained(dir, safe_serialization=True)`"
-        )
-    src = str(local) if local.exists() else source
+    is_folder = backbone_source(source) == "folder"
+    if is_folder and not local.is_dir():
+        raise BackboneLoadError(f"no such backbone folder {source!r} (seen from {Path.cwd()})")
+    if is_folder and (problem := diffusers_folder_problem(local)):
+        raise BackboneLoadError(problem)
+    src = str(local) if is_folder else source
 
     def load_all(local_only: bool):
         kw = dict(local_files_only=local_only)
@@ -153,8 +185,8 @@ def _load_pretrained(source: str, dtype: torch.dtype):
     with contextlib.suppress(OSError, ValueError):
         return load_all(local_only=True)
     offline = hf_offline()
-    if local.exists() or offline:
-        raise BackboneLoadError(_missing_message(source, local.exists()))
+    if is_folder or offline:
+        raise BackboneLoadError(_missing_message(source, is_folder))
     try:
         return load_all(local_only=False)
     except (OSError, ValueError) as err:

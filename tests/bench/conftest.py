@@ -33,13 +33,11 @@ def make_spec():
 @pytest.fixture
 def plugin():
     """The test plugin module (its INVERTED list records in-process inversions)."""
-    import sys
-
     from editsweep.bench.spec import import_plugins, load_registries
 
     load_registries()
-    import_plugins([PLUGIN])
-    return sys.modules["editsweep_plugin_faulty_methods"]
+    (module,) = import_plugins([PLUGIN])
+    return module
 
 
 @pytest.fixture

@@ -81,3 +81,15 @@ def test_run_report_and_resume_end_to_end(ray_session, tmp_path, capsys):
     null_text = bench["per_method"]["null_text"]
     assert null_text["published"]["invert_s"] == 132 and null_text["published_x_ddim_p2p"] == round(145 / 24, 2)
     assert "x_ddim_p2p" not in null_text and "published" not in bench["per_method"]["copy"]
+
+
+def test_dry_run_says_how_many_duplicate_tasks_it_dropped(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: x\ndatasets: [{name: synthetic, params: {n: 3}}]\n"
+        "methods: [{name: ddim_edit, edit: {guidance: [1.0, 7.5]}}, {name: ddim_edit, edit: {guidance: [7.5, 9.0]}}]\n"
+    )
+    assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "x: 9 tasks in 3 groups" in out and "3 duplicate tasks dropped" in out
+    assert out.count("ddim_edit: 9 tasks, 3 groups") == 1

@@ -1,3 +1,5 @@
+import json
+
 from editsweep.bench.plan import group_tasks, make_units, plan
 from editsweep.bench.spec import load_spec
 
@@ -70,3 +72,92 @@ def test_make_units_does_not_mix_different_edit_point_lists():
     units = make_units(groups, batch_size=50)
     for unit in units:
         assert len({len(g.tasks) for g in unit.groups}) == 1
+
+
+# --- issue 10, items 10, 11 and 13: one task per key, dataset instances, planning at scale ---
+
+
+def spec_of(datasets, methods, **extra):
+    return load_spec({"name": "d", "datasets": datasets, "methods": methods, **extra})
+
+
+SYN = {"name": "synthetic", "params": {"n": 3}}
+
+
+def test_duplicate_method_entries_give_each_task_once():
+    entry = {"name": "ddim_edit", "invert": {"steps": 5}, "edit": {"guidance": [1.0, 3.0]}}
+    tasks, units = plan(spec_of([SYN], [entry, dict(entry)]))
+    assert len(tasks) == 3 * 2 and tasks.duplicates == 6
+    keys = [t.task_key for u in units for t in u.tasks]
+    assert sorted(keys) == sorted(t.task_key for t in tasks) and len(set(keys)) == len(keys)
+
+
+def test_overlapping_grids_keep_the_first_seen_task_and_share_the_inversion():
+    a = {"name": "ddim_edit", "invert": {"steps": 5}, "edit": {"guidance": [1.0, 3.0]}}
+    b = {"name": "ddim_edit", "invert": {"steps": [5, 10]}, "edit": {"guidance": [3.0, 7.5]}}
+    tasks, units = plan(spec_of([SYN], [a, b]))
+    # steps 5: guidance 1, 3, 7.5 (3 shared by both entries); steps 10: guidance 3, 7.5.
+    assert len(tasks) == 3 * (3 + 2) and tasks.duplicates == 3
+    assert len({t.task_key for t in tasks}) == len(tasks)
+    groups = group_tasks(tasks)
+    assert len(groups) == 3 * 2
+    assert sorted(len(g.tasks) for g in groups) == [2, 2, 2, 3, 3, 3]
+    assert sum(len(u.tasks) for u in units) == len(tasks)
+
+
+def test_a_duplicate_dataset_entry_with_defaults_spelt_out_is_a_duplicate():
+    explicit = {"name": "synthetic", "params": {"n": 3, "size": 64, "seed": 0}}
+    tasks, _ = plan(spec_of([SYN, explicit], [{"name": "copy"}]))
+    assert len(tasks) == 3 and tasks.duplicates == 3
+
+
+def test_dataset_params_are_part_of_the_task_identity():
+    small = {"name": "synthetic", "params": {"n": 3, "size": 32}}
+    tasks, units = plan(spec_of([SYN, small], [{"name": "copy"}]))
+    assert len(tasks) == 6 and tasks.duplicates == 0
+    assert len({t.task_key for t in tasks}) == 6 and len({t.group_key for t in tasks}) == 6
+    assert {t.dataset for t in tasks} == {"synthetic"}
+    assert {t.dataset_params for t in tasks} == {
+        '{"n":3,"seed":0,"size":64}',
+        '{"n":3,"seed":0,"size":32}',
+    }
+    # A unit never mixes two instances of a dataset: a worker loads each unit's samples from one.
+    for unit in units:
+        assert len({t.dataset_params for t in unit.tasks}) == 1
+
+
+def test_keys_are_sha256_of_the_documented_payload():
+    import hashlib
+
+    from editsweep.bench.plan import canonical_json
+
+    task = plan(spec_of([SYN], [{"name": "copy"}]))[0][0]
+    group_payload = canonical_json(
+        [
+            "editsweep-group-v2",
+            task.method,
+            task.backbone,
+            task.dtype,
+            task.dataset,
+            json.loads(task.dataset_params),
+            task.sample_id,
+            task.seed,
+            json.loads(task.invert_params),
+        ]
+    )
+    assert task.group_key == hashlib.sha256(group_payload.encode()).hexdigest()
+    task_payload = canonical_json(["editsweep-task-v2", task.group_key, json.loads(task.edit_params)])
+    assert task.task_key == hashlib.sha256(task_payload.encode()).hexdigest()
+
+
+def test_tasks_are_slotted_and_their_keys_are_computed_once():
+    from editsweep.bench.plan import Task
+
+    tasks, _ = plan(sweep())
+    assert not hasattr(tasks[0], "__dict__")
+    # Plain attributes, not properties that re-hash on every access.
+    assert not isinstance(getattr(Task, "task_key", None), property)
+    assert not isinstance(getattr(Task, "group_key", None), property)
+    # Tasks of one group share one group-key string object, and the interned parameter strings.
+    groups = group_tasks(tasks)
+    assert all(t.group_key is g.tasks[0].group_key and t.invert_params is g.tasks[0].invert_params for g in groups for t in g.tasks)

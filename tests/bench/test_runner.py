@@ -80,7 +80,10 @@ def test_worker_killed_once_is_replaced_and_the_unit_retried(ray_session, make_s
 
 
 def test_a_worker_that_cannot_start_is_a_clear_error(ray_session, make_spec, tmp_path):
-    spec = make_spec([{"name": "copy"}], n=1, backbone={"name": str(tmp_path / "no-such-model")})
+    # A folder that passes the spec's check (it has unet/) but holds no weights: fails in the worker.
+    # (A missing folder is a SpecError before Ray starts: tests/bench/test_spec.py.)
+    (tmp_path / "broken-model" / "unet").mkdir(parents=True)
+    spec = make_spec([{"name": "copy"}], n=1, backbone={"name": str(tmp_path / "broken-model")})
     with pytest.raises(RuntimeError, match="failed to start"):
         run_sweep(spec, tmp_path / "run", progress=False)
 

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from editsweep.bench.spec import SpecError, load_spec
 
@@ -112,3 +113,148 @@ def test_backbone_lists_are_distinct_and_share_a_device():
         load_spec(minimal(backbone=[{"name": "tiny"}, {"name": "tiny"}]))
     with pytest.raises(SpecError, match="same device"):
         load_spec(minimal(backbone=[{"name": "tiny"}, {"name": "x", "device": "cpu"}]))
+
+
+# --- issue 10, items 9 and 12: values the store cannot hold, and checks before Ray starts ---
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64, -(2**63) - 1])
+def test_seeds_outside_int64_are_refused_at_validation(seed):
+    # The store's `seed` column is int64 (bench/store.py SCHEMA): a larger seed used to run, then crash the row write.
+    with pytest.raises(SpecError, match=r"seeds\[1\]"):
+        load_spec(minimal(seeds=[0, seed]))
+
+
+def test_seeds_at_the_int64_bounds_are_accepted():
+    assert load_spec(minimal(seeds=[2**63 - 1, -(2**63)])).seeds == [2**63 - 1, -(2**63)]
+
+
+@pytest.mark.parametrize("name", ["..", ".", "...", "a/..", "../x"])
+def test_names_that_would_escape_runs_are_refused(name):
+    with pytest.raises(SpecError, match=r"^name: "):
+        load_spec(minimal(name=name))
+
+
+def test_a_name_with_inner_dots_is_fine():
+    assert load_spec(minimal(name="v1.2-sweep")).name == "v1.2-sweep"
+
+
+@pytest.mark.parametrize("folder", ["/nonexistent/sd-v1-4", "./no-such-model", "../no-such-model", "~/no-such-model-xyz", "a/b/c"])
+def test_a_missing_backbone_folder_is_a_spec_error(folder):
+    with pytest.raises(SpecError, match=r"backbone\.name: .*no such folder"):
+        load_spec(minimal(backbone={"name": folder}))
+
+
+def test_a_missing_backbone_folder_in_a_list_names_its_index(tmp_path):
+    with pytest.raises(SpecError, match=r"backbone\[1\]\.name: .*no such folder"):
+        load_spec(minimal(backbone=[{"name": "tiny"}, {"name": str(tmp_path / "missing")}]))
+
+
+def test_a_backbone_folder_that_is_not_a_diffusers_folder_is_a_spec_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpecError, match=r"backbone\.name: .*not a diffusers"):
+        load_spec(minimal(backbone={"name": str(tmp_path / "empty")}))
+
+
+def test_a_relative_backbone_folder_is_relative_to_the_spec_file(tmp_path):
+    (tmp_path / "models" / "sd" / "unet").mkdir(parents=True)
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: b\nbackbone: {name: ./models/sd}\ndatasets: [{name: synthetic}]\nmethods: [{name: copy}]\n")
+    assert load_spec(path).backbones[0].name == str(tmp_path / "models" / "sd")
+    # Also without `./`: a name of the Hub's org/name shape that is a folder next to the spec is that folder.
+    path.write_text("name: b\nbackbone: {name: models/sd}\ndatasets: [{name: synthetic}]\nmethods: [{name: copy}]\n")
+    assert load_spec(path).backbones[0].name == str(tmp_path / "models" / "sd")
+
+
+def test_hub_ids_and_presets_are_not_checked_as_folders():
+    assert load_spec(minimal(backbone={"name": "CompVis/stable-diffusion-v1-4"})).backbones[0].name
+    assert load_spec(minimal(backbone={"name": "sd-v1-arch"})).backbones[0].name == "sd-v1-arch"
+
+
+def test_a_yaml_key_given_twice_names_the_key_and_line(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: a\ndatasets: [{name: synthetic}]\nmethods:\n  - name: copy\n    name: ddim_edit\n")
+    with pytest.raises(SpecError, match=r"s\.yaml.*'name' given twice.*line 5"):
+        load_spec(path)
+    path.write_text("name: a\ndatasets: [{name: synthetic}]\nmethods: [{name: copy}]\nname: b\n")
+    with pytest.raises(SpecError, match=r"'name' given twice.*line 4"):
+        load_spec(path)
+    path.write_text("name: a\ndatasets: [{name: synthetic, name: coco}]\nmethods: [{name: copy}]\n")
+    with pytest.raises(SpecError, match=r"'name' given twice: line 2 and line 2"):
+        load_spec(path)
+    # YAML merge keys may be overridden: that is what they are for.
+    path.write_text("name: a\ndatasets: [{name: synthetic}]\nmethods: [&m {name: ddim_edit}, {<<: *m, name: copy}]\n")
+    assert [m.name for m in load_spec(path).methods] == ["ddim_edit", "copy"]
+
+
+def plugin_spec(tmp_path, *plugins):
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        yaml.safe_dump({"name": "p", "imports": [str(p) for p in plugins], "datasets": [{"name": "synthetic"}], "methods": [{"name": "copy"}]})
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [("raise RuntimeError('boom in plugin')\n", "RuntimeError: boom in plugin"), ("def broken(:\n", "SyntaxError")],
+)
+def test_a_plugin_that_fails_to_import_names_the_file_and_the_error(tmp_path, body, error):
+    plugin = tmp_path / "bad_plugin.py"
+    plugin.write_text(body)
+    with pytest.raises(SpecError) as info:
+        load_spec(plugin_spec(tmp_path, plugin))
+    message = str(info.value)
+    assert str(plugin) in message and error in message and "Traceback" not in message
+
+
+def test_a_dotted_plugin_module_that_raises_names_the_module(tmp_path, monkeypatch):
+    (tmp_path / "raising_mod_xyz.py").write_text("raise ValueError('bad config')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SpecError, match=r"raising_mod_xyz.*ValueError: bad config"):
+        load_spec(minimal(imports=["raising_mod_xyz"]))
+
+
+def method_plugin(folder, method_name):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "methods_plugin.py"
+    path.write_text(
+        "from editsweep.methods.copy_input import Copy\n"
+        "from editsweep.methods.base import register_method\n"
+        f"@register_method\nclass Mine(Copy):\n    name = {method_name!r}\n"
+    )
+    return path
+
+
+def test_two_plugin_files_with_the_same_file_name_both_load(tmp_path):
+    first = method_plugin(tmp_path / "a", "same_stem_a")
+    second = method_plugin(tmp_path / "b", "same_stem_b")
+    spec = load_spec(
+        minimal(imports=[str(first), str(second)], methods=[{"name": "same_stem_a"}, {"name": "same_stem_b"}])
+    )
+    assert [m.name for m in spec.methods] == ["same_stem_a", "same_stem_b"]
+    # Loading the same files again (a second spec, a worker) is not a clash.
+    assert load_spec(minimal(imports=[str(first), str(second)], methods=[{"name": "same_stem_b"}]))
+
+
+def test_a_plugin_that_registers_a_built_in_name_is_refused(tmp_path):
+    plugin = method_plugin(tmp_path / "c", "ddim_edit")
+    with pytest.raises(SpecError) as info:
+        load_spec(plugin_spec(tmp_path, plugin))
+    assert str(plugin) in str(info.value) and "'ddim_edit'" in str(info.value)
+    from editsweep.methods.base import METHODS
+    from editsweep.methods.ddim_edit import DDIMEdit
+
+    assert METHODS["ddim_edit"] is DDIMEdit
+
+
+def test_the_name_error_says_what_a_name_may_hold():
+    with pytest.raises(SpecError, match=r"name: .*'\.\.' is not a folder name.*runs/<name>"):
+        load_spec(minimal(name=".."))
+
+
+def test_non_finite_parameters_are_refused_since_json_cannot_hold_them():
+    # pydantic dumps NaN and inf as null: they would be stored as null and name the same task.
+    bad = minimal(methods=[{"name": "null_text", "invert": {"epsilon": [1e-5, float("inf")]}}])
+    with pytest.raises(SpecError, match=r"methods\[0\]\.invert\.epsilon: inf is not a finite number"):
+        load_spec(bad)
