@@ -178,13 +178,13 @@ class Misbehaving(Copy):
         if kind == "scale_255":
             return [images * 255 for images in out]
         if kind == "overshoot":
-            return [images * 0.5 + 0.5009 for images in out]  # in [0.5009, 1.0009]
+            return [torch.full_like(images, 1.0009) for images in out]
         raise ValueError(f"unknown output {kind!r}")
 
 
-class SampleFaultParams(Params):
-    samples: list[str] = []
-    at_k: list[int] = []  # empty: every edit point
+class SampleFaultParams(Params):  # scalars: a list in a spec's `invert:` is a grid axis
+    sample: str = ""
+    at_k: int = -1  # -1: every edit point
 
 
 EDIT_LOG: list[tuple[tuple[str, ...], tuple[int, ...]]] = []  # (sample ids, ks) of every `edit_fault` call
@@ -200,8 +200,8 @@ class EditFault(Copy):
 
     def edit(self, backbone, state, samples, invert_params, edit_params, generators):
         EDIT_LOG.append((tuple(s.id for s in samples), tuple(p.k for p in edit_params)))
-        hit = [s.id for s in samples if s.id in invert_params.samples]
-        at = not invert_params.at_k or any(p.k in invert_params.at_k for p in edit_params)
+        hit = [s.id for s in samples if s.id == invert_params.sample]
+        at = invert_params.at_k == -1 or any(p.k == invert_params.at_k for p in edit_params)
         if hit and at:
             raise ValueError(f"injected edit failure on {hit}")
         return super().edit(backbone, state, samples, invert_params, edit_params, generators)
