@@ -3,6 +3,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from pathlib import Path
 
 from editsweep.bench.plan import plan
@@ -346,3 +347,30 @@ def test_an_image_that_cannot_be_stored_is_an_error_row_and_leaves_no_file(
     run_units(spec, tmp_path)
     latest = run_invariants(tmp_path, {t.task_key for t in tasks} - {culprit}, {culprit})
     assert "injected write failure" in latest.loc[culprit, "error"]
+
+
+@pytest.mark.parametrize(
+    "edited, message",
+    [
+        (torch.zeros(2, 3, 8, 8), r"m\.edit returned a Tensor; expected one \(2, 3, 8, 8\) tensor per edit point"),
+        ([torch.zeros(2, 3, 8, 8), "x"], r"returned a str as item 1"),
+        ([torch.zeros(2, 3, 8, 8, dtype=torch.uint8)] * 2, r"tensor 0 of dtype torch.uint8; expected floats"),
+        ([torch.zeros(2, 3, 8, 8) - 1] * 2, r"in \[-1, -1\]; expected \[0, 1\]: .*not \[-1, 1\]"),
+        ([torch.zeros(2, 3, 8, 8) + 1.01] * 2, r"in \[1.01, 1.01\]; expected \[0, 1\]: .*clamp them"),
+    ],
+)
+def test_check_edit_output_names_what_came_back(edited, message):
+    from editsweep.bench.worker import OutputContractError, check_edit_output
+
+    with pytest.raises(OutputContractError, match=message):
+        check_edit_output("m", edited, n_points=2, batch=2, size=(8, 8))
+
+
+def test_check_edit_output_clamps_within_tolerance_and_keeps_nan_for_its_image():
+    from editsweep.bench.worker import check_edit_output
+
+    first = torch.full((2, 3, 4, 4), 1.0009)
+    first[1] = torch.nan
+    out = check_edit_output("m", [first, torch.full((2, 3, 4, 4), -0.0009)], n_points=2, batch=2, size=(4, 4))
+    assert out.shape == (4, 3, 4, 4) and torch.isnan(out[1]).all()
+    assert (out[0] == 1).all() and (out[2:] == 0).all()
