@@ -101,6 +101,13 @@ class RunStore:
         self._atomic_write(rel, buf.getvalue())
         return rel
 
+    def delete_image(self, rel: str) -> None:
+        """Remove an image written by `write_image` (the worker's cleanup when its row fails)."""
+        try:
+            self.fs.delete_file(self.path(rel))
+        except FileNotFoundError:
+            pass
+
     def write_input(self, dataset: str, sample_id: str, image: Image.Image) -> str:
         """Store a sample's input at the backbone's resolution once; returns its relative path."""
         digest = hashlib.sha256(f"{dataset}/{sample_id}".encode()).hexdigest()[:16]

@@ -71,7 +71,17 @@ class Method(ABC):
         edit_params: Sequence[Params],
         generators: Sequence[torch.Generator],
     ) -> list[torch.Tensor]:
-        """Edit every sample at every edit point: one (B, 3, H, W) tensor in [0, 1] per point."""
+        """Edit every sample at every edit point: one (B, 3, H, W) tensor in [0, 1] per point.
+
+        The output contract, checked by the worker after every call (bench/worker.py,
+        `check_edit_output`): a list (or tuple) with exactly `len(edit_params)` tensors, in the
+        order of `edit_params`; tensor k holds the samples in the order of `samples`, has shape
+        (len(samples), 3, H, W) with H, W the input size (the backbone's resolution), is floating
+        point and within [0, 1] (up to 1e-3, which is clamped). A call that breaks it fails all of
+        its tasks with a message naming what came back; NaN or infinite pixels fail only their image.
+        The worker may call `edit` again on a subset of the samples (each alone, inverted alone) or
+        of the points to isolate a failure, so results must not depend on the batch's composition.
+        """
 
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -1,6 +1,9 @@
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from pathlib import Path
 
 from editsweep.bench.plan import plan
@@ -214,4 +217,160 @@ def test_a_failing_edit_point_is_an_error_row_and_the_group_goes_on(make_spec, t
     assert (rows.loc[k == "3", "status"] == "error").all() and len(rows[k == "3"]) == 2
     assert rows.loc[k == "3", "error"].str.contains("injected failure at k=3").all()
     assert (rows.loc[k != "3", "status"] == "ok").all() and len(rows[k != "3"]) == 10
-    assert sum(r.invert_calls for r in reports) == 1  # the group was not re-inverted
+    # Each sample of the batch is inverted once more, alone, to find which of them fails at k=3 (the
+    # Method API does not say which axis of a state is the batch's: null_text's is (steps, B, ...)).
+    assert sum(r.invert_calls for r in reports) == 1 + 2
+
+
+SCORER_PLUGIN = str(Path(__file__).parent / "plugins" / "faulty_scorers.py")
+
+
+def _keys(tasks, **match):
+    """Task keys of the tasks whose attributes / edit parameters match."""
+    import json
+
+    def hit(t):
+        params = json.loads(t.edit_params)
+        return all(getattr(t, k, params.get(k)) == v for k, v in match.items())
+
+    return {t.task_key for t in tasks if hit(t)}
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("extra_image", r"misbehaving\.edit returned tensor 0 of shape \(5, 3, (\d+), \1\); expected \(4, 3, \1, \1\)"),
+        ("extra_tensor", r"misbehaving\.edit returned 2 tensors for 1 edit point; expected one \(4, 3, \d+, \d+\) tensor"),
+        ("half_size", r"shape \(4, 3, (\d+), \1\); expected \(4, 3, \d+, \d+\)"),
+        ("scale_255", r"pixel values in \[[\d.]+, [\d.]+\]; expected \[0, 1\]: return images in \[0, 1\], not \[0, 255\]"),
+    ],
+)
+def test_an_edit_breaking_the_output_contract_fails_its_tasks_and_says_why(
+    make_spec, tmp_path, run_invariants, output, message
+):
+    spec = make_spec([{"name": "misbehaving", "invert": {"output": output}}, {"name": "copy"}], n=4)
+    tasks, _, _ = run_units(spec, tmp_path)
+    latest = run_invariants(tmp_path, _keys(tasks, method="copy"), _keys(tasks, method="misbehaving"))
+    errors = latest.loc[latest["method"] == "misbehaving", "error"]
+    assert len(errors) == 4 and errors.str.contains(message).all(), errors.iloc[0]
+
+
+def test_pixels_just_outside_0_1_are_clamped_before_scoring_and_storing(make_spec, tmp_path):
+    spec = make_spec(
+        [{"name": "misbehaving", "invert": {"output": "overshoot"}}],
+        n=2,
+        imports=[str(Path(__file__).parent / "plugins" / "faulty_methods.py"), SCORER_PLUGIN],
+        metrics={"flaky": {}},
+    )
+    _, _, rows = run_units(spec, tmp_path)
+    assert (rows["status"] == "ok").all(), rows["error"].tolist()
+    assert (rows["scores"].map(lambda s: s["max_pixel"]) == 1.0).all()  # 1.0009 as returned
+
+
+def _flaky_spec(make_spec, n, points, flaky, **execution):
+    return make_spec(
+        [{"name": "edit_fault", "edit": {"k": list(range(points))}}],
+        n=n,
+        imports=[str(Path(__file__).parent / "plugins" / "faulty_methods.py"), SCORER_PLUGIN],
+        metrics={"flaky": flaky, "psnr": {}},
+        execution=execution,
+    )
+
+
+def test_a_scorer_failing_on_its_second_call_fails_only_the_image_it_scored(make_spec, tmp_path, run_invariants):
+    spec = _flaky_spec(make_spec, 1, 3, {"fail_calls": [2]}, batch_size=1, edit_batch_size=1)
+    tasks, _, _ = run_units(spec, tmp_path)
+    latest = run_invariants(tmp_path, _keys(tasks) - _keys(tasks, k=1), _keys(tasks, k=1))
+    assert latest.loc[list(_keys(tasks, k=1)), "error"].str.contains("injected scorer failure on call 2").all()
+
+
+def test_a_scorer_failing_once_on_a_batch_is_retried_sample_by_sample(make_spec, tmp_path, run_invariants):
+    """The failing chunk's images are scored again one sample at a time: nothing re-inverted or re-edited."""
+    spec = _flaky_spec(make_spec, 4, 2, {"fail_calls": [2]}, batch_size=4, edit_batch_size=4)
+    tasks, reports, _ = run_units(spec, tmp_path)
+    run_invariants(tmp_path, _keys(tasks))
+    assert sum(r.invert_calls for r in reports) == 1 and sum(r.edit_calls for r in reports) == 2
+
+
+def test_a_scorer_failing_on_one_sample_fails_only_that_sample(make_spec, tmp_path, run_invariants):
+    spec = _flaky_spec(make_spec, 4, 2, {"fail_samples": ["syn-0002"]}, batch_size=4, edit_batch_size=8)
+    tasks, reports, _ = run_units(spec, tmp_path)
+    culprits = _keys(tasks, sample_id="syn-0002")
+    latest = run_invariants(tmp_path, _keys(tasks) - culprits, culprits)
+    assert latest.loc[list(culprits), "error"].str.contains(r"injected scorer failure on \['syn-0002'\]").all()
+    assert sum(r.invert_calls for r in reports) == 1 and sum(r.edit_calls for r in reports) == 1
+
+
+@pytest.mark.parametrize(
+    "at_k, others, culprit",
+    [
+        # How often each point k = 0..3 of a sample is asked for: once in its batch; a failing batch
+        # chunk (k 2-3, or every chunk) again for each sample alone; the culprit then point by point.
+        (2, [1, 1, 2, 2], [1, 1, 3, 3]),
+        (-1, [2, 2, 2, 2], [3, 3, 3, 3]),
+    ],
+)
+def test_a_method_raising_for_one_sample_of_a_batch_fails_only_that_sample(
+    make_spec, tmp_path, run_invariants, plugin, at_k, others, culprit
+):
+    spec = make_spec(
+        [{"name": "edit_fault", "invert": {"sample": "syn-0001", "at_k": at_k}, "edit": {"k": [0, 1, 2, 3]}}],
+        n=4,
+        execution={"batch_size": 4, "edit_batch_size": 8},  # edit chunks of 2 points: k 0-1, then k 2-3
+    )
+    plugin.EDIT_LOG.clear()
+    tasks, _, _ = run_units(spec, tmp_path)
+    culprits = {key for key in _keys(tasks, sample_id="syn-0001") if at_k == -1 or key in _keys(tasks, k=2)}
+    latest = run_invariants(tmp_path, _keys(tasks) - culprits, culprits)
+    assert latest.loc[list(culprits), "error"].str.contains(r"injected edit failure on \['syn-0001'\]").all()
+    # Edits already made are kept, never redone: a point is asked for again only to isolate a failure.
+    asked = Counter((s, k) for samples, ks in plugin.EDIT_LOG for s in samples for k in ks)
+    for sample in ["syn-0000", "syn-0002", "syn-0003"]:
+        assert [asked[(sample, k)] for k in range(4)] == others
+    assert [asked[("syn-0001", k)] for k in range(4)] == culprit
+
+
+def test_an_image_that_cannot_be_stored_is_an_error_row_and_leaves_no_file(
+    make_spec, tmp_path, run_invariants, monkeypatch
+):
+    spec = make_spec([{"name": "copy"}], n=4, execution={"batch_size": 4})
+    tasks, _ = plan(spec, set())
+    culprit = next(t.task_key for t in tasks if t.sample_id == "syn-0003")
+    original = RunStore.write_image
+
+    def write_image(self, task_key, image):
+        if task_key == culprit:
+            raise OSError("injected write failure")
+        return original(self, task_key, image)
+
+    monkeypatch.setattr(RunStore, "write_image", write_image)
+    run_units(spec, tmp_path)
+    latest = run_invariants(tmp_path, {t.task_key for t in tasks} - {culprit}, {culprit})
+    assert "injected write failure" in latest.loc[culprit, "error"]
+
+
+@pytest.mark.parametrize(
+    "edited, message",
+    [
+        (torch.zeros(2, 3, 8, 8), r"m\.edit returned a Tensor; expected one \(2, 3, 8, 8\) tensor per edit point"),
+        ([torch.zeros(2, 3, 8, 8), "x"], r"returned a str as item 1"),
+        ([torch.zeros(2, 3, 8, 8, dtype=torch.uint8)] * 2, r"tensor 0 of dtype torch.uint8; expected floats"),
+        ([torch.zeros(2, 3, 8, 8) - 1] * 2, r"in \[-1, -1\]; expected \[0, 1\]: .*not \[-1, 1\]"),
+        ([torch.zeros(2, 3, 8, 8) + 1.01] * 2, r"in \[1.01, 1.01\]; expected \[0, 1\]: .*clamp them"),
+    ],
+)
+def test_check_edit_output_names_what_came_back(edited, message):
+    from editsweep.bench.worker import OutputContractError, check_edit_output
+
+    with pytest.raises(OutputContractError, match=message):
+        check_edit_output("m", edited, n_points=2, batch=2, size=(8, 8))
+
+
+def test_check_edit_output_clamps_within_tolerance_and_keeps_nan_for_its_image():
+    from editsweep.bench.worker import check_edit_output
+
+    first = torch.full((2, 3, 4, 4), 1.0009)
+    first[1] = torch.nan
+    out = check_edit_output("m", [first, torch.full((2, 3, 4, 4), -0.0009)], n_points=2, batch=2, size=(4, 4))
+    assert out.shape == (4, 3, 4, 4) and torch.isnan(out[1]).all()
+    assert (out[0] == 1).all() and (out[2:] == 0).all()

@@ -3,7 +3,9 @@
 - `counting_ddim`: ddim_edit that records every sample it inverts (in-process tests read it);
 - `together_ddim`: ddim_edit with `edit_points_together`, recording the points of each edit call;
 - `faulty`: copy that misbehaves on chosen samples: raises, returns NaN, or kills its process
-  (optionally only while a flag file exists, which lets a test "repair" the fault between runs).
+  (optionally only while a flag file exists, which lets a test "repair" the fault between runs);
+- `misbehaving`: copy that breaks the output contract of `Method.edit` in a chosen way;
+- `edit_fault`: copy whose `edit` raises whenever a chosen sample is in the batch (at chosen points).
 """
 
 from __future__ import annotations
@@ -149,4 +151,57 @@ class PointFault(Copy):
     def edit(self, backbone, state, samples, invert_params, edit_params, generators):
         if any(p.k == 3 for p in edit_params):
             raise ValueError("injected failure at k=3")
+        return super().edit(backbone, state, samples, invert_params, edit_params, generators)
+
+
+class ContractParams(Params):
+    # extra_image | extra_tensor | half_size | scale_255 | overshoot (within the worker's tolerance)
+    output: str = "extra_image"
+
+
+@register_method
+class Misbehaving(Copy):
+    """Copy that returns something other than one (B, 3, H, W) tensor in [0, 1] per edit point."""
+
+    name = "misbehaving"
+    InvertParams = ContractParams
+
+    def edit(self, backbone, state, samples, invert_params, edit_params, generators):
+        out = super().edit(backbone, state, samples, invert_params, edit_params, generators)
+        kind = invert_params.output
+        if kind == "extra_image":
+            return [torch.cat([images, images[:1]]) for images in out]
+        if kind == "extra_tensor":
+            return out + out[:1]
+        if kind == "half_size":
+            return [images[..., ::2, ::2] for images in out]
+        if kind == "scale_255":
+            return [images * 255 for images in out]
+        if kind == "overshoot":
+            return [torch.full_like(images, 1.0009) for images in out]
+        raise ValueError(f"unknown output {kind!r}")
+
+
+class SampleFaultParams(Params):  # scalars: a list in a spec's `invert:` is a grid axis
+    sample: str = ""
+    at_k: int = -1  # -1: every edit point
+
+
+EDIT_LOG: list[tuple[tuple[str, ...], tuple[int, ...]]] = []  # (sample ids, ks) of every `edit_fault` call
+
+
+@register_method
+class EditFault(Copy):
+    """Copy whose edit raises when a chosen sample is in the batch and a chosen point is asked for."""
+
+    name = "edit_fault"
+    InvertParams = SampleFaultParams
+    EditParams = PointParams
+
+    def edit(self, backbone, state, samples, invert_params, edit_params, generators):
+        EDIT_LOG.append((tuple(s.id for s in samples), tuple(p.k for p in edit_params)))
+        hit = [s.id for s in samples if s.id == invert_params.sample]
+        at = invert_params.at_k == -1 or any(p.k == invert_params.at_k for p in edit_params)
+        if hit and at:
+            raise ValueError(f"injected edit failure on {hit}")
         return super().edit(backbone, state, samples, invert_params, edit_params, generators)
