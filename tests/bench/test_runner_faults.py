@@ -187,3 +187,112 @@ def test_ctrl_c_ends_the_driver_within_seconds_and_stores_finished_rows(ray_sess
     stored = RunStore(str(run_dir)).completed_task_keys()
     # Every unit the driver had received is stored: at most the one running and one in transit are not.
     assert executed - 2 <= len(stored) < 40
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process, read from /proc."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(entry)] = (parent, cmdline)
+    return out
+
+
+def _kill_tree(marker: str) -> None:
+    """SIGKILL every process whose command line contains `marker`, and their descendants (Ray's
+    workers rename themselves `ray::...`). Never `ray stop`: it would stop every Ray on the machine."""
+    procs = _processes()
+    mine = {pid for pid, (_, cmd) in procs.items() if marker in cmd} - {os.getpid()}
+    while True:
+        children = {pid for pid, (parent, _) in procs.items() if parent in mine} - mine - {os.getpid()}
+        if not children:
+            break
+        mine |= children
+    for pid in mine:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _ray_start(command: list[str], env: dict[str, str], cwd: str | Path) -> None:
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    if done.returncode:
+        raise AssertionError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+@pytest.fixture
+def two_node_ray():
+    """A head and a second node started with `ray start` (one CPU each), the driver connected to
+    the head; yields the second node's raylet pid. Replaces the session's Ray for one test."""
+    import tempfile
+
+    import ray
+
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    base = tempfile.mkdtemp(prefix="es2n-", dir="/tmp")  # short: Ray's socket paths live under it
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+        # Declare a node dead ~1.5 s after its raylet stops answering (default: tens of seconds).
+        "RAY_health_check_initial_delay_ms": "500",
+        "RAY_health_check_period_ms": "500",
+        "RAY_health_check_timeout_ms": "500",
+        "RAY_health_check_failure_threshold": "3",
+    }
+    port, second_manager_port = _free_port(), _free_port()
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--temp-dir", base, "--disable-usage-stats"]
+    try:
+        head = ["--head", "--port", str(port), "--include-dashboard=false", "--dashboard-port", str(_free_port())]
+        _ray_start([ray_cli, "start", *head, *common], env, base)
+        node_dir = Path(base) / "second"
+        node_dir.mkdir()
+        second = ["--address", f"127.0.0.1:{port}", "--node-manager-port", str(second_manager_port)]
+        _ray_start([ray_cli, "start", *second, *common], env, node_dir)
+        (raylet,) = [
+            pid for pid, (_, cmd) in _processes().items()
+            if "raylet/raylet" in cmd and f"--node_manager_port={second_manager_port}" in cmd
+        ]  # fmt: skip
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        yield raylet
+    finally:
+        ray.shutdown()
+        _kill_tree(base)
+        if was_running:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+@pytest.mark.slow
+def test_a_lost_node_mid_sweep_the_sweep_completes_on_the_other(two_node_ray, make_spec, tmp_path, run_invariants):
+    """Issue 10 item 7: one actor per node; the second node's raylet is killed at the 4th of 24
+    edits. Its units go back to the shared queue and run on the head's actor; its replacement,
+    which no live node can hold, is dropped after start_timeout_s; nothing is lost or duplicated."""
+    log, pid_file = tmp_path / "executions.log", tmp_path / "raylet.pid"
+    pid_file.write_text(str(two_node_ray))
+    invert = {"log": str(log), "sleep_ms": 500, "kill_driver_at": 4, "driver_pid_file": str(pid_file)}
+    execution = {"workers": 2, "cpus_per_worker": 1, "batch_size": 1, "max_in_flight": 2, "start_timeout_s": 5}
+    spec = make_spec([{"name": "stub", "invert": invert}], n=24, execution=execution)
+    with pytest.warns(RuntimeWarning, match="could not be placed"):
+        summary = run_sweep(spec, tmp_path / "run", progress=False)
+    assert Path(f"{log}.driver").exists()  # the raylet was killed mid-sweep
+    assert (summary.n_ok, summary.n_error) == (24, 0)
+    assert summary.worker_deaths >= 1 and summary.workers_dropped == 1
+    run_invariants(tmp_path / "run", _keys(spec))
