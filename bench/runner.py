@@ -190,7 +190,6 @@ class _Pool:
         self.infos: list[dict[str, Any]] = [{} for _ in range(size)]
         self.replacements = 0
         self.dropped = 0
-        self.ever_ready = False
         for slot in range(size):
             self.slots.append(None)
             self._start(slot, backbones[slot % len(backbones)])
@@ -199,7 +198,9 @@ class _Pool:
                 refs = self.start_refs()
                 if not refs:
                     raise RuntimeError(self._unplaced_message())
-                done, _ = ray.wait(refs, num_returns=1, timeout=min(1.0, self._time_to_deadline()))
+                deadline = self.next_deadline()
+                wait = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+                done, _ = ray.wait(refs, num_returns=1, timeout=wait)
                 for ref in done:
                     failed = self.on_start(ref)
                     if failed is not None:
@@ -249,12 +250,7 @@ class _Pool:
         else:
             s.state, s.start_ref = "ready", None
             self.infos[slot] = result
-            self.ever_ready = True
         return None
-
-    def _time_to_deadline(self) -> float:
-        placing = [s.deadline for s in self.slots if s is not None and s.state == "placing"]
-        return max(0.0, min(placing) - time.monotonic()) if placing else 1.0
 
     def next_deadline(self) -> float | None:
         """Monotonic time of the next placement deadline (None when no actor is being placed)."""
