@@ -537,7 +537,8 @@ def _resources_text(options: dict[str, Any], per_node: bool = False) -> str:
             f"{address} CPU {res.get('CPU', 0):g} GPU {res.get('GPU', 0):g}" for address, res in _node_resources()
         )
         free = ray.available_resources()
-        text += f"; alive nodes have {nodes or 'none'} (free now: CPU {free.get('CPU', 0):g}, GPU {free.get('GPU', 0):g})"
+        text += f"; alive nodes have {nodes or 'none'}"
+        text += f" (free now: CPU {free.get('CPU', 0):g}, GPU {free.get('GPU', 0):g})"
     return text
 
 
