@@ -132,11 +132,12 @@ def test_a_unit_that_hung_once_is_retried_on_a_fresh_actor(ray_session, make_spe
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("error", ["OutOfMemoryError", "NodeDiedError"])
 def test_an_injected_ray_out_of_memory_error_is_a_dead_worker(
-    ray_session, make_spec, tmp_path, run_invariants, monkeypatch
+    ray_session, make_spec, tmp_path, run_invariants, monkeypatch, error
 ):
     """Ray's memory monitor kills a worker: `ray.get` of its unit raises OutOfMemoryError (not a
-    RayActorError). The driver must replace the actor and retry the unit, not crash."""
+    RayActorError); likewise a lost node. The driver must replace the actor and retry the unit."""
     import ray
 
     real_get = ray.get
@@ -147,7 +148,7 @@ def test_an_injected_ray_out_of_memory_error_is_a_dead_worker(
         rows = getattr(out, "rows", [])
         if not fired and any(r["sample_id"] == "syn-0001" for r in rows):
             fired.append(True)
-            raise ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
+            raise getattr(ray.exceptions, error)("injected: the task's worker was killed")
         return out
 
     monkeypatch.setattr(ray, "get", get)
