@@ -329,7 +329,6 @@ def _drive(
     for unit in units:
         queues[unit.backbone].append(unit)
     attempts: Counter = Counter()
-    last_reason: dict[int, str] = {}  # id(unit) -> why its last attempt failed
     in_flight: dict[Any, tuple[Unit, int]] = {}  # ref -> (unit, actor slot)
     throughput = [Counter() for _ in pool.slots]  # per actor slot: units, tasks, busy seconds
     last_finished: list[float | None] = [None] * len(pool.slots)  # per slot: when its last unit ended
@@ -413,7 +412,6 @@ def _drive(
         if running is None:
             return
         attempts[id(running)] += 1
-        last_reason[id(running)] = reason
         if attempts[id(running)] <= execution.max_retries:
             queues[running.backbone].appendleft(running)
         else:
