@@ -93,7 +93,9 @@ class MethodSpec(_Strict):
 class ExecutionSpec(_Strict):
     """How the sweep runs on the Ray cluster."""
 
-    workers: int | Literal["auto"] = Field("auto", description="actors; auto = GPUs / gpus_per_worker, else 1")
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="actors (at least 1); auto = GPUs / gpus_per_worker, else 1"
+    )
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, gt=0, le=8, description="below 1 packs several small backbones per GPU")
     max_in_flight: int = Field(2, ge=1, le=16, description="units queued at each actor, so none waits on the driver")
@@ -105,6 +107,15 @@ class ExecutionSpec(_Strict):
         1.0, ge=0, le=600, description="the driver writes buffered rows at least this often (0: each unit at once)"
     )
     flush_rows: int = Field(512, ge=1, description="... or as soon as this many rows are buffered")
+    unit_timeout_s: float = Field(
+        7200.0, gt=0, description="a unit running longer has its actor killed and replaced, as a dead worker"
+    )
+    start_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="an actor Ray cannot place on a node this long is dropped (loading models has no "
+        "deadline); the run fails if none is placed",
+    )
 
 
 class MlflowSpec(_Strict):
