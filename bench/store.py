@@ -26,7 +26,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -38,6 +38,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
+
+from editsweep.bench.manifest import RunManifest, parse_manifest
 
 PARTITION_COLS = ("method", "dataset")
 
@@ -326,10 +328,21 @@ class RunStore:
         with self.fs.open_input_file(self.path(rel)) as f:
             return json.loads(f.read())
 
-    def latest_manifest(self) -> dict[str, Any] | None:
-        """The newest run's manifest (run ids sort by start time), or None before any run."""
-        manifests = [p for p in self.list_files("manifests") if p.endswith(".json")]
-        return self.read_json(max(manifests)) if manifests else None
+    def latest_manifest(self) -> RunManifest | None:
+        """The newest run's manifest (run ids sort by start time), or None before any run.
+
+        Raises ManifestError naming the file when it is not a manifest.
+        """
+        manifests = [p for p in self.list_files("manifests") if p.endswith(".json") and not _hidden(p)]
+        if not manifests:
+            return None
+        rel = max(manifests)
+        with self.fs.open_input_file(self.path(rel)) as f:
+            return parse_manifest(f.read(), f"{self.uri.rstrip('/')}/{rel}")
+
+    def write_manifest(self, manifest: RunManifest) -> None:
+        """Write (or rewrite) `manifests/<run_id>.json`."""
+        self.write_json(f"manifests/{manifest.run_id}.json", manifest.model_dump(mode="json"))
 
     def list_files(self, rel: str) -> list[str]:
         """Relative paths of the files below `rel` (empty when it does not exist)."""
@@ -358,9 +371,11 @@ class RowBuffer:
         max_seconds: float,
         compact_every: int = COMPACT_EVERY_FILES,
         run_id: str | None = None,
+        may_compact: Callable[[], bool] | None = None,
     ) -> None:
         self.store, self.max_rows, self.max_seconds = store, max_rows, max_seconds
         self.compact_every, self.run_id = compact_every, run_id
+        self.may_compact = may_compact or (lambda: True)  # the driver's: whether it still holds the run lock
         self.rows: list[Mapping[str, Any]] = []
         self.since: float | None = None  # monotonic time of the oldest buffered row
         self.files_since_compaction = 0
@@ -387,7 +402,7 @@ class RowBuffer:
         if self.rows:
             self.files_since_compaction += len(self.store.write_rows(self.rows))
         self.rows, self.since = [], None
-        if self.compact_every and self.files_since_compaction >= self.compact_every:
+        if self.compact_every and self.files_since_compaction >= self.compact_every and self.may_compact():
             self.files_compacted += self.store.compact(small_only=True, run_id=self.run_id)
             self.files_since_compaction = 0
 
