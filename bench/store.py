@@ -80,7 +80,8 @@ SMALL_PREFIX = "part-"  # one write of the driver
 MERGED_PREFIX = "merged-"  # a compaction
 QUARANTINE = "quarantine"
 MERGE_BATCH_BYTES = 64 * 2**20  # a merge holds at most about this much of a partition in memory
-COMPACT_EVERY_FILES = 200  # the driver compacts the run's small files after this many writes
+COMPACT_EVERY_FILES = 200
+READER_THREADS = 8  # files read at once by the resume check  # the driver compacts the run's small files after this many writes
 
 
 class _Unreadable(Exception):
@@ -248,18 +249,15 @@ class RunStore:
         notes = [self.read_json(rel) for rel in self.list_files(QUARANTINE) if rel.endswith(".parquet.json")]
         return sorted(notes, key=lambda n: str(n.get("quarantined_at")))
 
-    def _scan(
-        self, columns: list[str], filter: pc.Expression | None = None, quarantine: bool = False, run_id: str | None = None
-    ) -> pa.Table:
+    def _scan(self, columns: list[str]) -> pa.Table:
         """`columns` of every stored row (partition columns included), reading only those columns.
 
         One multi-threaded scan over the result files; if it fails, each file is checked on its
-        own (in threads: object stores answer slowly but in parallel) and the unreadable ones are
-        left out, or quarantined with `quarantine`.
+        own (in threads) and the unreadable ones are left out (a run quarantines them).
         """
         files = self.result_files()
         try:
-            return self._dataset(files).to_table(columns=columns, filter=filter)
+            return self._dataset(files).to_table(columns=columns)
         except (OSError, pa.ArrowException):
             pass
         wanted = [c for c in columns if c in FILE_SCHEMA.names]
@@ -273,12 +271,9 @@ class RunStore:
                     return ""  # gone meanwhile (merged by a compaction)
                 return str(err)
 
-        with ThreadPoolExecutor(16) as pool:
+        with ThreadPoolExecutor(READER_THREADS) as pool:
             problems = dict(zip(files, pool.map(problem, files)))
-        for rel, why in problems.items():
-            if why and quarantine:
-                self.quarantine(rel, f"unreadable on resume: {why}", run_id)
-        return self._dataset([f for f, why in problems.items() if why is None]).to_table(columns=columns, filter=filter)
+        return self._dataset([f for f, why in problems.items() if why is None]).to_table(columns=columns)
 
     def _dataset(self, files: list[str]) -> pads.Dataset:
         """The given result files as one hive-partitioned dataset with SCHEMA."""
@@ -312,12 +307,31 @@ class RunStore:
     def completed_task_keys(self, quarantine: bool = False, run_id: str | None = None) -> set[str]:
         """Task keys that already have an `ok` row: a re-run skips them.
 
-        Reads only the `task_key` and `status` columns. Unreadable files are skipped, so their
-        tasks run again; with `quarantine` (the run's driver, under its lock) they are also moved
-        aside with a note (`quarantine`), naming `run_id`.
+        Reads only the `task_key` and `status` columns, file by file in a thread pool (pyarrow
+        releases the GIL; object stores answer slowly but in parallel), so memory stays at the
+        keys themselves. Unreadable files are skipped, so their tasks run again; with `quarantine`
+        (the run's driver, under its lock) they are also moved aside with a note naming `run_id`.
         """
-        table = self._scan(["task_key"], pc.field("status") == "ok", quarantine, run_id)
-        return set(pc.unique(table.column("task_key")).to_pylist())
+        keys: set[str] = set()
+        files = self.result_files()
+        with ThreadPoolExecutor(READER_THREADS) as pool:
+            for rel, (ok, problem) in zip(files, pool.map(self._ok_keys, files)):
+                if ok is not None:
+                    keys.update(ok.to_pylist())
+                elif problem and quarantine:
+                    self.quarantine(rel, f"unreadable on resume: {problem}", run_id)
+        return keys
+
+    def _ok_keys(self, rel: str) -> tuple[pa.ChunkedArray | None, str | None]:
+        """The keys of one file's ok rows, or None and why it cannot be read ("" when it vanished)."""
+        try:
+            with self.fs.open_input_file(self.path(rel)) as f:
+                table = pq.ParquetFile(f).read(columns=["task_key", "status"], use_threads=False)
+        except (OSError, pa.ArrowException) as err:
+            if self.fs.get_file_info(self.path(rel)).type == pafs.FileType.NotFound:
+                return None, ""  # merged meanwhile by a compaction
+            return None, str(err)
+        return table.filter(pc.equal(table["status"], "ok"))["task_key"], None
 
     def write_json(self, rel: str, payload: Mapping[str, Any]) -> None:
         """Write a JSON document (manifest, summary) atomically."""
