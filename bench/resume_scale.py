@@ -6,8 +6,9 @@
 Writes (once; reused when DIR already holds them) `--rows` result rows in `--files` Parquet files
 of the store's layout across four methods of one dataset: with `--compact-every 0`, one file per
 flush, as a long run left them before issue 10; with `--compact-every 200`, merged every 200
-files as the driver's `RowBuffer` now does (`RunStore.compact(small_only=True)`). Every row has a scores map of four metrics; a fraction `--features` of the
-rows also carries a 2048-float32 feature vector (Inception pool3, as the FID/CSFID scorers store).
+files as the driver's `RowBuffer` now does (`RunStore.compact(small_only=True)`). Every row has a
+scores map of four metrics; a fraction `--features` of the rows also carries a 2048-float32
+feature vector (Inception pool3, as the FID/CSFID scorers store).
 Then each reader runs in a fresh process and reports its wall time and peak memory (RSS growth
 over the process after imports): `new` is today's `completed_task_keys`, `old` (with `--old`) the
 reader before issue 10 (every column of every file into pandas), and `compact` times the run-end
@@ -53,7 +54,8 @@ def write_files(
         method = METHODS[i % len(METHODS)]
         keys = [f"{k:064x}" for k in range(key, key + n)]
         key += n
-        scores = pa.array([{"psnr": 20.0, "ssim": 0.5, "lpips": 0.3, "clip_t": 0.25}] * n, FILE_SCHEMA.field("scores").type)
+        score = {"psnr": 20.0, "ssim": 0.5, "lpips": 0.3, "clip_t": 0.25}
+        scores = pa.array([score] * n, FILE_SCHEMA.field("scores").type)
         with_features = rng.random(n) < features
         vectors = rng.random((int(with_features.sum()), FEATURE_DIM), dtype=np.float32)
         feats, j = [], 0

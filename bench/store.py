@@ -80,8 +80,8 @@ SMALL_PREFIX = "part-"  # one write of the driver
 MERGED_PREFIX = "merged-"  # a compaction
 QUARANTINE = "quarantine"
 MERGE_BATCH_BYTES = 64 * 2**20  # a merge holds at most about this much of a partition in memory
-COMPACT_EVERY_FILES = 200
-READER_THREADS = 8  # files read at once by the resume check  # the driver compacts the run's small files after this many writes
+COMPACT_EVERY_FILES = 200  # the driver compacts the run's small files after this many writes
+READER_THREADS = 8  # files read at once by the resume check
 
 
 class _Unreadable(Exception):

@@ -15,7 +15,9 @@ from editsweep.bench.worker import SweepWorker, task_row
 
 def write_spec(tmp_path: Path) -> Path:
     path = tmp_path / "s.yaml"
-    path.write_text("name: x\ndatasets: [{name: synthetic, params: {n: 1}}]\nmethods: [{name: copy}]\nmetrics: {psnr: {}}\n")
+    path.write_text(
+        "name: x\ndatasets: [{name: synthetic, params: {n: 1}}]\nmethods: [{name: copy}]\nmetrics: {psnr: {}}\n"
+    )
     return path
 
 

@@ -3,6 +3,7 @@ from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from editsweep.bench.store import FILE_SCHEMA, RowBuffer, RunStore
@@ -145,7 +146,7 @@ def test_a_truncated_file_is_quarantined_and_its_tasks_recomputed(tmp_path):
     store = RunStore(str(tmp_path))
     store.write_rows([row("a"), row("b")])
     store.write_rows([row("c")])
-    bad = next(f for f in store.list_files("results") if "c" in set(pq.read_table(store.path(f))["task_key"].to_pylist()))
+    bad = next(f for f in store.list_files("results") if pq.read_table(store.path(f))["task_key"].to_pylist() == ["c"])
     truncate_half(store.path(bad))
     assert store.completed_task_keys() == {"a", "b"}  # a read-only check skips it and moves nothing
     assert store.path(bad) in [store.path(f) for f in store.list_files("results")]
@@ -231,3 +232,27 @@ def test_no_temporary_file_is_ever_read_as_results(tmp_path):
         f.write(b"PAR1 not finished")
     assert store.completed_task_keys() == {"a"} and len(store.read_results()) == 1
     assert store.compact() == 0
+
+
+@pytest.mark.slow
+def test_a_run_quarantines_a_truncated_file_recomputes_its_tasks_and_compacts(
+    ray_session, make_spec, run_invariants, tmp_path
+):
+    from editsweep.bench.plan import plan
+    from editsweep.bench.runner import run_sweep
+    from editsweep.bench.status import format_status, run_status
+
+    spec = make_spec([{"name": "copy"}, {"name": "faulty", "invert": {}}], n=3)
+    run_dir = tmp_path / "run"
+    assert run_sweep(spec, run_dir, progress=False).n_ok == 6
+    store = RunStore(str(run_dir))
+    (bad,) = [f for f in store.list_files("results") if "method=faulty" in f]  # compacted: one file per partition
+    truncate_half(store.path(bad))
+
+    again = run_sweep(spec, run_dir, progress=False)
+    assert (again.n_skipped, again.n_ok, again.n_error) == (3, 3, 0)  # the faulty partition's tasks ran again
+    assert store.latest_manifest().quarantined == [bad] and store.latest_manifest().finished_at
+    assert len(store.result_files()) == 2 and f"quarantine/{bad}" in store.list_files("quarantine")
+    run_invariants(run_dir, {t.task_key for t in plan(spec)[0]})
+    text = format_status(run_status(str(run_dir)))
+    assert "6 tasks, 6 done" in text and "quarantined: 1 unreadable result files" in text and bad in text
