@@ -120,13 +120,18 @@ def check_marker(store: RunStore, run_id: str, required: bool | None = None) -> 
         required = _in_ray_actor()
     if not required:
         return
+    marker, found = None, "is missing"
     try:
         marker = store.read_json(MARKER)
-    except (OSError, ValueError):
-        marker = None
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as err:
+        if not _missing(store, MARKER):
+            found = f"cannot be read ({err}; for an object store, are its credentials and endpoint set here?)"
     if isinstance(marker, dict) and marker.get("run_id") == run_id:
         return
-    found = "is missing" if marker is None else f"names run {marker.get('run_id')!r}"
+    if isinstance(marker, dict):
+        found = f"names run {marker.get('run_id')!r}"
     raise RunDirError(
         f"worker {socket.gethostname()}:{os.getpid()} does not see the driver's run directory {store.uri}: the run "
         f"marker {store.path(MARKER)} {found}, not run {run_id!r}. Every worker must reach the same run directory: "
@@ -140,6 +145,14 @@ def store_env(run_dir: str) -> dict[str, str]:
     if not is_uri(run_dir):
         return {}
     return {k: v for k, v in os.environ.items() if k.startswith(STORE_ENV_PREFIXES) or k in STORE_ENV_NAMES}
+
+
+def _missing(store: RunStore, rel: str) -> bool:
+    """Whether `rel` is known not to exist (False when the store cannot even be asked)."""
+    try:
+        return store.fs.get_file_info(store.path(rel)).type == pafs.FileType.NotFound
+    except OSError:
+        return False
 
 
 def _in_ray_actor() -> bool:
