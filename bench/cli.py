@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-report", action="store_true", help="skip the report stage")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--dry-run", action="store_true", help="validate and plan only: print task and group counts")
+    run.add_argument(
+        "--break-lock", action="store_true", help="take over the run directory from a driver that is gone (stale lock)"
+    )
 
     report = sub.add_parser("report", help="aggregate a run directory into curves, leaderboard and MLflow")
     report.add_argument("run_dir", help="run directory or URI written by `editsweep run`")
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--experiment", help="MLflow experiment name (default: the spec's name)")
     report.add_argument(
         "--reference-stats", help="reference stats file for SFID/CSFID/FID/KID (default: the dataset's reference_stats)"
+    )
+    report.add_argument(
+        "--report-dir", help="local folder for the report (default: RUN_DIR/report; for a URI, ./<run name>-report)"
     )
 
     ref = sub.add_parser(
@@ -86,21 +92,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from editsweep.bench.rundir import check_run_dir, resolve_run_dir
     from editsweep.bench.runner import run_sweep
     from editsweep.bench.spec import load_spec
 
     spec = load_spec(args.spec)
-    out = args.out or f"runs/{spec.name}"
+    out = resolve_run_dir(args.out or f"runs/{spec.name}")
+    check_run_dir(out, create=False)  # a file, an unwritable folder or a missing bucket: before Ray starts
     if args.dry_run:
         return _dry_run(spec, out)
-    summary = run_sweep(spec, out, address=args.address, progress=not args.quiet)
+    summary = run_sweep(spec, out, address=args.address, progress=not args.quiet, break_lock=args.break_lock)
     print(
         f"{summary.n_tasks} tasks: {summary.n_skipped} already done, {summary.n_ok} ok, {summary.n_error} errors "
         f"in {summary.wall_seconds:.1f} s -> {summary.run_dir}"
     )
-    if not args.no_report and "://" in summary.run_dir and not summary.run_dir.startswith("file://"):
-        print(f"report skipped: the report writes locally; run `editsweep report` on a local copy of {summary.run_dir}")
-    elif not args.no_report:
+    if not args.no_report:
         from editsweep.reports.report import build_report
 
         _print_report(build_report(summary.run_dir, spec.mlflow.tracking_uri, spec.mlflow.experiment or spec.name))
@@ -140,7 +146,15 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from editsweep.reports.report import build_report
 
-    _print_report(build_report(args.run_dir, args.tracking_uri, args.experiment, reference_stats=args.reference_stats))
+    _print_report(
+        build_report(
+            args.run_dir,
+            args.tracking_uri,
+            args.experiment,
+            reference_stats=args.reference_stats,
+            report_dir=args.report_dir,
+        )
+    )
     return 0
 
 

@@ -4,7 +4,10 @@ The driver keeps a bounded number of units queued at each actor (`max_in_flight`
 next pending unit to whichever actor finishes one (pull, not a fixed split), largest units first.
 Workers write the images and return their rows; the driver writes rows in batches (`RowBuffer`:
 every `flush_seconds` or `flush_rows`, and on every way out; one writer for the results table),
-then merges the run's files into one per partition at the end. When an actor dies (any error Ray
+then merges the small files every so many writes, and all of a partition's files into one at the end.
+One driver per run directory: `run_sweep` holds the run lock (`bench/lock.py`) throughout, writes
+a marker every worker checks (`bench/rundir.py`), and passes the object store's environment on.
+When an actor dies (any error Ray
 reports for it, or a unit past `execution.unit_timeout_s`), its units go back to the shared queue
 for any live actor and the actor is replaced by a fresh one (models reloaded) as soon as Ray can
 place it; a replacement Ray cannot place within `execution.start_timeout_s` is dropped with a
@@ -38,7 +41,10 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 import ray  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from editsweep.bench.plan import Unit, plan
+from editsweep.bench.lock import RunLock
+from editsweep.bench.manifest import RunManifest, planned_counts
+from editsweep.bench.plan import Task, Unit, plan
+from editsweep.bench.rundir import check_run_dir, resolve_run_dir, store_env, write_marker
 from editsweep.bench.spec import SweepSpec
 from editsweep.bench.store import RowBuffer, RunStore
 from editsweep.bench.worker import SweepWorker, UnitReport, task_row
@@ -81,21 +87,45 @@ class RunSummary:
 
 
 def run_sweep(
-    spec: SweepSpec, run_dir: str | os.PathLike, address: str | None = None, progress: bool = True
+    spec: SweepSpec,
+    run_dir: str | os.PathLike,
+    address: str | None = None,
+    progress: bool = True,
+    break_lock: bool = False,
 ) -> RunSummary:
-    """Run every task of `spec` not yet stored as ok in `run_dir`; returns what happened."""
+    """Run every task of `spec` not yet stored as ok in `run_dir`; returns what happened.
+
+    `run_dir` is made absolute (or kept as a URI) and checked before anything starts; the run holds
+    the directory's lock (`bench/lock.py`) throughout, and `break_lock` takes over a stale one.
+    """
     started = time.perf_counter()
-    store = RunStore(str(run_dir))
+    uri = resolve_run_dir(run_dir)
+    check_run_dir(uri, create=True)
+    store = RunStore(uri)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    tasks, units = plan(spec, store.completed_task_keys())
+    with RunLock(store, run_id).acquire(break_stale=break_lock) as lock:
+        return _run_locked(spec, store, run_id, lock, address, progress, started)
+
+
+def _run_locked(
+    spec: SweepSpec, store: RunStore, run_id: str, lock: RunLock, address: str | None, progress: bool, started: float
+) -> RunSummary:
+    """`run_sweep` under the run lock. An unreadable result file is quarantined and its tasks run again."""
+    write_marker(store, run_id)
+    quarantined_before = {n["file"] for n in store.quarantined()}
+    tasks, units = plan(spec, store.completed_task_keys(quarantine=True, run_id=run_id))
     pending = sum(len(u.tasks) for u in units)
     summary = RunSummary(run_id=run_id, run_dir=store.uri, n_tasks=len(tasks), n_skipped=len(tasks) - pending)
-    manifest = _manifest(spec, run_id, summary)
-    store.write_json(f"manifests/{run_id}.json", manifest)
+    manifest = _manifest(spec, run_id, summary, tasks)
+    manifest.quarantined = sorted({n["file"] for n in store.quarantined()} - quarantined_before)
+    store.write_manifest(manifest)
     if units:
         _check_local_device(spec, address)
-        _ensure_ray(address)
+        env = store_env(store.uri)
+        _ensure_ray(address, env)
         worker_options = _worker_options(spec)
+        if env:  # also for a Ray started before this driver, whose job-level runtime_env is not ours
+            worker_options = {**worker_options, "runtime_env": {"env_vars": env}}
         spec_payload = spec.model_dump(mode="json")
         n_workers = min(len(units), _n_workers(spec, worker_options))
         backbones = [(b.name, b.dtype) for b in spec.backbones]
@@ -106,7 +136,9 @@ def run_sweep(
         summary.workers = pool.infos
         bar = tqdm(total=pending, desc=f"sweep {spec.name}", unit="edit", disable=not progress, file=sys.stderr)
         cpu = time.process_time()
-        rows = RowBuffer(store, spec.execution.flush_rows, spec.execution.flush_seconds)
+        rows = RowBuffer(
+            store, spec.execution.flush_rows, spec.execution.flush_seconds, run_id=run_id, may_compact=lock.held
+        )
         try:
             _drive(pool, units, spec, store, rows, summary, bar)
         finally:
@@ -116,10 +148,12 @@ def run_sweep(
             summary.driver_cpu_seconds = time.process_time() - cpu
             bar.close()
             pool.shutdown()
-        summary.files_compacted = store.compact()
+        if lock.held():  # compaction only under the lock
+            summary.files_compacted = rows.files_compacted + store.compact(run_id=run_id)
     summary.wall_seconds = time.perf_counter() - started
-    manifest.update(finished_at=datetime.now(timezone.utc).isoformat(), summary=summary.as_dict())
-    store.write_json(f"manifests/{run_id}.json", manifest)
+    manifest.finished_at = datetime.now(timezone.utc).isoformat()
+    manifest.summary = summary.as_dict()
+    store.write_manifest(manifest)
     return summary
 
 
@@ -467,15 +501,17 @@ def _drive(
         info["tasks_per_busy_second"] = round(counts["tasks"] / busy, 3) if busy else None
 
 
-def _ensure_ray(address: str | None) -> None:
+def _ensure_ray(address: str | None, env: dict[str, str] | None = None) -> None:
+    """Connect to (or start) Ray; `env` (`rundir.store_env`) reaches every worker of this job."""
     if ray.is_initialized():
         return
+    runtime_env = {"env_vars": env} if env else None
     if address is None:
         # A local instance for this run only: no token under ~/.ray, no dashboard process.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
     else:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
 
 
 def _check_local_device(spec: SweepSpec, address: str | None) -> None:
@@ -570,15 +606,16 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def _manifest(spec: SweepSpec, run_id: str, summary: RunSummary) -> dict[str, Any]:
-    """Everything needed to reproduce the run: spec, code version, packages, machine."""
+def _manifest(spec: SweepSpec, run_id: str, summary: RunSummary, tasks: list[Task]) -> RunManifest:
+    """Everything needed to reproduce the run (spec, code version, packages, machine), and the
+    planned task counts `editsweep status` reads instead of re-planning."""
     versions = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return dict(
+    return RunManifest(
         run_id=run_id,
         started_at=datetime.now(timezone.utc).isoformat(),
         spec=spec.model_dump(mode="json"),
@@ -590,6 +627,7 @@ def _manifest(spec: SweepSpec, run_id: str, summary: RunSummary) -> dict[str, An
         devices=_devices(),
         n_tasks=summary.n_tasks,
         n_skipped=summary.n_skipped,
+        planned=planned_counts((t.method, t.dataset) for t in tasks),
     )
 
 

@@ -39,6 +39,7 @@ import torch
 
 from editsweep.bench.metrics.base import ScoreBatch, get_scorer_class
 from editsweep.bench.plan import Group, Task, Unit
+from editsweep.bench.rundir import check_marker as check_run_marker
 from editsweep.bench.spec import SweepSpec, load_spec
 from editsweep.bench.store import RunStore
 from editsweep.datasets.base import Sample, get_dataset_class, sample_labels
@@ -161,12 +162,18 @@ class SweepWorker:
     """Processes units of a sweep on one device with models loaded once."""
 
     def __init__(
-        self, spec: SweepSpec | dict[str, Any], run_dir: str, run_id: str, backbone_index: int = 0
+        self,
+        spec: SweepSpec | dict[str, Any],
+        run_dir: str,
+        run_id: str,
+        backbone_index: int = 0,
+        check_marker: bool | None = None,
     ) -> None:
         started = time.perf_counter()
         self.spec = spec if isinstance(spec, SweepSpec) else load_spec(spec)
         self.run_id = run_id
         self.store = RunStore(run_dir)
+        check_run_marker(self.store, run_id, check_marker)  # this node sees the driver's run directory
         use_cuda = self.spec.device == "cuda" or (self.spec.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda" if use_cuda else "cpu")
         first = self.spec.backbones[backbone_index % len(self.spec.backbones)]

@@ -1,7 +1,9 @@
 """The report stage: read a run's result rows, write summary, leaderboard and figures, log to MLflow.
 
 Everything comes from the run store (no model runs here) and lands in `<run_dir>/report/`,
-overwriting an earlier report; each build is a new MLflow run. A figure that cannot be drawn
+overwriting an earlier report; each build is a new MLflow run. A run directory on an object store
+(s3://bucket/run) is read in place and reported into a local folder (`report_dir`, default
+`./<run name>-report`), with the default MLflow database there too. A figure that cannot be drawn
 (a metric nobody scored, no ok row) is skipped with a note in the leaderboard and the result.
 """
 
@@ -49,6 +51,7 @@ def build_report(
     x: str = "lpips",
     y: str = "clip_t",
     reference_stats: str | None = None,
+    report_dir: str | Path | None = None,
 ) -> ReportResult:
     """Build the report of the run in `run_dir` and log it to MLflow (see `log_to_mlflow`).
 
@@ -58,19 +61,26 @@ def build_report(
     shows `y` against `x`. Set-level metrics (SFID, CSFID, FID, KID) come from stored Inception
     features and the reference stats file `reference_stats` (default: the dataset's
     `reference_stats` param in the spec), with a CSFID-LPIPS curve (`set_metrics.add_set_metrics`).
-    Raises ReportError when the run dir is not local, does not exist or has no result rows.
+    The files go to `report_dir`: default `<run_dir>/report`, or `./<run name>-report` for a run
+    dir on an object store, whose default MLflow database is then `<report_dir>/mlflow.db`.
+    Raises ReportError when the run dir does not exist or has no result rows.
     """
     store = RunStore(run_dir)
-    if not isinstance(store.fs, pafs.LocalFileSystem):
-        raise ReportError(f"reports are written into the run dir, which must be local; {run_dir!r} is not")
-    if not Path(store.root).is_dir():
-        raise ReportError(f"run dir {store.root} does not exist")
+    local = isinstance(store.fs, pafs.LocalFileSystem)
+    if store.fs.get_file_info(store.root).type != pafs.FileType.Directory:
+        raise ReportError(f"run dir {store.uri} does not exist")
     results = store.read_results()
     if results.empty:
-        raise ReportError(f"no results in run dir {store.root}: no result rows under {store.path('results')}")
+        raise ReportError(f"no results in run dir {store.uri}: no result rows under {store.path('results')}")
 
-    out = Path(store.path("report"))
+    if report_dir is not None:
+        out = Path(report_dir).expanduser().absolute()
+    elif local:
+        out = Path(store.path("report"))
+    else:
+        out = Path.cwd() / f"{store.root.rstrip('/').rsplit('/', 1)[-1]}-report"
     out.mkdir(parents=True, exist_ok=True)
+    mlflow_root = store.root if local else str(out)
     spec = _sweep_spec(store)
     summary, set_figures, notes = add_set_metrics(aggregate(results), results, spec, out, reference_stats)
     metrics = summary_metrics(summary)
@@ -102,10 +112,10 @@ def build_report(
     leaderboard_md.write_text(text)
     protocol_tables = write_protocol_tables(results, summary, out)
 
-    uri = resolve_tracking_uri(store.root, tracking_uri or spec.get("mlflow", {}).get("tracking_uri"))
+    uri = resolve_tracking_uri(mlflow_root, tracking_uri or spec.get("mlflow", {}).get("tracking_uri"))
     experiment = experiment or spec.get("mlflow", {}).get("experiment") or spec.get("name")
     params = {
-        "run_dir": store.root,
+        "run_dir": store.root if local else store.uri,
         "store_run_ids": ",".join(sorted(results["run_id"].dropna().unique())),
         "tasks": len(results),
         "error_tasks": int(results["status"].ne("ok").sum()),
@@ -118,11 +128,13 @@ def build_report(
     }
     artifacts = [p for p in (summary_csv, leaderboard_md, tradeoff_png, *set_figures, grid_png) if p is not None]
     artifacts += protocol_tables
-    run_id = log_to_mlflow(store.root, summary, artifacts, params, tracking_uri=uri, experiment=experiment)
+    run_id = log_to_mlflow(
+        store.root if local else store.uri, summary, artifacts, params, tracking_uri=uri, experiment=experiment
+    )
     return ReportResult(out, summary_csv, leaderboard_md, tradeoff_png, grid_png, run_id, uri, notes, set_figures)
 
 
 def _sweep_spec(store: RunStore) -> dict[str, Any]:
-    """The sweep spec in the run's newest manifest ({} when there is none)."""
+    """The sweep spec in the run's newest manifest ({} when there is none; ManifestError when unreadable)."""
     manifest = store.latest_manifest()
-    return (manifest or {}).get("spec") or {}
+    return manifest.spec if manifest is not None else {}

@@ -142,7 +142,7 @@ def test_actor_and_driver_kills_lose_and_duplicate_nothing(fake_gpu_ray, make_sp
     before = store.completed_task_keys()
     assert 0 < len(before) < 60
 
-    summary = run_sweep(spec, run_dir, progress=False)
+    summary = run_sweep(spec, run_dir, progress=False, break_lock=True)  # the killed driver left its lock
     assert summary.n_skipped == len(before) and summary.n_ok == 60 - len(before)
     rows = store.read_all_rows()
     ok = rows[rows["status"] == "ok"]

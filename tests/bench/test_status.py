@@ -29,3 +29,27 @@ def test_status_counts_done_failed_remaining_and_top_errors(make_spec, tmp_path)
 def test_status_of_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run manifest"):
         run_status(str(tmp_path))
+
+
+def test_status_reports_quarantined_files_and_the_lock_holder(make_spec, tmp_path):
+    from editsweep.bench.lock import RunLock
+
+    spec = make_spec([{"name": "copy"}], n=2)
+    tasks, _ = plan(spec)
+    store = RunStore(str(tmp_path))
+    store.write_json("manifests/r1.json", {"run_id": "r1", "spec": spec.model_dump(mode="json")})
+    store.write_rows([task_row(tasks[0], status="ok")])
+    store.write_rows([task_row(tasks[1], status="ok")])
+    bad = store.list_files("results")[1]
+    path = store.path(bad)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    store.completed_task_keys(quarantine=True, run_id="r2")
+    lock = RunLock(store, "r3").acquire()
+    status = run_status(str(tmp_path))
+    lock.release()
+    assert status["per_method"]["copy"] == {"done": 1, "remaining": 1}
+    assert [n["file"] for n in status["quarantined"]] == [bad]
+    text = format_status(status)
+    assert "quarantined: 1 unreadable result files" in text and bad in text and "magic bytes" in text
+    assert "locked by run r3" in text

@@ -3,6 +3,7 @@ from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from editsweep.bench.store import FILE_SCHEMA, RowBuffer, RunStore
@@ -123,3 +124,135 @@ def test_row_buffer_writes_batches_when_due_and_everything_on_flush(tmp_path, mo
     buffer.flush()
     buffer.flush()  # nothing left: no empty file
     assert len(store.list_files("results")) == 2 and len(store.read_results()) == 4
+
+
+def test_resume_check_reads_only_the_key_and_status_columns(tmp_path):
+    """A file whose other columns no longer match the schema still counts its ok tasks."""
+    store = RunStore(str(tmp_path))
+    store.write_rows([row("a")])
+    odd = pa.schema([("task_key", pa.string()), ("status", pa.string()), ("scores", pa.string())])
+    table = pa.Table.from_pylist([{"task_key": "b", "status": "ok", "scores": "not a map"}], schema=odd)
+    pq.write_table(table, store.path("results/method=copy/dataset=synthetic/part-odd.parquet"))
+    assert store.completed_task_keys() == {"a", "b"}
+
+
+def truncate_half(path):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def test_a_truncated_file_is_quarantined_and_its_tasks_recomputed(tmp_path):
+    store = RunStore(str(tmp_path))
+    store.write_rows([row("a"), row("b")])
+    store.write_rows([row("c")])
+    bad = next(f for f in store.list_files("results") if pq.read_table(store.path(f))["task_key"].to_pylist() == ["c"])
+    truncate_half(store.path(bad))
+    assert store.completed_task_keys() == {"a", "b"}  # a read-only check skips it and moves nothing
+    assert store.path(bad) in [store.path(f) for f in store.list_files("results")]
+    assert store.completed_task_keys(quarantine=True, run_id="r2") == {"a", "b"}
+    assert bad not in store.list_files("results")
+    notes = store.quarantined()
+    assert [n["file"] for n in notes] == [bad] and "magic bytes" in notes[0]["reason"]
+    assert notes[0]["run_id"] == "r2" and notes[0]["quarantined_at"]
+    assert f"quarantine/{bad}" in store.list_files("quarantine")
+    store.write_rows([row("c")])  # recomputed
+    store.write_rows([row("d")])
+    assert store.compact() == 3
+    assert set(store.read_results()["task_key"]) == {"a", "b", "c", "d"}
+
+
+def test_compaction_quarantines_an_unreadable_file_instead_of_failing(tmp_path):
+    store = RunStore(str(tmp_path))
+    for key in ("a", "b", "c"):
+        store.write_rows([row(key)])
+    bad = store.list_files("results")[0]
+    truncate_half(store.path(bad))
+    store.compact()
+    assert [n["file"] for n in store.quarantined()] == [bad]
+    assert store.compact() == 2  # the readable files merge on the next compaction
+    assert len(store.read_results()) == 2
+
+
+def test_two_compactions_of_the_same_files_do_not_fail(tmp_path, monkeypatch):
+    """The second compactor listed the files before the first deleted them: it skips what vanished."""
+    store, other = RunStore(str(tmp_path)), RunStore(str(tmp_path))
+    for i in range(4):
+        store.write_rows([row(f"k{i}"), row(f"s{i}", method="sdedit")])
+    stale = store.list_files("results")
+    other.compact()
+    monkeypatch.setattr(store, "list_files", lambda rel: stale if rel == "results" else RunStore.list_files(store, rel))
+    store.compact()
+    assert sorted(RunStore(str(tmp_path)).read_results()["task_key"]) == sorted(
+        [f"k{i}" for i in range(4)] + [f"s{i}" for i in range(4)]
+    )
+
+
+def test_compaction_merges_in_batches_and_keeps_features(tmp_path):
+    store = RunStore(str(tmp_path))
+    for i in range(6):
+        store.write_rows([row(f"k{i}-{j}", features={"f": [float(i)] * 4}) for j in range(10)])
+    assert store.compact(batch_rows=16) == 6
+    (merged,) = store.list_files("results")
+    assert pq.ParquetFile(store.path(merged)).metadata.num_row_groups == 3  # 60 rows gathered into groups of >= 16
+    features = store.read_results().set_index("task_key")["features"]
+    assert list(features["k5-3"]["f"]) == [5.0] * 4
+
+
+def test_row_buffer_compacts_every_so_many_files(tmp_path):
+    store = RunStore(str(tmp_path))
+    buffer = RowBuffer(store, max_rows=1, max_seconds=60.0, compact_every=3)
+    for i in range(7):
+        buffer.add([row(f"k{i}")])
+        buffer.flush()
+    # two periodic compactions (after files 3 and 6) merged the small files; file 7 waits for the next
+    assert buffer.files_compacted == 6
+    assert len(store.list_files("results")) == 3
+    assert len(store.read_results()) == 7
+
+
+def test_periodic_compaction_leaves_merged_files_alone_and_the_final_one_merges_all(tmp_path):
+    store = RunStore(str(tmp_path))
+    for i in range(4):
+        store.write_rows([row(f"k{i}")])
+    store.compact(small_only=True)
+    store.write_rows([row("k4")])
+    store.write_rows([row("k5")])
+    assert store.compact(small_only=True) == 2
+    assert len(store.list_files("results")) == 2
+    assert store.compact() == 2 and len(store.list_files("results")) == 1
+    assert len(store.read_results()) == 6
+
+
+def test_no_temporary_file_is_ever_read_as_results(tmp_path):
+    store = RunStore(str(tmp_path))
+    store.write_rows([row("a")])
+    folder = store.path("results/method=copy/dataset=synthetic")
+    with open(f"{folder}/.tmp-half-written.parquet", "wb") as f:
+        f.write(b"PAR1 not finished")
+    assert store.completed_task_keys() == {"a"} and len(store.read_results()) == 1
+    assert store.compact() == 0
+
+
+@pytest.mark.slow
+def test_a_run_quarantines_a_truncated_file_recomputes_its_tasks_and_compacts(
+    ray_session, make_spec, run_invariants, tmp_path
+):
+    from editsweep.bench.plan import plan
+    from editsweep.bench.runner import run_sweep
+    from editsweep.bench.status import format_status, run_status
+
+    spec = make_spec([{"name": "copy"}, {"name": "faulty", "invert": {}}], n=3)
+    run_dir = tmp_path / "run"
+    assert run_sweep(spec, run_dir, progress=False).n_ok == 6
+    store = RunStore(str(run_dir))
+    (bad,) = [f for f in store.list_files("results") if "method=faulty" in f]  # compacted: one file per partition
+    truncate_half(store.path(bad))
+
+    again = run_sweep(spec, run_dir, progress=False)
+    assert (again.n_skipped, again.n_ok, again.n_error) == (3, 3, 0)  # the faulty partition's tasks ran again
+    assert store.latest_manifest().quarantined == [bad] and store.latest_manifest().finished_at
+    assert len(store.result_files()) == 2 and f"quarantine/{bad}" in store.list_files("quarantine")
+    run_invariants(run_dir, {t.task_key for t in plan(spec)[0]})
+    text = format_status(run_status(str(run_dir)))
+    assert "6 tasks, 6 done" in text and "quarantined: 1 unreadable result files" in text and bad in text
