@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             "reference-stats": _reference_stats,
         }
         return commands[args.command](args)
+    except KeyboardInterrupt:
+        print(f"editsweep {args.command}: interrupted; finished rows are stored, run again to resume", file=sys.stderr)
+        return 130
     except Exception as err:  # noqa: BLE001 - user-facing errors become one clear message
         from editsweep.bench.spec import SpecError
 

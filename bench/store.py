@@ -134,9 +134,14 @@ class RunStore:
         except FileNotFoundError:
             pass
 
-    def write_input(self, dataset: str, sample_id: str, image: Image.Image) -> str:
-        """Store a sample's input at the backbone's resolution once; returns its relative path."""
-        digest = hashlib.sha256(f"{dataset}/{sample_id}".encode()).hexdigest()[:16]
+    def write_input(self, dataset: str, sample_id: str, image: Image.Image, dataset_params: str = "{}") -> str:
+        """Store a sample's input at the backbone's resolution once; returns its relative path.
+
+        The name hashes the dataset instance (name and canonical params) and the size, so two
+        instances of one dataset, or two backbones of different resolutions, keep their own inputs.
+        """
+        key = f"{dataset}/{dataset_params}/{image.size[0]}x{image.size[1]}/{sample_id}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         rel = f"inputs/{dataset}/{digest}.png"
         if self.fs.get_file_info(self.path(rel)).type == pafs.FileType.NotFound:
             buf = io.BytesIO()

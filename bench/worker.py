@@ -290,7 +290,7 @@ class SweepWorker:
             edit_points=[t.edit_params for t in groups[0].tasks],
             state=state,
             sources=images_tensor(samples, self.device),
-            inputs=[self.store.write_input(g.head.dataset, s.id, s.image) for g, s in loaded],
+            inputs=[self.store.write_input(g.head.dataset, s.id, s.image, g.head.dataset_params) for g, s in loaded],
             invert_s=invert_s,
         )
 

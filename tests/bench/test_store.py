@@ -75,6 +75,18 @@ def test_images_inputs_and_json(tmp_path):
     assert store.read_json("manifests/r.json") == {"a": 1}
 
 
+def test_inputs_of_two_dataset_instances_or_sizes_do_not_overwrite_each_other(tmp_path):
+    """Same dataset name and sample id, other params (item 11) or another backbone resolution."""
+    store = RunStore(str(tmp_path))
+    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    a = store.write_input("synthetic", "syn-0000", red, '{"n":2,"seed":0}')
+    b = store.write_input("synthetic", "syn-0000", blue, '{"n":2,"seed":1}')
+    c = store.write_input("synthetic", "syn-0000", Image.new("RGB", (16, 16), (0, 255, 0)), '{"n":2,"seed":0}')
+    assert len({a, b, c}) == 3
+    assert store.read_image(a).getpixel((0, 0)) == (255, 0, 0)
+    assert store.read_image(b).getpixel((0, 0)) == (0, 0, 255)
+
+
 def test_a_filesystem_uri_works_like_a_path(tmp_path):
     store = RunStore(f"file://{tmp_path}")
     store.write_rows([row("a")])
