@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow.fs as pafs
 
 from editsweep.bench.store import RunStore
@@ -83,6 +84,7 @@ def build_report(
     mlflow_root = store.root if local else str(out)
     spec = _sweep_spec(store)
     summary, set_figures, notes = add_set_metrics(aggregate(results), results, spec, out, reference_stats)
+    notes += pooled_instance_notes(results)
     metrics = summary_metrics(summary)
     if not metrics:
         notes.append(f"no scores: none of the {len(results)} tasks has an ok row with scores")
@@ -132,6 +134,22 @@ def build_report(
         store.root if local else store.uri, summary, artifacts, params, tracking_uri=uri, experiment=experiment
     )
     return ReportResult(out, summary_csv, leaderboard_md, tradeoff_png, grid_png, run_id, uri, notes, set_figures)
+
+
+def pooled_instance_notes(results: pd.DataFrame) -> list[str]:
+    """One note per dataset name whose rows come from several instances (other params).
+
+    Tasks of two instances are distinct (bench/plan.py), but tables and plots group by dataset
+    name, so their numbers are pooled; the note says so rather than letting it pass unseen.
+    """
+    if "dataset_params" not in results:
+        return []
+    counts = results.groupby("dataset")["dataset_params"].nunique()
+    return [
+        f"dataset {name} has {n} instances (entries with different params); tables and plots pool them"
+        for name, n in counts.items()
+        if n > 1
+    ]
 
 
 def _sweep_spec(store: RunStore) -> dict[str, Any]:

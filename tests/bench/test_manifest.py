@@ -14,7 +14,6 @@ from editsweep.bench.status import run_status
 from editsweep.bench.store import RunStore
 from editsweep.bench.worker import task_row
 
-PLUGIN = Path(__file__).parent / "plugins" / "faulty_methods.py"
 
 
 def test_a_garbage_manifest_names_its_file_in_status_and_report(tmp_path, capsys):
@@ -51,7 +50,12 @@ def test_status_needs_neither_the_datasets_nor_the_plugins(tmp_path):
     from PIL import Image
 
     plugin = tmp_path / "my_methods.py"
-    shutil.copy(PLUGIN, plugin)
+    # A plugin of its own (a copy of the shared test plugin would register its names twice).
+    plugin.write_text(
+        "from editsweep.methods.base import register_method\n"
+        "from editsweep.methods.ddim_edit import DDIMEdit\n\n\n"
+        "@register_method\nclass GoneDDIM(DDIMEdit):\n    name = 'gone_ddim'\n"
+    )
     root = tmp_path / "tedbench"
     (root / "originals").mkdir(parents=True)
     for name in ("a.png", "b.png"):
@@ -62,7 +66,7 @@ def test_status_needs_neither_the_datasets_nor_the_plugins(tmp_path):
     spec = load_spec({
         "name": "gone", "imports": [str(plugin)],
         "datasets": [{"name": "tedbench", "params": {"root": str(root)}}],
-        "methods": [{"name": "counting_ddim", "edit": {"guidance": [1.0, 7.5]}}, {"name": "copy"}],
+        "methods": [{"name": "gone_ddim", "edit": {"guidance": [1.0, 7.5]}}, {"name": "copy"}],
         "metrics": {"psnr": {}},
     })  # fmt: skip
     tasks, _ = plan(spec)
@@ -73,7 +77,7 @@ def test_status_needs_neither_the_datasets_nor_the_plugins(tmp_path):
     assert summary.n_skipped == 6
     manifest = store.latest_manifest()
     assert {(p.method, p.dataset, p.tasks) for p in manifest.planned} == {
-        ("counting_ddim", "tedbench", 4),
+        ("gone_ddim", "tedbench", 4),
         ("copy", "tedbench", 2),
     }
     # a later run of the same directory failed some tasks, written as its rows
@@ -83,4 +87,4 @@ def test_status_needs_neither_the_datasets_nor_the_plugins(tmp_path):
     shutil.rmtree(root)
     status = run_status(str(run_dir))
     assert status["spec"] == "gone" and status["tasks"] == 6 and status["finished"]
-    assert status["per_method"] == {"counting_ddim": {"done": 4}, "copy": {"done": 2}}  # ok beats a later error
+    assert status["per_method"] == {"gone_ddim": {"done": 4}, "copy": {"done": 2}}  # ok beats a later error

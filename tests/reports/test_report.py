@@ -89,3 +89,11 @@ def test_empty_or_missing_run_dir_is_a_clear_error(tmp_path):
     with pytest.raises(ReportError, match="does not exist"):
         build_report(str(tmp_path / "nope"))
     assert not (tmp_path / "report").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_dataset_with_two_instances_is_named_in_the_notes(run_factory, rows_factory):
+    rows = rows_factory()
+    for i, row in enumerate(rows):
+        row["dataset_params"] = '{"n":4}' if i % 2 else '{"n":8}'
+    result = build_report(run_factory(rows).root)
+    assert any("has 2 instances" in note for note in result.notes)
