@@ -26,7 +26,6 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from editsweep.bench.spec import SweepSpec, canonical_json
 from editsweep.datasets.base import get_dataset_class

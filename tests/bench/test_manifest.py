@@ -1,7 +1,6 @@
 """The typed run manifest (bench/manifest.py) and what `status` and `report` make of bad ones."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, register_scorer
 
