@@ -93,7 +93,7 @@ class MethodSpec(_Strict):
 class ExecutionSpec(_Strict):
     """How the sweep runs on the Ray cluster."""
 
-    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    workers: int | Literal["auto"] = Field(
         "auto", description="actors (at least 1); auto = GPUs / gpus_per_worker, else 1"
     )
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -116,6 +116,14 @@ class ExecutionSpec(_Strict):
         description="an actor Ray cannot place on a node this long is dropped (loading models has no "
         "deadline); the run fails if none is placed",
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _positive_workers(cls, value: Any) -> Any:
+        # One message instead of pydantic's two (one per branch of the union).
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"workers is a number of actors (at least 1) or 'auto'")
+        return value
 
 
 class MlflowSpec(_Strict):
