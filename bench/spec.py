@@ -122,7 +122,7 @@ class ExecutionSpec(_Strict):
     def _positive_workers(cls, value: Any) -> Any:
         # One message instead of pydantic's two (one per branch of the union).
         if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise ValueError(f"workers is a number of actors (at least 1) or 'auto'")
+            raise ValueError("workers is a number of actors (at least 1) or 'auto'")
         return value
 
 
