@@ -68,3 +68,46 @@ def run_invariants():
         return latest
 
     return check
+
+
+@pytest.fixture
+def spawn_driver(tmp_path):
+    """Starts `editsweep run` for a validated spec as a subprocess driver on the test's Ray.
+
+    Call as `spawn_driver(spec, run_dir)`; returns the Popen. For tests that kill or interrupt
+    a driver, or run two at once. The caller waits for it (or kills it).
+    """
+    import os
+    import subprocess
+    import sys
+
+    import ray
+    import yaml
+
+    def spawn(spec, run_dir: Path) -> subprocess.Popen:
+        spec_file = tmp_path / f"spec-{run_dir.name}.yaml"
+        spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+        command = [
+            sys.executable, "-m", "editsweep.bench.cli", "run", str(spec_file), "--out", str(run_dir),
+            "--address", ray.get_runtime_context().gcs_address, "--quiet", "--no-report",
+        ]  # fmt: skip
+        return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    return spawn
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    """Poll an outside process's progress (a file it writes) until `condition()` holds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(name="wait_for")
+def wait_for_fixture():
+    """`wait_for(condition, timeout, what)`: poll until a condition on another process holds."""
+    return wait_for

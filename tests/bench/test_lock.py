@@ -4,7 +4,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -150,11 +149,9 @@ def test_cli_break_lock(make_spec, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_second_driver_on_a_running_sweep_is_refused_and_the_first_completes(
-    ray_session, make_spec, run_invariants, tmp_path
+    ray_session, make_spec, run_invariants, spawn_driver, tmp_path
 ):
     """Fault injection: a second driver while the first runs; the first's run stays exact."""
-    import ray
-    import yaml
 
     log = tmp_path / "executions.log"
     spec = make_spec(
@@ -162,13 +159,8 @@ def test_a_second_driver_on_a_running_sweep_is_refused_and_the_first_completes(
         n=6,
         execution={"workers": 1, "batch_size": 1, "flush_seconds": 0},
     )
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     run_dir = tmp_path / "run"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "editsweep.bench.cli", "run", str(spec_file), "--out", str(run_dir),
-         "--address", ray.get_runtime_context().gcs_address, "--quiet", "--no-report"],
-    )  # fmt: skip
+    driver = spawn_driver(spec, run_dir)
     try:
         deadline = time.monotonic() + 120
         while not (log.exists() and log.read_text()):  # the first driver holds the lock and runs units

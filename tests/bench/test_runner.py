@@ -103,7 +103,7 @@ def test_fake_gpus_one_actor_per_gpu_share_and_throughput(fake_gpu_ray, make_spe
     assert all(w["tasks_per_busy_second"] > 0 for w in summary.workers)
 
 
-def test_actor_and_driver_kills_lose_and_duplicate_nothing(fake_gpu_ray, make_spec, tmp_path):
+def test_actor_and_driver_kills_lose_and_duplicate_nothing(fake_gpu_ray, make_spec, spawn_driver, tmp_path):
     """Fake GPUs: actors killed three times mid-sweep, then the driver; a re-run completes the sweep.
 
     Executions (one log line per edited image) stay within the task count plus the work that was
@@ -111,13 +111,6 @@ def test_actor_and_driver_kills_lose_and_duplicate_nothing(fake_gpu_ray, make_sp
     The driver writes each unit's rows as it returns (`flush_seconds: 0`), so that bound is exact;
     with a flush window, a driver kill also recomputes the units of its last window.
     """
-    import os
-    import subprocess
-    import sys
-
-    import ray
-    import yaml
-
     log, pid_file = tmp_path / "executions.log", tmp_path / "driver.pid"
     invert = {
         "log": str(log), "sleep_ms": 50, "kill_worker_at": [3, 9, 15], "kill_driver_at": 30,
@@ -126,15 +119,8 @@ def test_actor_and_driver_kills_lose_and_duplicate_nothing(fake_gpu_ray, make_sp
     execution = {"workers": 4, "gpus_per_worker": 1, "cpus_per_worker": 0.25, "batch_size": 1, "max_in_flight": 2,
                  "max_retries": 3, "flush_seconds": 0}  # fmt: skip
     spec = make_spec([{"name": "stub", "invert": invert, "edit": {}}], n=60, execution=execution)
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     run_dir = tmp_path / "run"
-
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "editsweep.bench.cli", "run", str(spec_file), "--out", str(run_dir),
-         "--address", ray.get_runtime_context().gcs_address, "--quiet", "--no-report"],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    driver = spawn_driver(spec, run_dir)
     pid_file.write_text(str(driver.pid))
     assert driver.wait(timeout=300) == -9  # SIGKILL from the stub, mid-sweep
     assert all((tmp_path / f"executions.log.worker-{n}").exists() for n in (3, 9, 15))  # the actor kills happened

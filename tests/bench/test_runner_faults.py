@@ -27,15 +27,6 @@ def _keys(spec, samples=None):
     return {t.task_key for t in tasks if samples is None or t.sample_id in samples}
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
-    """Poll an outside process's progress (a file it writes) until `condition()` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("workers", [0, -2])
 def test_workers_below_one_is_a_spec_error(make_spec, workers):
     with pytest.raises(SpecError, match=r"execution\.workers"):
@@ -160,24 +151,17 @@ def test_an_injected_ray_out_of_memory_error_is_a_dead_worker(
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_the_driver_within_seconds_and_stores_finished_rows(ray_session, make_spec, tmp_path):
+def test_ctrl_c_ends_the_driver_within_seconds_and_stores_finished_rows(
+    ray_session, make_spec, spawn_driver, wait_for, tmp_path
+):
     """SIGINT mid-sweep: the driver exits within seconds, with its buffered rows flushed."""
-    import ray
-    import yaml
-
     log = tmp_path / "executions.log"
     execution = {"workers": 1, "batch_size": 1, "max_in_flight": 1, "flush_seconds": 600, "flush_rows": 10_000}
     spec = make_spec([{"name": "stub", "invert": {"log": str(log), "sleep_ms": 300}}], n=40, execution=execution)
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     run_dir = tmp_path / "run"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "editsweep.bench.cli", "run", str(spec_file), "--out", str(run_dir),
-         "--address", ray.get_runtime_context().gcs_address, "--quiet", "--no-report"],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    driver = spawn_driver(spec, run_dir)
     try:
-        _wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 5, 180, "five edits")
+        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 5, 180, "five edits")
         executed = len(log.read_text().splitlines())
         sent = time.monotonic()
         driver.send_signal(signal.SIGINT)
