@@ -101,8 +101,8 @@ def _run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     out = resolve_run_dir(args.out or f"runs/{spec.name}")
-    check_run_dir(out, create=False)  # a file, an unwritable folder or a missing bucket: before Ray starts
     if args.dry_run:
+        check_run_dir(out, create=False)  # a file, an unwritable folder or a missing bucket (run_sweep checks too)
         return _dry_run(spec, out)
     summary = run_sweep(spec, out, address=args.address, progress=not args.quiet, break_lock=args.break_lock)
     print(

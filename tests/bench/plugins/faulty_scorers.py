@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
-
-from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, register_scorer
+from editsweep.bench.metrics.base import ScoreBatch, ScorerParams, register_scorer
+from editsweep.bench.metrics.pixel import _PixelScorer
 
 
 class FlakyParams(ScorerParams):
@@ -16,21 +16,13 @@ class FlakyParams(ScorerParams):
 
 
 @register_scorer
-class Flaky(Scorer):
+class Flaky(_PixelScorer):
     name = "flaky"
     Params = FlakyParams
 
     def __init__(self, params, device) -> None:
         super().__init__(params, device)
         self.calls = 0
-
-    @property
-    def random_weights(self) -> bool:
-        return False
-
-    @property
-    def weights_source(self) -> str:
-        return "none"
 
     def score(self, edited, sources, samples) -> ScoreBatch:
         self.calls += 1
