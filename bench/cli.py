@@ -71,6 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", help="where to write the run and bench.json (default: a temporary directory)")
     bench.add_argument("--backbone", help="replace the spec's backbone, e.g. sd-v1-arch on a GPU")
 
+    toy = sub.add_parser("toy", help="the toy world's models: train them (toy/train.py)")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True)
+    toy_train = toy_sub.add_parser("train", help="train the toy VAE, UNet + text encoder and CLIP into a folder")
+    toy_train.add_argument("--out", type=Path, required=True, help="folder for the weights, loss.png and train.json")
+    from editsweep.toy.train import TrainConfig
+
+    for name, field in TrainConfig.model_fields.items():
+        toy_train.add_argument(
+            f"--{name.replace('_', '-')}", type=type(field.default), default=field.default, help=field.description
+        )
+
     args = parser.parse_args(argv)
     try:
         commands = {
@@ -80,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             "list": _list,
             "bench": _bench,
             "reference-stats": _reference_stats,
+            "toy": _toy,
         }
         return commands[args.command](args)
     except KeyboardInterrupt:
@@ -92,6 +104,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"editsweep {args.command}: error: {err}", file=sys.stderr)
             return 2
         raise
+
+
+def _toy(args: argparse.Namespace) -> int:
+    from editsweep.toy.train import TrainConfig, train_all
+
+    config = TrainConfig(**{name: getattr(args, name) for name in TrainConfig.model_fields})
+    info = train_all(args.out, config)
+    total = sum(stage["seconds"] for stage in info.values())
+    print(f"toy models trained in {total / 60:.1f} min -> {args.out} (loss curves: {args.out / 'loss.png'})")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
