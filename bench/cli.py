@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     toy_train = toy_sub.add_parser("train", help="train the toy VAE, UNet + text encoder and CLIP into a folder")
     toy_train.add_argument("--out", type=Path, required=True, help="folder for the weights, loss.png and train.json")
-    from editsweep.toy.train import TrainConfig
+    from editsweep.toy.config import TrainConfig
 
     for name, field in TrainConfig.model_fields.items():
         toy_train.add_argument(
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _toy(args: argparse.Namespace) -> int:
-    from editsweep.toy.train import TrainConfig, train_all
+    from editsweep.toy.config import TrainConfig
+    from editsweep.toy.train import train_all
 
     config = TrainConfig(**{name: getattr(args, name) for name in TrainConfig.model_fields})
     info = train_all(args.out, config)

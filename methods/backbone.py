@@ -7,6 +7,10 @@ tested without downloading anything:
   conditioned so that it behaves like a trained model where tests need it (see `_condition`);
 - `sd-v1-arch`: the full-size SD v1 architecture (512 px), for speed and memory measurements.
 
+The `toy` preset is trained, not random: the SD-shaped models of `toy/models.py`, trained on the
+toy world (`toy/train.py`) and shipped with the package. Edits on it are real, but its numbers are
+about the toy world only; its weights source starts with `toy:` so that reports can say so.
+
 Real weights load from safetensors only. Offline (`HF_HUB_OFFLINE=1`) a missing model is an error
 that names what is missing and how to provide it.
 """
@@ -27,7 +31,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from editsweep.methods.hub import hf_offline
 
-PRESETS = ("tiny", "sd-v1-arch")
+PRESETS = ("tiny", "sd-v1-arch")  # seeded random weights
+TRAINED_PRESETS = ("toy",)  # weights shipped in the package (toy/weights/)
+TOY_WEIGHTS_PREFIX = "toy:"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # The DDIM schedule Stable Diffusion 1.x/2.x were trained with.
@@ -59,6 +65,7 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype
     random_weights: bool
+    source: str = ""  # where trained weights came from, when the name alone does not say
 
     @property
     def resolution(self) -> int:
@@ -73,7 +80,9 @@ class Backbone:
     @property
     def weights_source(self) -> str:
         """Recorded in every row: where the backbone's weights came from."""
-        return f"{self.name}:random" if self.random_weights else self.name
+        if self.random_weights:
+            return f"{self.name}:random"
+        return self.source or self.name
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -106,7 +115,10 @@ def load_backbone(
     """A backbone from a preset name, a local diffusers folder, or a Hugging Face Hub id."""
     device = torch.device(device)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    if name == "tiny":
+    source = ""
+    if name == "toy":
+        parts, source = _load_toy()
+    elif name == "tiny":
         parts = _build_tiny(seed)
     elif name == "sd-v1-arch":
         parts = _build_sd_v1_arch(seed)
@@ -127,6 +139,7 @@ def load_backbone(
         device=device,
         dtype=dtype,
         random_weights=name in PRESETS,
+        source=source,
     )
 
 
@@ -142,7 +155,7 @@ def backbone_source(name: str, base_dir: Path | None = None) -> Literal["preset"
     backslash, or not of the Hub's `org/name` shape (e.g. `a/b/c`) - so that a missing folder is
     reported as missing instead of being looked up on the Hub.
     """
-    if name in PRESETS:
+    if name in PRESETS or name in TRAINED_PRESETS:
         return "preset"
     path = Path(name).expanduser()
     if name.startswith((".", "~")) or "\\" in name or path.is_absolute() or not _HUB_ID.match(name):
@@ -204,7 +217,7 @@ def _missing_message(source: str, is_folder: bool) -> str:
         f"downloaded here. Download them where there is a network "
         f"(`huggingface-cli download {source} --include '*.safetensors' '*.json' '*.txt'`), "
         "or give a local diffusers folder as the backbone, or use the offline presets "
-        f"{', '.join(PRESETS)}"
+        f"{', '.join(TRAINED_PRESETS + PRESETS)}"
     )
 
 
@@ -227,6 +240,18 @@ def clip_bpe_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(
         vocab={token: i for i, token in enumerate(vocab)}, merges=merges, model_max_length=77
     )
+
+
+def _load_toy():
+    """The trained toy backbone's parts and its weights source, `toy:<digest of the weights>`."""
+    from editsweep.toy.models import WEIGHTS_DIR, load_backbone_parts, weights_digest
+
+    try:
+        unet, vae, text_encoder, scheduler = load_backbone_parts(WEIGHTS_DIR)
+    except FileNotFoundError as err:
+        raise BackboneLoadError(str(err)) from err
+    source = f"{TOY_WEIGHTS_PREFIX}{weights_digest(WEIGHTS_DIR)}"
+    return (unet, vae, text_encoder, clip_bpe_tokenizer(), scheduler), source
 
 
 @contextlib.contextmanager

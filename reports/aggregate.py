@@ -56,6 +56,13 @@ METRIC_INFO: dict[str, MetricInfo] = {
 }
 
 
+
+def uses_toy_weights(weights: pd.Series) -> bool:
+    """Whether any row's `weights` names a model trained on the toy world (a `toy:` source)."""
+    from editsweep.methods.backbone import TOY_WEIGHTS_PREFIX
+
+    return bool(weights.fillna("").str.contains(f"={TOY_WEIGHTS_PREFIX}", regex=False).any())
+
 def metric_info(name: str) -> MetricInfo:
     """The registry entry of `name`, also for variants like "lpips_vgg"; unknown: no direction."""
     for key in sorted(METRIC_INFO, key=len, reverse=True):

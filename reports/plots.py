@@ -23,9 +23,20 @@ from editsweep.reports.aggregate import (
     pareto_front,
     sort_points,
     summary_metrics,
+    uses_toy_weights,
 )
 
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: not comparable to published numbers"
+TOY_WEIGHTS_NOTE = "TOY WEIGHTS (trained on the toy world): not comparable to published numbers"
+
+
+def weights_note(frame: pd.DataFrame) -> str | None:
+    """The warning a figure of these rows carries: random weights first, then toy weights, else None."""
+    if frame["random_weights"].eq(True).any():
+        return RANDOM_WEIGHTS_NOTE
+    if uses_toy_weights(frame["weights"]):
+        return TOY_WEIGHTS_NOTE
+    return None
 
 
 def axis_label(metric: str) -> str:
@@ -109,9 +120,8 @@ def _draw_tradeoff(ax: Axes, summary: pd.DataFrame, x: str, y: str) -> None:
     ci = summary.attrs.get("ci")
     title = f"{metric_info(y).display} vs {metric_info(x).display}"
     title += f" (error bars: {ci:.0%} bootstrap CI)" if ci else " (error bars: bootstrap CI)"
-    if summary["random_weights"].any():
-        title = f"{RANDOM_WEIGHTS_NOTE}\n{title}"
-    ax.set_title(title, color="darkred" if summary["random_weights"].any() else "black")
+    note = weights_note(summary)
+    ax.set_title(f"{note}\n{title}" if note else title, color="darkred" if note else "black")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -164,8 +174,8 @@ def image_grid(
             rel = cells.get((*(getattr(col, k) for k in col_keys), sample.dataset, sample.sample_id))
             title = textwrap.fill(f"{col.method} {col.label}", 22) if r == 0 else ""
             _show(axes[r, c], *_load(store, rel), title)
-    if results["random_weights"].eq(True).any():
-        fig.suptitle(RANDOM_WEIGHTS_NOTE, color="darkred", fontsize=9)
+    if note := weights_note(results):
+        fig.suptitle(note, color="darkred", fontsize=9)
     fig.savefig(path, dpi=100)
     return Path(path)
 

@@ -26,7 +26,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from editsweep.reports.aggregate import POINT_KEYS, summary_metrics  # noqa: E402
+from editsweep.reports.aggregate import POINT_KEYS, summary_metrics, uses_toy_weights  # noqa: E402
 
 DEFAULT_EXPERIMENT = "editsweep"
 _MAX_KEY = 250  # MLflow's limit on metric and param names
@@ -114,7 +114,11 @@ def log_to_mlflow(
     run = client.create_run(
         experiment_id,
         run_name=f"report {Path(run_dir.rstrip('/')).name}",
-        tags={"editsweep.run_dir": run_dir, "editsweep.random_weights": str(bool(summary["random_weights"].any()))},
+        tags={
+            "editsweep.run_dir": run_dir,
+            "editsweep.random_weights": str(bool(summary["random_weights"].any())),
+            "editsweep.toy_weights": str(uses_toy_weights(summary["weights"])),
+        },
     )
     run_id = run.info.run_id
     try:

@@ -14,6 +14,7 @@ dominate) and loaded as float32.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,12 @@ def save_clip(folder: Path, model: torch.nn.Module) -> None:
     config = {"model_cfg": CLIP_CONFIG, "preprocess_cfg": CLIP_PREPROCESS}
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=1) + "\n")
     save_part(model, folder / "open_clip_model.safetensors")
+
+
+def weights_digest(folder: Path) -> str:
+    """The first 12 hex digits of a sha256 over the backbone's weight files (recorded in rows)."""
+    digest = hashlib.sha256()
+    for name in (*BACKBONE_PARTS, "backbone"):
+        path = folder / f"{name}.{'json' if name == 'backbone' else 'safetensors'}"
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]

@@ -34,7 +34,8 @@ _HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"  # and its safetensors alt
 
 
 class ClipTParams(ScorerParams):
-    """open_clip architecture and pretrained tag; `weights` as in `ScorerParams`.
+    """open_clip architecture and pretrained tag; `weights` as in `ScorerParams`, or "toy": the toy
+    CLIP trained on the toy world (`toy/train.py`), for runs on the `shapes` dataset.
 
     A `weights` path is either an open_clip checkpoint file for `model` (.safetensors/.bin/.pt),
     or a folder (optionally written "local-dir:/path") with `open_clip_config.json` and weights, in
@@ -120,6 +121,16 @@ def resolve_pretrained_checkpoint(model: str, tag: str, scorer: str = "CLIP-T") 
     raise missing(f"download failed: {error}") from error
 
 
+TOY_CLIP_SOURCE = "toy:clip"
+
+
+def toy_clip_dir() -> Path:
+    """The toy CLIP's open_clip folder, shipped with the package (trained by `toy/train.py`)."""
+    from editsweep.toy.models import CLIP_FOLDER, WEIGHTS_DIR
+
+    return WEIGHTS_DIR / CLIP_FOLDER
+
+
 def _local_dir(weights: str) -> Path | None:
     """The folder when `weights` names an open_clip model folder, else None."""
     path = Path(weights.removeprefix(_LOCAL_DIR)).expanduser()
@@ -202,6 +213,9 @@ class ClipTScorer(Scorer):
             checkpoint = resolve_pretrained_checkpoint(p.model, p.pretrained_tag)
             model = open_clip.create_model(p.model, pretrained=checkpoint, **tag_kwargs)
             self._source, tokenizer_name = f"{p.model}:{p.pretrained_tag}", p.model
+        elif p.weights == "toy":
+            model, _, tokenizer_name = load_local_clip(p.model, str(toy_clip_dir()), tag_kwargs)
+            self._source = TOY_CLIP_SOURCE
         else:
             model, self._source, tokenizer_name = load_local_clip(p.model, p.weights, tag_kwargs)
         self.model = model.to(device).eval()
@@ -214,7 +228,7 @@ class ClipTScorer(Scorer):
 
     @property
     def weights_source(self) -> str:
-        """'ViT-L-14:openai', 'ViT-L-14:random', 'ViT-L-14:/path/file' or 'local-dir:/path'."""
+        """'ViT-L-14:openai', 'ViT-L-14:random', 'ViT-L-14:/path/file', 'local-dir:/path' or 'toy:clip'."""
         return self._source
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
