@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             f"--{name.replace('_', '-')}", type=type(field.default), default=field.default, help=field.description
         )
 
+    toy_eval = toy_sub.add_parser("eval", help="acceptance checks of the shipped toy models (toy/evaluate.py)")
+    toy_eval.add_argument("--out", type=Path, default=Path("runs/toy-eval"), help="folder for eval.json and pictures")
+    toy_eval.add_argument("--spec", type=Path, default=Path("configs/toy-color-swap.yaml"), help="colour-swap sweep")
+    toy_eval.add_argument(
+        "--checks", nargs="+", default=list(TOY_CHECKS), choices=TOY_CHECKS, help="which checks to run (default all)"
+    )
+
     args = parser.parse_args(argv)
     try:
         commands = {
@@ -106,7 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+TOY_CHECKS = ("vae", "generation", "reconstruction", "clip", "color_swap")
+
+
 def _toy(args: argparse.Namespace) -> int:
+    if args.toy_command == "eval":
+        from editsweep.toy.evaluate import run_all
+
+        figures = run_all(args.out, args.spec, args.checks)
+        print(json.dumps({k: v for k, v in figures.items() if k != "color_swap"}, indent=1))
+        if "color_swap" in figures:
+            print(_csv_table(args.out / "color_swap.csv"))
+        print(f"-> {args.out / 'eval.json'}")
+        return 0
     from editsweep.toy.config import TrainConfig
     from editsweep.toy.train import train_all
 
@@ -115,6 +134,13 @@ def _toy(args: argparse.Namespace) -> int:
     total = sum(stage["seconds"] for stage in info.values())
     print(f"toy models trained in {total / 60:.1f} min -> {args.out} (loss curves: {args.out / 'loss.png'})")
     return 0
+
+
+def _csv_table(csv: Path) -> str:
+    """A CSV file as an aligned text table."""
+    import pandas as pd
+
+    return pd.read_csv(csv).to_string(index=False, max_colwidth=60)
 
 
 def _run(args: argparse.Namespace) -> int:
