@@ -1,0 +1,1 @@
+"""The toy world (scenes, renderer, captions, edits), its pixel detector and the toy models trained on it."""
