@@ -207,7 +207,7 @@ def _fit_object(alpha: np.ndarray, mask: np.ndarray, others: np.ndarray, color: 
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     mx, my = (soft * xs).sum() / weight, (soft * ys).sum() / weight
     std = np.sqrt(((soft * ((xs - mx) ** 2 + (ys - my) ** 2)).sum() / weight))
-    best: tuple[float, str, float, float, float] | None = None
+    best = (-1.0, world.SHAPES[0], mx, my, std)  # (iou, shape, cx, cy, extent): any template beats it
     for shape in world.SHAPES:
         ox, oy, spread = _template_moments(shape)
         extent0 = std / spread
@@ -217,9 +217,8 @@ def _fit_object(alpha: np.ndarray, mask: np.ndarray, others: np.ndarray, color: 
             cx, cy = cx0 + dx * scale, cy0 + dy * scale
             template = world.shape_coverage(shape, cx, cy, extent, size)
             iou = np.minimum(template, soft).sum() / max(np.maximum(template, soft).sum(), 1e-9)
-            if best is None or iou > best[0]:
+            if iou > best[0]:
                 best = (float(iou), shape, cx, cy, extent)
-    assert best is not None
     iou, shape, cx, cy, extent = best
     cx, cy, extent = cx / scale, cy / scale, extent / scale
     position = min(world.POSITIONS, key=lambda p: (world.POSITIONS[p][0] - cx) ** 2 + (world.POSITIONS[p][1] - cy) ** 2)

@@ -3,6 +3,7 @@ input forms it reads, and that a wrong attribute reads as wrong."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -47,8 +48,21 @@ def test_a_wrong_colour_reads_as_wrong():
     assert [o.color for o in detect(world.render(recoloured)).objects] == ["pink"]
 
 
+def chroma(rgb) -> np.ndarray:
+    return np.max(rgb, axis=-1) - np.min(rgb, axis=-1)
+
+
+def test_object_colours_are_saturated_and_backgrounds_are_not():
+    """The fact the detector's seeds rest on, for every colour and every flat or gradient background."""
+    assert min(chroma(c) for c in world.COLORS.values()) >= 135 > detector.SEED_CHROMA
+    for first, last in itertools.product(world.BACKGROUNDS, repeat=2):
+        for angle in np.linspace(0, 2 * np.pi, 7):
+            pixels = world.background_pixels(world.Scene((), (first, last) if first != last else (first,), angle))
+            assert chroma(pixels).max() <= 56 < detector.SEED_CHROMA, (first, last)
+
+
 @pytest.mark.parametrize("color", world.COLORS)
-@pytest.mark.parametrize("background", [*((b,) for b in world.BACKGROUNDS), ("black", "white"), ("beige", "gray")])
+@pytest.mark.parametrize("background", [(a, b) if a != b else (a,) for a, b in itertools.product(world.BACKGROUNDS, repeat=2)])
 def test_every_colour_on_every_background(color, background):
     scene = replace(one_object(color=color, shape="star", size="small", position="top"), background=background, angle=1.0)
     found = detect(world.render(scene))
