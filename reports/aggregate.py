@@ -53,6 +53,10 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "kid": MetricInfo("KID", False, "more realistic"),
     "accuracy": MetricInfo("Accuracy (DeiT)", True, "more on-target"),
     "unedited": MetricInfo("Unedited (DeiT)", False, "more edited"),
+    "gt_psnr": MetricInfo("PSNR to ground truth", True, "closer to the target"),
+    "gt_lpips": MetricInfo("LPIPS to ground truth", False, "closer to the target"),
+    "outside_psnr": MetricInfo("PSNR outside the mask", True, "more faithful"),
+    "attr_acc": MetricInfo("Attribute accuracy", True, "more on-target"),
 }
 
 

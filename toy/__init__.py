@@ -1,1 +1,1 @@
-"""The toy world and the small models trained on it (see toy/world.py, toy/train.py)."""
+"""The toy world (scenes, renderer, captions, edits), its pixel detector and the toy models trained on it."""

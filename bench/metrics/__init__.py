@@ -9,6 +9,7 @@ from editsweep.bench.metrics import (  # noqa: F401  (registration side effect)
     ns_lpips,
     pie_bench,
     pixel,
+    shapes_truth,
     structure,
 )
 from editsweep.bench.metrics.base import (
