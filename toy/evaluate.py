@@ -67,7 +67,7 @@ def vae_round_trip(backbone: Backbone, n: int = 256, seed: int = 0) -> dict[str,
 
 @torch.no_grad()
 def generation(
-    backbone: Backbone, seeds: int = 4, steps: int = 50, guidance: float = 7.5
+    backbone: Backbone, seeds: int = 4, steps: int = 50, guidance: float = 7.5, prompts: Sequence[str] = PROMPTS
 ) -> dict[str, Any]:
     """Share of images whose detected objects include the prompt's colour / shape / both.
 
@@ -76,7 +76,7 @@ def generation(
     """
     from editsweep.methods.ddim import ddim_sample, make_schedule
 
-    prompts = [p for p in PROMPTS for _ in range(seeds)]
+    prompts = [p for p in prompts for _ in range(seeds)]
     gen = torch.Generator().manual_seed(0)
     side = backbone.unet.config.sample_size
     noise = torch.randn((len(prompts), backbone.unet.config.in_channels, side, side), generator=gen)

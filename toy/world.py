@@ -55,7 +55,7 @@ POSITION_PHRASES = {
     "bottom": "at the bottom",
     "center": "in the center",
 }
-# Two objects share a scene only at opposite positions, so that they never overlap.
+# Two objects share a scene only at opposite positions: apart, or (two large ones) touching at the edges.
 PAIRS = (("left", "right"), ("top", "bottom"))
 OPPOSITE = {a: b for pair in PAIRS for a, b in (pair, pair[::-1])}
 EDIT_TYPES = ("color", "shape", "size", "move", "add", "remove", "background")
@@ -235,7 +235,7 @@ def random_edit(rng: np.random.Generator, edit_type: str) -> Edit:
         k = _index(rng, 2)
         kept, removed = source.objects[1 - k], source.objects[k]
         target = replace(source, objects=(kept,))
-        return Edit(edit_type, source, target, (removed.shape, kept.shape))
+        return Edit(edit_type, source, target, _distinct_words(removed, kept))
     source = random_scene(rng, n_objects=1)
     obj = source.objects[0]
     if edit_type == "add":
@@ -244,7 +244,7 @@ def random_edit(rng: np.random.Generator, edit_type: str) -> Edit:
             source = replace(source, objects=(obj,))
         new = random_object(rng, OPPOSITE[obj.position], exclude_colors=(obj.color,))
         target = replace(source, objects=(obj, new))
-        return Edit(edit_type, source, target, (obj.shape, new.shape))
+        return Edit(edit_type, source, target, (obj.color, new.color))  # colours differ by construction
     if edit_type == "background":  # the first background colour changes, a gradient stays one
         first = source.background[0]
         others = [b for b in BACKGROUNDS if b not in source.background]
@@ -264,3 +264,12 @@ def random_edit(rng: np.random.Generator, edit_type: str) -> Edit:
     if edit_type == "move":  # the changed words of a move are the position's last word
         words = (POSITION_PHRASES[words[0]].split()[-1], POSITION_PHRASES[words[1]].split()[-1])
     return Edit(edit_type, source, target, words)
+
+
+def _distinct_words(removed: Obj, kept: Obj) -> tuple[str, str]:
+    """Blended words of a removal: the first of shape, colour, position word in which the removed
+    and the kept object differ (positions always do), so that each word names one object."""
+    for a, b in ((removed.shape, kept.shape), (removed.color, kept.color)):
+        if a != b:
+            return a, b
+    return POSITION_PHRASES[removed.position].split()[-1], POSITION_PHRASES[kept.position].split()[-1]

@@ -1,0 +1,68 @@
+"""What the shipped toy models can do, checked on held-out scenes of the toy world with the pixel
+detector (a fast subset of `editsweep toy eval`, whose full figures are in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from editsweep.datasets.images import fit_square
+from editsweep.datasets.shapes import ShapesDataset
+from editsweep.methods.backbone import TOY_WEIGHTS_PREFIX, load_backbone
+from editsweep.methods.base import get_method_class, images_tensor
+from editsweep.toy import detector, evaluate, models
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_backbone("toy")
+
+
+def test_shipped_weights_are_small_and_recorded_as_toy(toy):
+    files = [p for p in models.WEIGHTS_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+    assert toy.weights_source.startswith(TOY_WEIGHTS_PREFIX) and not toy.random_weights
+    assert toy.resolution == 32 and toy.vae_scale_factor == 4
+
+
+def test_vae_round_trip_keeps_held_out_scenes(toy):
+    assert evaluate.vae_round_trip(toy, n=32)["psnr_mean"] >= 28.0
+
+
+def test_generation_draws_the_named_colour_and_shape(toy):
+    result = evaluate.generation(toy, seeds=1, steps=50)
+    assert result["color_acc"] >= 0.9 and result["shape_acc"] >= 0.8, result
+
+
+def test_ddim_inversion_reconstructs_at_guidance_1(toy):
+    figures = evaluate.reconstruction(toy, n=4, steps=50)
+    assert figures["ddim_g1"] >= 25.0, figures
+    assert figures["null_text_margin_db"] >= 3.0, figures
+
+
+def test_toy_clip_reads_colour_and_shape():
+    result = evaluate.clip_zero_shot(n=200)
+    assert result["color_acc"] >= 0.95 and result["shape_acc"] >= 0.9, result
+
+
+def test_p2p_word_swap_recolours_the_object_and_keeps_the_rest(toy):
+    dataset = ShapesDataset({"n": 8, "edit_types": ["color"], "seed": 1})
+    samples = [dataset.load(i) for i in dataset.sample_ids()]
+    for s in samples:
+        s.image = fit_square(s.image, toy.resolution)
+    method = get_method_class("direct_inversion")()
+    invert = method.InvertParams(steps=50)
+    gens = [torch.Generator().manual_seed(i) for i in range(len(samples))]
+    state = method.invert(toy, samples, invert, gens)
+    (edited,) = method.edit(toy, state, samples, invert, [method.EditParams(cross_replace=0.8, self_replace=0.4)], gens)
+    sources = images_tensor(samples, torch.device("cpu"))
+    reached, kept = [], []
+    for sample, image, source in zip(samples, edited, sources):
+        target = sample.meta["target_scene"]["objects"][0]
+        found = detector.detect(image).at(target["position"])
+        reached.append(any(o.color == target["color"] for o in found))
+        outside = ~torch.from_numpy(sample.meta["mask"])
+        mse = ((image - source) ** 2).mean(0)[outside].mean()
+        kept.append(float(10 * torch.log10(1 / mse)) >= 24.0)
+    assert np.mean(reached) >= 0.75 and np.mean(kept) >= 0.75, (reached, kept)
