@@ -41,6 +41,8 @@ def test_tradeoff_plot_labels_axes_with_directions_and_warns_on_random_weights(r
         assert text in svg, text
     real = summary.assign(random_weights=False)
     assert "RANDOM WEIGHTS" not in _svg_text(real, tmp_path / "real.svg")
+    toy = real.assign(weights="backbone=toy:0123456789ab;clip_t=toy:clip")
+    assert "TOY WEIGHTS" in _svg_text(toy, tmp_path / "toy.svg") and "TOY WEIGHTS" not in _svg_text(real, tmp_path / "r.svg")
 
 
 def test_tradeoff_plot_writes_png(run, tmp_path):
