@@ -22,7 +22,7 @@ class TrainConfig(BaseModel):
     ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay of the saved UNet + text encoder")
     decoder_steps: int = Field(1500, ge=0, description="VAE decoder fine-tuning steps (encoder frozen)")
     decoder_lr: float = Field(5e-4, gt=0, description="decoder fine-tuning peak learning rate")
-    clip_steps: int = Field(1000, ge=1, description="toy CLIP optimiser steps")
+    clip_steps: int = Field(2500, ge=1, description="toy CLIP optimiser steps")
     clip_batch: int = Field(128, ge=2, description="toy CLIP batch size (contrastive: >= 2)")
     clip_lr: float = Field(1e-3, gt=0, description="toy CLIP peak learning rate")
     threads: int = Field(2, ge=1, description="torch CPU threads")

@@ -65,7 +65,8 @@ TEXT_CONFIG: dict[str, Any] = dict(
 CLIP_CONFIG: dict[str, Any] = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 32, "layers": 3, "width": 96, "head_width": 32, "patch_size": 4},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+    # 32 tokens hold the world's longest caption (two objects on a gradient: 25 with start and end).
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
 }
 # Pixel statistics of the world's images (mean, std per channel), the toy CLIP's normalisation.
 CLIP_PREPROCESS: dict[str, Any] = {

@@ -223,7 +223,7 @@ def train_clip(images: torch.Tensor, scenes: list[world.Scene], config: TrainCon
 
     torch.manual_seed(config.seed + 3)
     model = models.new_clip().train()
-    tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the real CLIP BPE tokenizer, context 77
+    tokenizer = open_clip.SimpleTokenizer(context_length=models.CLIP_CONFIG["text_cfg"]["context_length"])
     mean = torch.tensor(models.CLIP_PREPROCESS["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(models.CLIP_PREPROCESS["std"]).view(1, 3, 1, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.clip_lr, weight_decay=0.0)

@@ -66,3 +66,14 @@ def test_p2p_word_swap_recolours_the_object_and_keeps_the_rest(toy):
         mse = ((image - source) ** 2).mean(0)[outside].mean()
         kept.append(float(10 * torch.log10(1 / mse)) >= 24.0)
     assert np.mean(reached) >= 0.75 and np.mean(kept) >= 0.75, (reached, kept)
+
+
+def test_toy_eval_command_writes_the_figures(tmp_path, capsys):
+    import json
+
+    from editsweep.bench.cli import main
+
+    assert main(["toy", "eval", "--out", str(tmp_path), "--checks", "vae", "clip"]) == 0
+    figures = json.loads((tmp_path / "eval.json").read_text())
+    assert set(figures) == {"weights", "vae_round_trip", "clip_zero_shot"}
+    assert figures["weights"].startswith(TOY_WEIGHTS_PREFIX) and "psnr_mean" in capsys.readouterr().out
