@@ -42,6 +42,23 @@ def test_vae_loss_falls_and_latents_get_unit_std(pool, config, tmp_path):
     assert latents.std().item() == pytest.approx(1.0, rel=0.1)
 
 
+def test_decoder_fine_tuning_sharpens_the_round_trip_and_keeps_the_latents(pool, config, tmp_path):
+    images, _ = pool
+    vae = train.train_vae(images, config)
+
+    @torch.no_grad()
+    def round_trip_error() -> float:
+        x = images[:64] * 2 - 1
+        return float((vae.decode(vae.encode(x).latent_dist.mean).sample - x).abs().mean())
+
+    before, latents = round_trip_error(), train.encode_pool(vae, images[:32])
+    curves = train.Curves(tmp_path, config)
+    vae = train.train_decoder(vae, images, config.model_copy(update={"decoder_steps": 60, "vae_batch": 16}), curves)
+    assert len(curves.losses["decoder"]) == 60
+    assert round_trip_error() < 0.9 * before
+    assert torch.equal(train.encode_pool(vae, images[:32]), latents)  # the UNet's latents are untouched
+
+
 def test_unet_loss_falls(pool, config, tmp_path):
     images, scenes = pool
     latents = torch.randn(len(images), 4, 8, 8)  # the UNet stage does not need a trained VAE to learn
@@ -69,14 +86,14 @@ def test_training_caption_drops_parts_but_keeps_colour_and_shape():
 def test_toy_train_command_writes_loadable_weights(tmp_path, capsys):
     out = tmp_path / "toy"
     args = ["toy", "train", "--out", str(out), "--pool", "64", "--threads", "1"]
-    args += ["--vae-steps", "2", "--unet-steps", "2", "--clip-steps", "2", "--vae-batch", "4", "--unet-batch", "4", "--clip-batch", "4"]
+    args += ["--vae-steps", "2", "--unet-steps", "2", "--decoder-steps", "2", "--clip-steps", "2", "--vae-batch", "4", "--unet-batch", "4", "--clip-batch", "4"]
     assert main(args) == 0
     assert "toy models trained" in capsys.readouterr().out
     unet, vae, text_encoder, _ = models.load_backbone_parts(out)
     assert vae.config.scaling_factor == json.loads((out / "backbone.json").read_text())["scaling_factor"]
     assert (out / "loss.png").stat().st_size > 0
     record = json.loads((out / "train.json").read_text())
-    assert set(record["losses"]) == {"vae", "unet", "clip"} and record["config"]["seed"] == 0
+    assert set(record["losses"]) == {"vae", "unet", "decoder", "clip"} and record["config"]["seed"] == 0
     import open_clip
 
     clip = open_clip.create_model(f"local-dir:{out / models.CLIP_FOLDER}", require_pretrained=True)
