@@ -27,7 +27,7 @@ def leaderboard_markdown(
 
     Rows are sweep points sorted by `sort_by` (best first, in that metric's direction; None keeps
     the summary's order); cells are "mean ± half-CI". `metrics` defaults to all of the summary's.
-    A warning heads the page when any row used random weights (or else toy weights); a cell says how many images it
+    A warning heads the page when any row used random weights and another when rows used toy weights; a cell says how many images it
     averaged when some were non-finite or missing; points with errors are listed at the end.
     """
     available = summary_metrics(summary)
@@ -44,7 +44,7 @@ def leaderboard_markdown(
             "Their scores are not comparable to published numbers.",
             "",
         ]
-    elif uses_toy_weights(summary["weights"]):
+    if uses_toy_weights(summary["weights"]):
         lines += [
             "> **Toy weights: these rows used models trained on the toy world (`toy/`).** Their scores "
             "measure the methods on that world only and are not comparable to published numbers.",

@@ -32,11 +32,10 @@ TOY_WEIGHTS_NOTE = "TOY WEIGHTS (trained on the toy world): not comparable to pu
 
 def weights_note(frame: pd.DataFrame) -> str | None:
     """The warning a figure of these rows carries: random weights first, then toy weights, else None."""
-    if frame["random_weights"].eq(True).any():
-        return RANDOM_WEIGHTS_NOTE
-    if uses_toy_weights(frame["weights"]):
-        return TOY_WEIGHTS_NOTE
-    return None
+    random, toy = frame["random_weights"].eq(True).any(), uses_toy_weights(frame["weights"])
+    if random and toy:
+        return "TOY WEIGHTS and some RANDOM WEIGHTS: not comparable to published numbers"
+    return RANDOM_WEIGHTS_NOTE if random else TOY_WEIGHTS_NOTE if toy else None
 
 
 def axis_label(metric: str) -> str:

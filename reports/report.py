@@ -20,7 +20,7 @@ from editsweep.bench.store import RunStore
 from editsweep.reports.aggregate import aggregate, summary_metrics
 from editsweep.reports.breakdown import write_protocol_tables
 from editsweep.reports.leaderboard import leaderboard_markdown
-from editsweep.reports.plots import image_grid, tradeoff_plot
+from editsweep.reports.plots import image_grid, tradeoff_panels
 from editsweep.reports.set_metrics import add_set_metrics
 from editsweep.reports.tracking import log_to_mlflow, resolve_tracking_uri
 
@@ -28,6 +28,9 @@ from editsweep.reports.tracking import log_to_mlflow, resolve_tracking_uri
 class ReportError(RuntimeError):
     """The report cannot be built: the message says what is missing."""
 
+
+# Preservation outside the edit mask against reaching the target attribute (`shapes_truth`).
+GROUND_TRUTH_PAIR = ("outside_psnr", "attr_acc")
 
 @dataclass
 class ReportResult:
@@ -98,7 +101,10 @@ def build_report(
         tradeoff_png.unlink(missing_ok=True)
         tradeoff_png = None
     else:
-        tradeoff_plot(summary, tradeoff_png, x=x, y=y)
+        pairs = [(x, y)]
+        if all(m in metrics and summary[f"{m}_mean"].notna().any() for m in GROUND_TRUTH_PAIR):
+            pairs.append(GROUND_TRUTH_PAIR)  # datasets with ground truth (shapes): the edit itself, judged
+        tradeoff_panels(summary, tradeoff_png, pairs)
     grid_png: Path | None = out / "grid.png"
     if (results["status"].eq("ok") & results["image_path"].notna()).any():
         image_grid(store, results, grid_png)

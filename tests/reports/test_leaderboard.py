@@ -54,7 +54,7 @@ def test_random_weights_warning_heads_the_page(summary):
     assert "random weights" not in leaderboard_markdown(summary.assign(random_weights=False), ["clip_t"])
 
 
-def test_toy_weights_note_heads_the_page_when_no_random_weights(summary):
+def test_toy_weights_note_heads_the_page(summary):
     toy = summary.assign(random_weights=False, weights="backbone=toy:0123456789ab;clip_t=toy:clip")
     page = "\n".join(leaderboard_markdown(toy, ["clip_t"]).splitlines()[:4])
     assert "Toy weights" in page and "random weights" not in page
