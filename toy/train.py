@@ -97,6 +97,18 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def _optimise(optimizer, parameters, loss: torch.Tensor, curves: Curves | None, stage: str, step: int) -> None:
+    """One optimiser step on `loss` (gradients clipped at norm 1), logged to `curves` (plotted every 200)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    if curves is not None:
+        curves.add(stage, loss.item())
+        if step % 200 == 199:
+            curves.write()
+
+
 def train_vae(images: torch.Tensor, config: TrainConfig, curves: Curves | None = None):
     """A VAE trained on `images`, its `scaling_factor` set to 1 / std of the pool's latents."""
     torch.manual_seed(config.seed)
@@ -109,14 +121,7 @@ def train_vae(images: torch.Tensor, config: TrainConfig, curves: Curves | None =
         posterior = vae.encode(x).latent_dist
         y = vae.decode(posterior.sample(generator=gen)).sample
         loss = F.l1_loss(y, x) + F.mse_loss(y, x) + 1e-6 * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        if curves is not None:
-            curves.add("vae", loss.item())
-            if step % 200 == 199:
-                curves.write()
+        _optimise(optimizer, vae.parameters(), loss, curves, "vae", step)
     vae.eval().requires_grad_(False)
     latents = encode_pool(vae, images[:2000], scale=1.0)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
@@ -145,14 +150,7 @@ def train_decoder(vae, images: torch.Tensor, config: TrainConfig, curves: Curves
         x = images[index] * 2 - 1
         y = vae.decode(z).sample
         loss = F.l1_loss(y, x) + F.mse_loss(y, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parts.parameters(), 1.0)
-        optimizer.step()
-        if curves is not None:
-            curves.add("decoder", loss.item())
-            if step % 200 == 199:
-                curves.write()
+        _optimise(optimizer, parts.parameters(), loss, curves, "decoder", step)
     return vae.eval().requires_grad_(False)
 
 
@@ -203,15 +201,8 @@ def train_unet(latents: torch.Tensor, scenes: list[world.Scene], config: TrainCo
         hidden = text_encoder(tokens(captions))[0]
         pred = unet(noise_schedule.add_noise(x0, noise, t), t, hidden).sample
         loss = F.mse_loss(pred, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(pair.parameters(), 1.0)
-        optimizer.step()
+        _optimise(optimizer, pair.parameters(), loss, curves, "unet", step)
         ema.step(pair.parameters())
-        if curves is not None:
-            curves.add("unet", loss.item())
-            if step % 200 == 199:
-                curves.write()
     ema.copy_to(pair.parameters())
     return unet.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False)
 
@@ -237,16 +228,9 @@ def train_clip(images: torch.Tensor, scenes: list[world.Scene], config: TrainCon
         image_features = model.encode_image((images[index] - mean) / std, normalize=True)
         text_features = model.encode_text(text, normalize=True)
         loss = loss_fn(image_features, text_features, model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        _optimise(optimizer, model.parameters(), loss, curves, "clip", step)
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if curves is not None:
-            curves.add("clip", loss.item())
-            if step % 200 == 199:
-                curves.write()
     return model.eval().requires_grad_(False)
 
 

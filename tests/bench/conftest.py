@@ -78,6 +78,7 @@ def spawn_driver(tmp_path):
     a driver, or run two at once. The caller waits for it (or kills it).
     """
     import os
+    import signal
     import subprocess
     import sys
 
@@ -91,7 +92,13 @@ def spawn_driver(tmp_path):
             sys.executable, "-m", "editsweep.bench.cli", "run", str(spec_file), "--out", str(run_dir),
             "--address", ray.get_runtime_context().gcs_address, "--quiet", "--no-report",
         ]  # fmt: skip
-        return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # SIGINT back to its default in the driver: a pytest started in the background (`cmd &`)
+        # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt for it.
+        return subprocess.Popen(
+            command,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
 
     return spawn
 
