@@ -47,9 +47,11 @@ def scenes_tensor(scenes: Sequence[world.Scene]) -> torch.Tensor:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB per image of two (N, 3, H, W) batches in [0, 1] (inf where they are equal)."""
-    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse)
+    """PSNR in dB per image of two (N, 3, H, W) batches in [0, 1] (inf where they are equal), as the
+    `psnr` scorer computes it (torchmetrics)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    return peak_signal_noise_ratio(a.float(), b.float(), data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
 def _mean_psnr(values: torch.Tensor) -> float:
