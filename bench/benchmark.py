@@ -7,6 +7,7 @@ side by side: the method's own seconds are timed inside the worker around `inver
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,17 +73,31 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 
 
 def _per_method(store: RunStore) -> dict[str, dict[str, float]]:
-    """Seconds per inversion (per image) and per edited image of each method, from the stored rows.
+    """Seconds per inversion (per image) and per edited image of each method (each pair of
+    `invert_edit`), from the stored rows.
 
     A row's `invert_s` is its share of a batched inversion, so a group's rows add up to the
     time its image took to invert.
     """
     rows = store.read_results()
-    rows = rows[rows["status"] == "ok"]
+    rows = rows[rows["status"] == "ok"].copy()
+    # `invert_edit` rows are timed per pair ("null_text+masactrl"): its inversion time per image over
+    # every row of that inversion (its groups are shared by the editors), its edit time per editor.
+    pair = rows["method"] == "invert_edit"
+    rows["inversion"] = rows["method"].astype(str)
+    rows.loc[pair, "inversion"] = [f"invert_edit:{json.loads(p)['inversion']}" for p in rows.loc[pair, "invert_params"]]
+    rows["key"] = rows["method"].astype(str)
+    rows.loc[pair, "key"] = [
+        f"{json.loads(i)['inversion']}+{json.loads(e)['editor']}"
+        for i, e in zip(rows.loc[pair, "invert_params"], rows.loc[pair, "edit_params"])
+    ]
+    inversion_s = {
+        name: part["invert_s"].sum() / part["group_key"].nunique() for name, part in rows.groupby("inversion")
+    }
     out = {}
-    for method, part in rows.groupby("method"):
-        out[str(method)] = dict(
-            invert_s_per_image=round(part["invert_s"].sum() / part["group_key"].nunique(), 4),
+    for key, part in rows.groupby("key"):
+        out[str(key)] = dict(
+            invert_s_per_image=round(inversion_s[part["inversion"].iloc[0]], 4),
             edit_s_per_image=round(part["edit_s"].mean(), 4),
             score_s_per_image=round(part["score_s"].mean(), 4),
             edits=len(part),

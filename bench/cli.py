@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
@@ -63,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="summarise a run directory: done, failed (top errors), remaining")
     status.add_argument("run_dir", help="run directory or URI written by `editsweep run`")
 
-    listing = sub.add_parser("list", help="list registered methods, datasets or metrics with their parameters")
-    listing.add_argument("what", choices=["methods", "datasets", "metrics"])
+    listing = sub.add_parser("list", help="list registered methods, inversions, editors, datasets or metrics with their parameters")
+    listing.add_argument("what", choices=["methods", "inversions", "editors", "datasets", "metrics"])
 
     bench = sub.add_parser("bench", help="time a sweep from scratch: seconds per edit, time outside method code")
     bench.add_argument("spec", type=Path, nargs="?", default=Path("configs/quickstart.yaml"))
@@ -256,12 +255,18 @@ def _list(args: argparse.Namespace) -> int:
     from editsweep.bench.metrics.base import SCORERS
     from editsweep.datasets.base import DATASETS
     from editsweep.methods.base import METHODS
+    from editsweep.methods.editors import EDITORS
+    from editsweep.methods.inversions import INVERSIONS
 
     if args.what == "methods":
         for name, cls in sorted(METHODS.items()):
             print(f"{name}: {_doc(cls)}")
             print(f"  invert: {_params(cls.InvertParams)}")
             print(f"  edit:   {_params(cls.EditParams)}")
+    elif args.what in ("inversions", "editors"):
+        registry = INVERSIONS if args.what == "inversions" else EDITORS
+        for name, cls in sorted(registry.items()):
+            print(f"{name}: {_doc(cls)}\n  params: {_params(cls.Params)}")
     elif args.what == "datasets":
         for name, cls in sorted(DATASETS.items()):
             print(f"{name}: {_doc(cls)}\n  params: {_params(cls.Params)}")

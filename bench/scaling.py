@@ -27,7 +27,8 @@ from collections.abc import Sequence
 import torch
 from pydantic import Field
 
-from editsweep.methods.base import Params, register_method
+from editsweep.core.params import Params
+from editsweep.methods.base import register_method
 from editsweep.methods.copy_input import Copy
 
 
@@ -44,9 +45,9 @@ class ScalingStub(Copy):
     name = "scaling_stub"
     InvertParams = StubParams
 
-    def invert(self, backbone, samples, params: StubParams, generators: Sequence[torch.Generator]):  # noqa: ANN001
+    def invert(self, backbone, samples, params: StubParams, generators: Sequence[torch.Generator], seeds=None):  # noqa: ANN001
         time.sleep(params.unit_ms / 1000)
-        return super().invert(backbone, samples, params, generators)
+        return super().invert(backbone, samples, params, generators, seeds)
 
 
 def measure(actors: int, tasks: int, unit_ms: int) -> dict[str, float]:

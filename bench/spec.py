@@ -209,7 +209,7 @@ def import_plugins(imports: list[str]) -> list[ModuleType]:
     """Import user modules (dotted names or .py paths) so their methods/datasets/metrics register.
 
     A plugin that fails to import (any exception, e.g. a syntax error or a name that clashes with a
-    registered one: bench/registry.py) is a SpecError naming the file or module and the error.
+    registered one: core/registry.py) is a SpecError naming the file or module and the error.
     """
     modules = []
     for entry in imports:
@@ -353,9 +353,9 @@ def _absolute_backbone_paths(raw: dict[str, Any], base_dir: Path | None) -> dict
     """Backbone names that are local folders made absolute, relative to the spec file's folder.
 
     As for `imports:`: workers in other processes or on other nodes then read the same folder.
-    Hub ids and presets are left as they are (methods/backbone.py: `backbone_source`).
+    Hub ids and presets are left as they are (diffusion/backbone.py: `backbone_source`).
     """
-    from editsweep.methods.backbone import backbone_source
+    from editsweep.diffusion.backbone import backbone_source
 
     def fix(entry: Any) -> Any:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
@@ -376,11 +376,11 @@ def _absolute_backbone_paths(raw: dict[str, Any], base_dir: Path | None) -> dict
 def _check_backbones(spec: SweepSpec) -> list[str]:
     """A backbone that names a local folder must be one, and a diffusers one.
 
-    Hub ids are not checked here: the workers' cache or network decides (methods/backbone.py
+    Hub ids are not checked here: the workers' cache or network decides (diffusion/backbone.py
     fails there with a message saying how to provide the weights), and `--dry-run` must work on a
     machine that has no weights.
     """
-    from editsweep.methods.backbone import backbone_source, diffusers_folder_problem
+    from editsweep.diffusion.backbone import backbone_source, diffusers_folder_problem
 
     problems = []
     for i, b in enumerate(spec.backbones):
@@ -424,6 +424,8 @@ def _check_registered(spec: SweepSpec) -> list[str]:
                     problems.append(f"methods[{i}].{kind}.{key}: an empty list makes an empty grid")
             for point in _product(grid, model):
                 problems += _validate(model, point, f"methods[{i}].{kind}")
+        if not any(p.startswith(f"methods[{i}].") for p in problems):
+            problems += _refused_pairs(cls, m, f"methods[{i}]")
     for name, params in spec.metrics.items():
         if name not in SCORERS:
             problems.append(f"metrics.{name}: unknown metric; known: {', '.join(sorted(SCORERS))}")
@@ -437,10 +439,20 @@ def _check_registered(spec: SweepSpec) -> list[str]:
     return sorted(set(problems), key=problems.index)
 
 
+def _refused_pairs(cls: type, entry: MethodSpec, where: str) -> list[str]:
+    """The method's reasons against (invert point, edit point) combinations of the entry's grids."""
+    invert = [cls.InvertParams.model_validate(p) for p in _product(entry.invert, cls.InvertParams)]
+    edit = [cls.EditParams.model_validate(p) for p in _product(entry.edit, cls.EditParams)]
+    reasons = [cls.refuse(ip, ep) for ip in invert for ep in edit]
+    return [f"{where}: {r}" for r in dict.fromkeys(r for r in reasons if r)]
+
+
 def _validate(model: type[BaseModel], values: dict[str, Any], where: str) -> list[str]:
     try:
         valid = model.model_validate(values)
     except ValidationError as err:
+        if model.model_config.get("extra") == "allow":  # a choice of component: its error names its parameters
+            return _format_errors(err, where).splitlines()
         allowed = ", ".join(model.model_fields) or "(none)"
         return [f"{line} (parameters of this model: {allowed})" for line in _format_errors(err, where).splitlines()]
     return _non_finite(valid.model_dump(), where)

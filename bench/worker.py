@@ -42,10 +42,12 @@ from editsweep.bench.plan import Group, Task, Unit
 from editsweep.bench.rundir import check_marker as check_run_marker
 from editsweep.bench.spec import SweepSpec, load_spec
 from editsweep.bench.store import RunStore
+from editsweep.core.params import Params
 from editsweep.datasets.base import Sample, get_dataset_class, sample_labels
 from editsweep.datasets.images import fit_square
-from editsweep.methods.backbone import load_backbone
-from editsweep.methods.base import Method, Params, State, get_method_class, images_tensor, to_pil
+from editsweep.diffusion.backbone import load_backbone
+from editsweep.diffusion.inputs import images_tensor, to_pil
+from editsweep.methods.base import Method, State, get_method_class
 
 PIXEL_TOLERANCE = 1e-3
 """How far outside [0, 1] an edit's pixels may be (rounding of a decoder) before it is a contract
@@ -278,8 +280,8 @@ class SweepWorker:
         method = self.methods[head.method]
         invert_params = method.InvertParams.model_validate(json.loads(head.invert_params))
         t0 = time.perf_counter()
-        extra = {"seeds": [g.head.seed for g in groups]} if method.needs_seeds else {}
-        state = method.invert(self.backbone, samples, invert_params, self._generators(groups), **extra)
+        seeds = [g.head.seed for g in groups]
+        state = method.invert(self.backbone, samples, invert_params, self._generators(groups), seeds=seeds)
         invert_s = self._elapsed(t0)
         report.seconds["invert"] += invert_s
         report.invert_calls += 1
@@ -379,11 +381,10 @@ class SweepWorker:
         """Sample `b`'s state from inverting it alone (once per batch; a failure is remembered)."""
         if b not in batch.singles:
             group, sample = batch.loaded[b]
-            extra = {"seeds": [group.head.seed]} if batch.method.needs_seeds else {}
             t0 = time.perf_counter()
             try:
                 batch.singles[b] = batch.method.invert(
-                    self.backbone, [sample], batch.invert_params, self._generators([group]), **extra
+                    self.backbone, [sample], batch.invert_params, self._generators([group]), seeds=[group.head.seed]
                 )
             except Exception:  # noqa: BLE001 - reported on each of the sample's isolated edits
                 batch.singles[b] = "inverting the sample alone, to isolate a failure of its batch, failed: " + _describe(

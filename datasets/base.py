@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from editsweep.bench.registry import Registry
+from editsweep.core.registry import Registry
 
 
 @dataclass

@@ -14,7 +14,7 @@ What is copied from the official scripts (cure-lab/PnPInversion `run_editing_p2p
 - prompts are cleaned by deleting the characters "[" and "]" only (the marked words stay in the
   prompt); the marked words are kept in meta as `source_marked` / `target_marked`;
 - `blended_word` is split on single spaces; two words become meta["blended_words"] =
-  [source word, target word] (the key `methods/p2p.py` reads for LocalBlend); an empty one gives none;
+  [source word, target word] (the key `diffusion/p2p.py` reads for LocalBlend); an empty one gives none;
 - the mask is decoded as the official `mask_decode`: [start, length] pairs over the 512x512
   row-major pixels, a run clipped at the end of the image, then the 1-pixel border set to 1
   ("to avoid annotation errors in boundary"). It lands in meta["mask"], (512, 512) bool, 1 = edit.

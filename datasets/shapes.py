@@ -6,7 +6,7 @@ equally represented. The image is the source scene's render; the prompts are the
 the source and target scenes ("a large red circle on the left on a white background"). `meta`:
 
 - "edit_type": one of the world's EDIT_TYPES (color, shape, size, move, add, remove, background);
-- "blended_words": [source word, target word], the key `methods/p2p.py` reads for LocalBlend;
+- "blended_words": [source word, target word], the key `diffusion/p2p.py` reads for LocalBlend;
 - "mask": (H, W) bool, the pixels the edit changes (`Edit.mask`), as pie_bench's meta["mask"];
 - "target_image": (H, W, 3) uint8, the target scene rendered: the edit's ground truth;
 - "source_scene", "target_scene": the scenes as JSON-able dicts (`scene_to_dict`);

@@ -12,38 +12,31 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
-import numpy as np
 import torch
-from PIL import Image
-from pydantic import BaseModel, ConfigDict
 
-from editsweep.bench.registry import Registry
+from editsweep.core.params import Params
+from editsweep.core.registry import Registry
 from editsweep.datasets.base import Sample
-from editsweep.methods.backbone import Backbone
+from editsweep.diffusion.backbone import Backbone
 
 State = dict[str, torch.Tensor]
 """What `invert` hands to `edit`: plain tensors, batch-first, so it can be cached by group key."""
 
 
-class Params(BaseModel):
-    """Base of every method's parameters: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class Method(ABC):
     """A text-guided image editing method.
 
-    `generators` holds one torch.Generator per sample, seeded from (seed, sample id), so a
-    sample's result does not depend on which other samples share its batch.
+    Both calls receive the samples of a batch in order, and `generators`: one CPU torch.Generator
+    per sample, seeded from (sweep seed, sample id) by the worker, so a sample's result does not
+    depend on which other samples share its batch (draw noise on the CPU with it, then move it to
+    the device: CUDA generators give other numbers). `invert` also receives `seeds`, each sample's
+    sweep seed, for methods that look up per-seed results (`precomputed`); sampling methods use
+    `generators` instead.
     """
 
     name: ClassVar[str]
     InvertParams: ClassVar[type[Params]] = Params
     EditParams: ClassVar[type[Params]] = Params
-    # True: `invert` also receives `seeds=` (each sample's sweep seed), for methods that look up
-    # per-seed results (e.g. `precomputed`); sampling methods use `generators` instead.
-    needs_seeds: ClassVar[bool] = False
     # True for methods whose `edit` does costly per-group work before sampling (fine-tuning a UNet
     # copy per image): the worker then passes every edit point of a group in one call instead of
     # chunks of `edit_batch_size`, so that work runs once (it splits only after running out of memory).
@@ -55,11 +48,24 @@ class Method(ABC):
         for random weights. Recorded in every row next to the backbone's and the scorers'."""
         return {}
 
+    @classmethod
+    def refuse(cls, invert_params: Params, edit_params: Params) -> str | None:
+        """Why this method cannot run one (invert point, edit point) combination, or None; checked
+        for every combination when the spec is validated (e.g. an editor that cannot use an inversion)."""
+        return None
+
     @abstractmethod
     def invert(
-        self, backbone: Backbone, samples: Sequence[Sample], params: Params, generators: Sequence[torch.Generator]
+        self,
+        backbone: Backbone,
+        samples: Sequence[Sample],
+        params: Params,
+        generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
     ) -> State:
-        """Prepare the inputs for editing (e.g. DDIM-invert them); batch-first tensors."""
+        """Prepare the inputs for editing (e.g. DDIM-invert them): batch-first tensors, row b for
+        sample b. Runs once per group and is shared by every edit point of the grid; the worker
+        passes `seeds` (one per sample) always, and None only when a caller has no sweep seeds."""
 
     @abstractmethod
     def edit(
@@ -87,25 +93,3 @@ class Method(ABC):
 METHODS: Registry[type[Method]] = Registry("method")
 register_method = METHODS.register
 get_method_class = METHODS.__getitem__
-
-
-def images_tensor(samples: Sequence[Sample], device: torch.device) -> torch.Tensor:
-    """The samples' images as one (B, 3, H, W) float tensor in [0, 1] (images already resized)."""
-    arrays = np.stack([np.asarray(s.image.convert("RGB"), dtype=np.float32) / 255.0 for s in samples])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).to(device)
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """A (3, H, W) tensor in [0, 1] as an 8-bit RGB image (the inverse of `images_tensor`)."""
-    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
-
-
-def source_prompts(samples: Sequence[Sample]) -> list[str]:
-    """Each sample's source prompt, or the empty prompt when the dataset has none (TEdBench)."""
-    return [s.source_prompt or "" for s in samples]
-
-
-def target_prompts(samples: Sequence[Sample]) -> list[str]:
-    """Each sample's target prompt."""
-    return [s.target_prompt for s in samples]

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import torch
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import Method, Params, State, images_tensor, register_method
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.methods.base import Method, Params, State, register_method
 
 
 @register_method
@@ -18,7 +19,12 @@ class Copy(Method):
     name = "copy"
 
     def invert(
-        self, backbone: Backbone, samples: Sequence[Sample], params: Params, generators: Sequence[torch.Generator]
+        self,
+        backbone: Backbone,
+        samples: Sequence[Sample],
+        params: Params,
+        generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
     ) -> State:
         return {"images": images_tensor(samples, backbone.device)}
 

@@ -14,17 +14,10 @@ import torch
 from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import (
-    Method,
-    Params,
-    State,
-    images_tensor,
-    register_method,
-    source_prompts,
-    target_prompts,
-)
-from editsweep.methods.ddim import ddim_invert, ddim_sample, encoding_start, make_schedule
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.ddim import ddim_invert, ddim_sample, encoding_start, make_schedule
+from editsweep.diffusion.inputs import images_tensor, source_prompts, target_prompts
+from editsweep.methods.base import Method, Params, State, register_method
 
 
 class DDIMInvertParams(Params):
@@ -57,6 +50,7 @@ class DDIMEdit(Method):
         samples: Sequence[Sample],
         params: DDIMInvertParams,
         generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
     ) -> State:
         latents = backbone.encode_images(images_tensor(samples, backbone.device))
         cond = backbone.encode_text(source_prompts(samples))

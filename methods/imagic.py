@@ -31,10 +31,11 @@ import torch
 from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import Method, Params, State, register_method, target_prompts
-from editsweep.methods.ddim import ddim_sample, make_schedule
-from editsweep.methods.finetuning import draw_noise, finetune_unet, finetuned_unet, optimize_target_embeddings
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.ddim import ddim_sample, make_schedule
+from editsweep.diffusion.finetuning import draw_noise, finetune_unet, finetuned_unet, optimize_target_embeddings
+from editsweep.diffusion.inputs import target_prompts
+from editsweep.methods.base import Method, Params, State, register_method
 
 
 class ImagicInvertParams(Params):
@@ -86,6 +87,7 @@ class Imagic(Method):
         samples: Sequence[Sample],
         params: ImagicInvertParams,
         generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
     ) -> State:
         latents, optimized = optimize_target_embeddings(
             backbone, samples, generators, params.text_steps, params.text_lr

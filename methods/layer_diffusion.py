@@ -3,7 +3,7 @@
 An Imagic-style optimise / fine-tune / sample method that treats the object and the background as
 two layers, each with its own text embedding and its own loss region:
 
-1. Mask (`methods/masks.py`): the object's region M, from the dataset or a mask provider.
+1. Mask (`diffusion/masks.py`): the object's region M, from the dataset or a mask provider.
 2. Layered controlled optimisation (`invert`, batched over the group's images, UNet frozen):
    the object-property embedding e_o and the background embedding e_b start from the text
    embeddings of the sample's `meta["object_prompt"]` / `meta["background_prompt"]` (the target
@@ -42,11 +42,12 @@ from pydantic import Field
 
 from editsweep.datasets.base import Sample
 from editsweep.datasets.images import fit_square
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import Method, Params, State, images_tensor, register_method, target_prompts
-from editsweep.methods.ddim import Schedule, ddim_move, make_schedule, predict_noise
-from editsweep.methods.finetuning import finetune_unet, finetuned_unet, optimize_embeddings
-from editsweep.methods.masks import CLIPSEG_MODEL, MaskProvider, object_masks
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.ddim import Schedule, ddim_move, make_schedule, predict_noise
+from editsweep.diffusion.finetuning import finetune_unet, finetuned_unet, optimize_embeddings
+from editsweep.diffusion.inputs import images_tensor, target_prompts
+from editsweep.diffusion.masks import CLIPSEG_MODEL, MaskProvider, object_masks
+from editsweep.methods.base import Method, Params, State, register_method
 
 
 class LayerInvertParams(Params):
@@ -186,6 +187,7 @@ class LayerDiffusion(Method):
         samples: Sequence[Sample],
         params: LayerInvertParams,
         generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
     ) -> State:
         """Mask, reference background and the layered-optimised e_o, e_b (batched over the images)."""
         latents = backbone.encode_images(images_tensor(samples, backbone.device)).float()

@@ -1,28 +1,24 @@
 """`negative_prompt` inversion (Miyake et al. 2023) with Prompt-to-Prompt editing.
 
-DDIM inversion at guidance 1, then editing where the source prompt's embedding replaces the null
-embedding as the unconditional input. The source branch then needs no optimisation to follow the
-inversion closely: with uncond = cond its guided noise equals the conditional noise.
+The preset of `invert_edit` with inversion `negative_prompt` and editor `p2p`
+(methods/inversions/negative_prompt.py): DDIM inversion at guidance 1, then editing where the
+source prompt's embedding replaces the null embedding as the unconditional input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-
-from editsweep.datasets.base import Sample
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import register_method, source_prompts
-from editsweep.methods.ddim_p2p import DDIMP2P
+from editsweep.diffusion.ddim import DDIMParams
+from editsweep.diffusion.p2p import GuidedP2PParams
+from editsweep.methods.base import register_method
+from editsweep.methods.pairs import InversionEditorPair
 
 
 @register_method
-class NegativePromptInversion(DDIMP2P):
+class NegativePromptInversion(InversionEditorPair):
     """DDIM inversion, then P2P with the source prompt as the negative (unconditional) prompt."""
 
     name = "negative_prompt"
-
-    def unconditional(self, backbone: Backbone, samples: Sequence[Sample]) -> torch.Tensor:
-        """The source prompt's embedding replaces the null embedding."""
-        return backbone.encode_text(source_prompts(samples))
+    inversion = "negative_prompt"
+    editor = "p2p"
+    InvertParams = DDIMParams
+    EditParams = GuidedP2PParams

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from editsweep.datasets.base import Sample
 from editsweep.datasets.entries import resolve_inside
 from editsweep.datasets.images import fit_square, load_rgb
-from editsweep.methods.backbone import Backbone
+from editsweep.diffusion.backbone import Backbone
 from editsweep.methods.base import Method, Params, State, register_method
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
@@ -93,7 +93,6 @@ class Precomputed(Method):
 
     name = "precomputed"
     InvertParams = PrecomputedInvertParams
-    needs_seeds = True
 
     def invert(
         self,
@@ -105,7 +104,7 @@ class Precomputed(Method):
     ) -> State:
         """Read and resize each sample's file; raises (naming the file) when one is missing or unreadable."""
         if seeds is None:
-            raise ValueError("precomputed needs the sweep seeds (the worker passes them to methods with needs_seeds)")
+            raise ValueError("precomputed needs the sweep seeds (the worker always passes them: seeds=[...])")
         folder = Path(params.folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"precomputed folder {folder} does not exist")

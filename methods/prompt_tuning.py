@@ -35,17 +35,10 @@ import torch
 from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import (
-    Method,
-    Params,
-    State,
-    images_tensor,
-    register_method,
-    source_prompts,
-    target_prompts,
-)
-from editsweep.methods.ddim import Schedule, ddim_invert, ddim_move, encoding_start, make_schedule, predict_noise
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.ddim import Schedule, ddim_invert, ddim_move, encoding_start, make_schedule, predict_noise
+from editsweep.diffusion.inputs import images_tensor, source_prompts, target_prompts
+from editsweep.methods.base import Method, Params, State, register_method
 
 
 class PTIInvertParams(Params):
@@ -127,6 +120,7 @@ class PromptTuning(Method):
         samples: Sequence[Sample],
         params: PTIInvertParams,
         generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
     ) -> State:
         latents = backbone.encode_images(images_tensor(samples, backbone.device))
         source = backbone.encode_text(source_prompts(samples))

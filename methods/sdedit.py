@@ -12,9 +12,10 @@ import torch
 from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import Method, Params, State, images_tensor, register_method, target_prompts
-from editsweep.methods.ddim import ddim_sample, make_schedule
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.ddim import ddim_sample, make_schedule
+from editsweep.diffusion.inputs import images_tensor, target_prompts
+from editsweep.methods.base import Method, Params, State, register_method
 
 
 class SDEditParams(Params):
@@ -33,7 +34,12 @@ class SDEdit(Method):
     EditParams = SDEditParams
 
     def invert(
-        self, backbone: Backbone, samples: Sequence[Sample], params: Params, generators: Sequence[torch.Generator]
+        self,
+        backbone: Backbone,
+        samples: Sequence[Sample],
+        params: Params,
+        generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
     ) -> State:
         return {"latents": backbone.encode_images(images_tensor(samples, backbone.device))}
 

@@ -35,13 +35,14 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.attention import AttentionRecorder, controlled_unet
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import Method, Params, State, images_tensor, register_method, source_prompts
-from editsweep.methods.ddim import Schedule, ddim_invert, ddim_move, make_schedule, predict_noise
-from editsweep.methods.image_encoder import DEFAULT_IMAGE_ENCODER, load_image_encoder
-from editsweep.methods.image_encoder import PRESETS as IMAGE_ENCODER_PRESETS
-from editsweep.methods.p2p import P2PlusParams, ValueInputs, attention_map_tokens, p2p_edit
+from editsweep.diffusion.attention import AttentionRecorder, controlled_unet
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.ddim import Schedule, ddim_invert, ddim_move, make_schedule, predict_noise
+from editsweep.diffusion.image_encoder import DEFAULT_IMAGE_ENCODER, load_image_encoder
+from editsweep.diffusion.image_encoder import PRESETS as IMAGE_ENCODER_PRESETS
+from editsweep.diffusion.inputs import images_tensor, source_prompts
+from editsweep.diffusion.p2p import P2PlusParams, ValueInputs, attention_map_tokens, p2p_edit
+from editsweep.methods.base import Method, Params, State, register_method
 
 Mapping = dict[str, torch.Tensor]
 """Per-image mapping-network weights, each with a leading image axis."""
@@ -229,6 +230,7 @@ class StyleDiffusion(Method):
         samples: Sequence[Sample],
         params: StyleDiffusionParams,
         generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
     ) -> State:
         if params.lr_decay * (params.steps - 1) >= 1:
             raise ValueError(

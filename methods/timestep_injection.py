@@ -35,11 +35,12 @@ import torch
 from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import Method, Params, State, register_method, source_prompts, target_prompts
-from editsweep.methods.ddim import ddim_invert, ddim_move, make_schedule, predict_noise
-from editsweep.methods.finetuning import optimize_target_embeddings
-from editsweep.methods.null_text import NullTextParams, optimize_null_text
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.ddim import ddim_invert, ddim_move, make_schedule, predict_noise
+from editsweep.diffusion.finetuning import optimize_target_embeddings
+from editsweep.diffusion.inputs import source_prompts, target_prompts
+from editsweep.diffusion.null_text import NullTextParams, optimize_null_text
+from editsweep.methods.base import Method, Params, State, register_method
 
 
 class InjectionInvertParams(Params):
@@ -85,6 +86,7 @@ class TimestepInjection(Method):
         samples: Sequence[Sample],
         params: InjectionInvertParams,
         generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
     ) -> State:
         latents, optimized = optimize_target_embeddings(
             backbone, samples, generators, params.text_steps, params.text_lr

@@ -63,7 +63,7 @@ METRIC_INFO: dict[str, MetricInfo] = {
 
 def uses_toy_weights(weights: pd.Series) -> bool:
     """Whether any row's `weights` names a model trained on the toy world (a `toy:` source)."""
-    from editsweep.methods.backbone import TOY_WEIGHTS_PREFIX
+    from editsweep.diffusion.backbone import TOY_WEIGHTS_PREFIX
 
     return bool(weights.fillna("").str.contains(f"={TOY_WEIGHTS_PREFIX}", regex=False).any())
 

@@ -18,7 +18,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(scope="session")
 def tiny_backbone():
     """The offline `tiny` backbone, built once (read-only: tests must not modify its weights)."""
-    from editsweep.methods.backbone import load_backbone
+    from editsweep.diffusion.backbone import load_backbone
 
     return load_backbone("tiny")
 
@@ -99,3 +99,39 @@ def imagenet_layout(tmp_path_factory):
         "ids": [str(i) for i in subset.index],
         "target_wnids": target_wnids,
     }
+
+
+GENERATED_PROMPTS = ["a photo of a cat", "a red car on a road", "a bowl of fruit"]
+
+
+@pytest.fixture(scope="session")
+def generated_samples(tiny_backbone) -> list:
+    """Three images sampled by the tiny backbone from its prompts (guidance 7.5, 10 steps): inputs
+    that DDIM inversion can reconstruct, shared by the tests of diffusion primitives and methods."""
+    import torch
+
+    from editsweep.datasets.base import Sample
+    from editsweep.diffusion.ddim import ddim_sample, make_schedule
+    from editsweep.diffusion.inputs import to_pil
+
+    backbone = tiny_backbone
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = backbone.encode_text(GENERATED_PROMPTS)
+    uncond = backbone.encode_text([""] * 3)
+    latents = ddim_sample(backbone, noise, make_schedule(backbone, 10), cond, uncond, 7.5)
+    images = backbone.decode(latents)
+    return [
+        Sample(id=f"gen-{i}", image=to_pil(images[i]), source_prompt=p, target_prompt=p)
+        for i, p in enumerate(GENERATED_PROMPTS)
+    ]
+
+
+@pytest.fixture
+def generators():
+    """Makes one CPU generator per sample, as the worker does: generators(n, seed=0)."""
+    import torch
+
+    def make(n: int, seed: int = 0) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+    return make

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.backbone import Backbone
+from editsweep.diffusion.backbone import Backbone
 from editsweep.toy import detector, world
 
 HELD_OUT_STREAM = 7  # scene i of a held-out set is drawn from rng [seed, 7, i]; training uses 1
@@ -76,7 +76,7 @@ def generation(
     An image counts for colour when its largest detected object has the named colour, for shape
     when that object has the named shape (so one wrong object is a miss, not a hit by luck).
     """
-    from editsweep.methods.ddim import ddim_sample, make_schedule
+    from editsweep.diffusion.ddim import ddim_sample, make_schedule
 
     prompts = [p for p in prompts for _ in range(seeds)]
     gen = torch.Generator().manual_seed(0)
@@ -232,7 +232,7 @@ def run_all(out: Path, spec_path: Path, checks: Sequence[str]) -> dict[str, Any]
     """Run the named checks on the shipped toy models; figures to `out/eval.json`, pictures beside."""
     import json
 
-    from editsweep.methods.backbone import load_backbone
+    from editsweep.diffusion.backbone import load_backbone
 
     out.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone("toy")

@@ -128,7 +128,7 @@ def save_denoiser(folder: Path, unet: UNet2DConditionModel, text_encoder: CLIPTe
 
 def load_backbone_parts(folder: Path = WEIGHTS_DIR) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel, DDIMScheduler]:
     """(unet, vae, text_encoder, scheduler) of the trained toy backbone in `folder`."""
-    from editsweep.methods.backbone import SD_SCHEDULER
+    from editsweep.diffusion.backbone import SD_SCHEDULER
 
     missing = [p for p in (*BACKBONE_PARTS, "backbone") if not (folder / f"{p}.{'json' if p == 'backbone' else 'safetensors'}").is_file()]
     if missing:

@@ -167,7 +167,7 @@ def train_unet(latents: torch.Tensor, scenes: list[world.Scene], config: TrainCo
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
-    from editsweep.methods.backbone import SD_SCHEDULER, clip_bpe_tokenizer
+    from editsweep.diffusion.backbone import SD_SCHEDULER, clip_bpe_tokenizer
 
     torch.manual_seed(config.seed + 1)
     unet, text_encoder = models.new_unet().train(), models.new_text_encoder().train()

@@ -40,8 +40,8 @@ from editsweep.bench.metrics.clip_t import (
     open_clip_tag_kwargs,
     resolve_pretrained_checkpoint,
 )
+from editsweep.core.hub import hf_offline
 from editsweep.datasets.base import Sample
-from editsweep.methods.hub import hf_offline
 
 log = logging.getLogger(__name__)
 

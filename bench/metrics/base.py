@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from editsweep.bench.registry import Registry
+from editsweep.core.registry import Registry
 from editsweep.datasets.base import Sample
 
 

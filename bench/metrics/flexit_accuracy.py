@@ -27,8 +27,8 @@ from pydantic import Field
 
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
 from editsweep.bench.metrics.inception import resize_center_crop
+from editsweep.core.hub import hf_offline
 from editsweep.datasets.base import Sample
-from editsweep.methods.hub import hf_offline
 
 MODEL_ID = "facebook/deit-base-distilled-patch16-384"
 RANDOM_SEED = 0

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
+from editsweep.core.hub import hf_cache_dir, hf_offline
 from editsweep.datasets.base import Sample
-from editsweep.methods.hub import hf_cache_dir, hf_offline
 
 log = logging.getLogger(__name__)
 

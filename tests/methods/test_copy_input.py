@@ -1,6 +1,7 @@
 import torch
 
-from editsweep.methods.base import Params, get_method_class, images_tensor
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.methods.base import Params, get_method_class
 
 
 def test_copy_returns_the_input_at_every_point(tiny_backbone, generated_samples, generators):

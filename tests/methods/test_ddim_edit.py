@@ -2,8 +2,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from editsweep.methods.base import get_method_class, images_tensor
-from editsweep.methods.ddim import ddim_invert, make_schedule
+from editsweep.diffusion.ddim import ddim_invert, make_schedule
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.methods.base import get_method_class
 from editsweep.methods.ddim_edit import DDIMEditParams, DDIMInvertParams
 
 

@@ -1,10 +1,10 @@
 import torch
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.base import get_method_class, images_tensor
-from editsweep.methods.ddim import make_schedule
-from editsweep.methods.ddim_p2p import InversionParams, invert_source
-from editsweep.methods.p2p import GuidedP2PParams, p2p_latents
+from editsweep.diffusion.ddim import DDIMParams, invert_source, make_schedule
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.diffusion.p2p import GuidedP2PParams, p2p_latents
+from editsweep.methods.base import get_method_class
 
 
 def test_source_branch_returns_the_input_latent_exactly(tiny_backbone, generated_samples):
@@ -26,7 +26,7 @@ def test_source_branch_returns_the_input_latent_exactly(tiny_backbone, generated
 
 def test_method_keeps_the_trajectory_and_edits_every_point(tiny_backbone, generated_samples, generators):
     method = get_method_class("direct_inversion")()
-    params = InversionParams(steps=6)
+    params = DDIMParams(steps=6)
     state = method.invert(tiny_backbone, generated_samples, params, generators(3))
     assert state["trajectory"].shape == (7, 3, 4, 8, 8)
     points = [GuidedP2PParams(cross_replace=c) for c in (0.2, 0.8)]

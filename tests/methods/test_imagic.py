@@ -5,8 +5,9 @@ import torch
 from pydantic import ValidationError
 
 import editsweep.methods.imagic as imagic_module
-from editsweep.methods.base import get_method_class, images_tensor
-from editsweep.methods.ddim import ddim_sample, make_schedule
+from editsweep.diffusion.ddim import ddim_sample, make_schedule
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.methods.base import get_method_class
 from editsweep.methods.imagic import ImagicEditParams, ImagicInvertParams
 
 TARGET = "a blue bird in the sky"

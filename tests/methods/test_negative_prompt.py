@@ -1,9 +1,9 @@
 import torch
 
-from editsweep.methods.base import get_method_class, images_tensor
-from editsweep.methods.ddim import make_schedule
-from editsweep.methods.ddim_p2p import InversionParams, invert_source
-from editsweep.methods.p2p import GuidedP2PParams, p2p_latents
+from editsweep.diffusion.ddim import DDIMParams, invert_source, make_schedule
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.diffusion.p2p import GuidedP2PParams, p2p_latents
+from editsweep.methods.base import get_method_class
 
 
 def test_source_prompt_as_negative_prompt_reconstructs_under_guidance(tiny_backbone, generated_samples):
@@ -23,7 +23,7 @@ def test_source_prompt_as_negative_prompt_reconstructs_under_guidance(tiny_backb
 
 def test_method_edits_every_point(tiny_backbone, generated_samples, generators):
     method = get_method_class("negative_prompt")()
-    params = InversionParams(steps=4)
+    params = DDIMParams(steps=4)
     state = method.invert(tiny_backbone, generated_samples, params, generators(3))
     points = [GuidedP2PParams(guidance=g) for g in (1.0, 7.5)]
     out = method.edit(tiny_backbone, state, generated_samples, params, points, generators(3))

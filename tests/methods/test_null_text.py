@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from editsweep.methods.base import get_method_class, images_tensor
-from editsweep.methods.ddim import make_schedule
-from editsweep.methods.ddim_p2p import invert_source
-from editsweep.methods.null_text import NullTextParams, optimize_null_text
-from editsweep.methods.p2p import P2PParams, p2p_latents
+from editsweep.diffusion.ddim import invert_source, make_schedule
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.diffusion.null_text import NullTextParams, optimize_null_text
+from editsweep.diffusion.p2p import P2PParams, p2p_latents
+from editsweep.methods.base import get_method_class
 
 STEPS = 10
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from editsweep.methods.base import Params, get_method_class, images_tensor
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.methods.base import Params, get_method_class
 from editsweep.methods.sdedit import SDEditParams
 
 

@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from editsweep.methods.attention import P2PAttnProcessor, P2PControl, controlled_unet
-from editsweep.methods.base import get_method_class, images_tensor
-from editsweep.methods.ddim import make_schedule, predict_noise
-from editsweep.methods.image_encoder import ImageEncoderLoadError, load_image_encoder
-from editsweep.methods.p2p import p2p_latents
+from editsweep.diffusion.attention import P2PAttnProcessor, P2PControl, controlled_unet
+from editsweep.diffusion.ddim import make_schedule, predict_noise
+from editsweep.diffusion.image_encoder import ImageEncoderLoadError, load_image_encoder
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.diffusion.p2p import p2p_latents
+from editsweep.methods.base import get_method_class
 from editsweep.methods.style_diffusion import (
     StyleDiffusionEditParams,
     StyleDiffusionParams,

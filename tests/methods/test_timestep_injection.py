@@ -4,8 +4,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from editsweep.methods.base import get_method_class, images_tensor
-from editsweep.methods.ddim import ddim_sample, make_schedule
+from editsweep.diffusion.ddim import ddim_sample, make_schedule
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.methods.base import get_method_class
 from editsweep.methods.timestep_injection import InjectionEditParams, InjectionInvertParams
 
 TARGET = "a blue bird in the sky"

@@ -2,7 +2,8 @@
 
 import torch
 
-from editsweep.methods.base import Params, get_method_class, images_tensor
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.methods.base import Params, get_method_class
 
 
 def test_output_is_the_autoencoder_reconstruction_at_every_point(tiny_backbone, generated_samples, generators):

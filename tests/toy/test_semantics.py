@@ -9,8 +9,9 @@ import torch
 
 from editsweep.datasets.images import fit_square
 from editsweep.datasets.shapes import ShapesDataset
-from editsweep.methods.backbone import TOY_WEIGHTS_PREFIX, load_backbone
-from editsweep.methods.base import get_method_class, images_tensor
+from editsweep.diffusion.backbone import TOY_WEIGHTS_PREFIX, load_backbone
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.methods.base import get_method_class
 from editsweep.toy import detector, evaluate, models
 
 

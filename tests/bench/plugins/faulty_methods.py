@@ -27,9 +27,9 @@ EDIT_CALLS: list[int] = []  # edit points per `edit` call of `together_ddim`
 class CountingDDIM(DDIMEdit):
     name = "counting_ddim"
 
-    def invert(self, backbone, samples, params, generators):
+    def invert(self, backbone, samples, params, generators, seeds=None):
         INVERTED.extend(s.id for s in samples)
-        return super().invert(backbone, samples, params, generators)
+        return super().invert(backbone, samples, params, generators, seeds)
 
 
 @register_method
@@ -56,7 +56,7 @@ class Faulty(Copy):
     name = "faulty"
     InvertParams = FaultParams
 
-    def invert(self, backbone, samples, params, generators):
+    def invert(self, backbone, samples, params, generators, seeds=None):
         hit = [s.id for s in samples if s.id in params.samples]
         armed = not params.flag_file or Path(params.flag_file).exists()
         if hit and armed:
@@ -66,7 +66,7 @@ class Faulty(Copy):
                 os._exit(1)
             if params.fault == "raise":
                 raise RuntimeError(f"injected failure on {hit}")
-        return super().invert(backbone, samples, params, generators)
+        return super().invert(backbone, samples, params, generators, seeds)
 
     def edit(self, backbone, state, samples, invert_params, edit_params, generators):
         out = super().edit(backbone, state, samples, invert_params, edit_params, generators)
@@ -122,7 +122,7 @@ class Stub(Copy):
     name = "stub"
     InvertParams = StubParams
 
-    def invert(self, backbone, samples, params, generators):
+    def invert(self, backbone, samples, params, generators, seeds=None):
         import signal
         import time
 
@@ -133,7 +133,7 @@ class Stub(Copy):
         if params.kill_driver_at and done >= params.kill_driver_at and _once(f"{params.log}.driver"):
             os.kill(int(Path(params.driver_pid_file).read_text()), signal.SIGKILL)
         time.sleep(params.sleep_ms / 1000)
-        return super().invert(backbone, samples, params, generators)
+        return super().invert(backbone, samples, params, generators, seeds)
 
     def edit(self, backbone, state, samples, invert_params, edit_params, generators):
         with open(invert_params.log, "a") as log:

@@ -24,11 +24,11 @@ class RunnerHang(Copy):
     name = "runner_hang"
     InvertParams = HangParams
 
-    def invert(self, backbone, samples, params, generators):
+    def invert(self, backbone, samples, params, generators, seeds=None):
         armed = not params.flag_file or Path(params.flag_file).exists()
         if armed and any(s.id in params.samples for s in samples):
             if params.once:
                 Path(params.flag_file).unlink()
             while True:  # a method that never returns
                 time.sleep(60)
-        return super().invert(backbone, samples, params, generators)
+        return super().invert(backbone, samples, params, generators, seeds)

@@ -1,7 +1,7 @@
 import torch
 
-from editsweep.methods.base import images_tensor
-from editsweep.methods.ddim import ddim_invert, ddim_move, ddim_sample, make_schedule
+from editsweep.diffusion.ddim import ddim_invert, ddim_move, ddim_sample, make_schedule
+from editsweep.diffusion.inputs import images_tensor
 
 
 def relative_mse(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -16,12 +16,14 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from editsweep.core.params import Params
 from editsweep.datasets.base import Sample
-from editsweep.methods.attention import LocalBlend, P2PControl, controlled_unet
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import Params, source_prompts, target_prompts
-from editsweep.methods.ddim import Schedule, ddim_move, predict_noise
-from editsweep.methods.prompt_alignment import refine_mapper, replace_mapper, word_positions
+from editsweep.diffusion.attention import LocalBlend, P2PControl, controlled_unet
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.ddim import Schedule, ddim_move, predict_noise
+from editsweep.diffusion.inputs import source_prompts, target_prompts
+from editsweep.diffusion.inverted import Advance
+from editsweep.diffusion.prompt_alignment import refine_mapper, replace_mapper, word_positions
 
 
 class P2PParams(Params):
@@ -72,6 +74,8 @@ def p2p_edit(
     start: int = 0,
     source_trajectory: torch.Tensor | None = None,
     values: ValueInputs | None = None,
+    advance: Advance | None = None,
+    source_scale: float | None = None,
 ) -> list[torch.Tensor]:
     """Edit every sample at every P2P point; one (B, 3, H, W) image tensor per point.
 
@@ -79,6 +83,8 @@ def p2p_edit(
     points' own scale (Null-text's embeddings only hold for the scale they were tuned at).
     `source_trajectory` (steps + 1, B, ...) as returned by `ddim_invert` pins the source rows.
     `values` gives the cross-attention value inputs of the conditional rows at each step.
+    `advance` replaces the DDIM step and `source_scale` the source rows' guidance (an inversion's
+    sampler, diffusion/inverted.py).
     """
     by_scale: dict[float, list[int]] = {}
     for k, point in enumerate(points):
@@ -88,7 +94,7 @@ def p2p_edit(
     for scale, indices in by_scale.items():
         _, targets = p2p_latents(
             backbone, samples, [points[k] for k in indices], start_latents, schedule, uncond, scale, start,
-            source_trajectory, values,
+            source_trajectory, values, advance, source_scale,
         )  # fmt: skip
         for k, image in zip(indices, backbone.decode(targets).split(len(samples))):
             results[k] = image
@@ -153,6 +159,8 @@ def p2p_latents(
     start: int = 0,
     source_trajectory: torch.Tensor | None = None,
     values: ValueInputs | None = None,
+    advance: Advance | None = None,
+    source_scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The controlled DDIM loop at one guidance scale: final (source (B), target (P*B)) latents."""
     batch, n_points = len(samples), len(points)
@@ -163,6 +171,7 @@ def p2p_latents(
     uncond_rows = torch.cat([uncond] * (1 + n_points), dim=uncond.dim() - 3)
     x = torch.cat([start_latents.float()] * (1 + n_points))
     latent_hw = tuple(x.shape[-2:])
+    rows_scale = scale if source_scale is None else torch.tensor([source_scale] * batch + [scale] * (len(x) - batch))
     with controlled_unet(backbone.unet, control):
         for i in range(start, schedule.steps):
             control.step = i - start
@@ -170,9 +179,9 @@ def p2p_latents(
             step_uncond = uncond_rows[i] if uncond_rows.dim() == 4 else uncond_rows
             step_values = values(i - start, cond) if values is not None else None
             eps = predict_noise(
-                backbone, x, schedule.timesteps[i], cond, step_uncond, scale, alpha=a_from, values=step_values
+                backbone, x, schedule.timesteps[i], cond, step_uncond, rows_scale, alpha=a_from, values=step_values
             )
-            x = ddim_move(x, eps, a_from, a_to)
+            x = advance(i, x, eps) if advance is not None else ddim_move(x, eps, a_from, a_to)
             if source_trajectory is not None:
                 x[:batch] = source_trajectory[schedule.steps - i - 1].float()
             if control.blend is not None:

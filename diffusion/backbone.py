@@ -29,7 +29,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from editsweep.methods.hub import hf_offline
+from editsweep.core.hub import hf_offline
 
 PRESETS = ("tiny", "sd-v1-arch")  # seeded random weights
 TRAINED_PRESETS = ("toy",)  # weights shipped in the package (toy/weights/)

@@ -2,8 +2,8 @@
 
 import torch
 
-from editsweep.methods.attention import SELF_MAX_TOKENS, LocalBlend, P2PControl
-from editsweep.methods.p2p import _blend
+from editsweep.diffusion.attention import SELF_MAX_TOKENS, LocalBlend, P2PControl
+from editsweep.diffusion.p2p import _blend
 
 L = 77
 

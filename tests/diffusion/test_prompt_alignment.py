@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from editsweep.methods.backbone import clip_bpe_tokenizer
-from editsweep.methods.prompt_alignment import refine_mapper, replace_mapper, word_positions
+from editsweep.diffusion.backbone import clip_bpe_tokenizer
+from editsweep.diffusion.prompt_alignment import refine_mapper, replace_mapper, word_positions
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import open_clip
 import pytest
 import torch
 
-from editsweep.methods.backbone import BackboneLoadError, clip_bpe_tokenizer, load_backbone
+from editsweep.diffusion.backbone import BackboneLoadError, clip_bpe_tokenizer, load_backbone
 
 PROMPTS = [
     "a photo of a cat",

@@ -1,6 +1,6 @@
 import pytest
 
-from editsweep.bench.registry import Registry
+from editsweep.core.registry import Registry
 
 
 def test_register_get_and_list():

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.base import images_tensor
-from editsweep.methods.masks import (
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.diffusion.masks import (
     CLIPSEG_MODEL,
     MaskError,
     attention_maps,
@@ -108,7 +108,7 @@ def tiny_clipseg(tmp_path_factory) -> str:
     """A CLIPSeg with seeded random weights, saved as a local folder (safetensors + processor files)."""
     from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
 
-    from editsweep.methods.backbone import clip_bpe_tokenizer
+    from editsweep.diffusion.backbone import clip_bpe_tokenizer
 
     small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
     config = CLIPSegConfig(

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from editsweep.methods.hub import hf_offline
+from editsweep.core.hub import hf_offline
 
 # The encoder of the official StyleDiffusion code: all 197 ViT-B/16 tokens after the final layer
 # norm, whose width (768) is Stable Diffusion 1.x's cross-attention width.

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from editsweep.methods.base import images_tensor
-from editsweep.methods.finetuning import denoising_losses, finetune_unet, finetuned_unet, optimize_embeddings
+from editsweep.diffusion.finetuning import denoising_losses, finetune_unet, finetuned_unet, optimize_embeddings
+from editsweep.diffusion.inputs import images_tensor
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

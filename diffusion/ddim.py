@@ -9,11 +9,16 @@ exact reconstruction, and because guidance scales vary per batch row (a sweep ba
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field
 
-from editsweep.methods.backbone import Backbone
+from editsweep.core.params import Params
+from editsweep.datasets.base import Sample
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.inputs import images_tensor, source_prompts
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,12 @@ class Schedule:
     def steps(self) -> int:
         """The number of denoising steps."""
         return len(self.timesteps)
+
+
+class DDIMParams(Params):
+    """The DDIM schedule used to invert (at guidance 1, with the source prompt) and to edit."""
+
+    steps: int = Field(50, ge=1, le=1000, description="DDIM steps")
 
 
 def make_schedule(backbone: Backbone, steps: int) -> Schedule:
@@ -153,3 +164,11 @@ def ddim_sample(
         eps = predict_noise(backbone, x, schedule.timesteps[i], cond, uncond, guidance, alpha=a_from)
         x = ddim_move(x, eps, a_from, a_to)
     return x
+
+
+def invert_source(backbone: Backbone, samples: Sequence[Sample], steps: int) -> torch.Tensor:
+    """The DDIM inversion trajectory (steps + 1, B, C, h, w) of the samples with their source
+    prompts at guidance 1: the starting point of DDIM, Null-text, Negative-prompt and Direct inversion."""
+    latents = backbone.encode_images(images_tensor(samples, backbone.device))
+    cond = backbone.encode_text(source_prompts(samples))
+    return ddim_invert(backbone, latents, make_schedule(backbone, steps), cond)

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.ddim import ddim_sample, make_schedule
-from editsweep.methods.ddim_p2p import invert_source
-from editsweep.methods.p2p import GuidedP2PParams, build_control, p2p_latents
+from editsweep.diffusion.ddim import ddim_sample, invert_source, make_schedule
+from editsweep.diffusion.p2p import GuidedP2PParams, build_control, p2p_latents
 
 STEPS = 6
 

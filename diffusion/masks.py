@@ -30,12 +30,12 @@ import torch.nn.functional as F
 
 from editsweep.datasets.base import Sample
 from editsweep.datasets.images import fit_square_mask
-from editsweep.methods.attention import AttentionRecorder, P2PAttnProcessor
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import images_tensor
-from editsweep.methods.ddim import ddim_invert, make_schedule
-from editsweep.methods.p2p import attention_map_tokens
-from editsweep.methods.prompt_alignment import word_positions
+from editsweep.diffusion.attention import AttentionRecorder, P2PAttnProcessor
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.ddim import ddim_invert, make_schedule
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.diffusion.p2p import attention_map_tokens
+from editsweep.diffusion.prompt_alignment import word_positions
 
 MaskProvider = Literal["attention", "clipseg"]
 CLIPSEG_MODEL = "CIDAS/clipseg-rd64-refined"

@@ -23,8 +23,8 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.backbone import Backbone
-from editsweep.methods.base import images_tensor, target_prompts
+from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.inputs import images_tensor, target_prompts
 
 LossWeights = Callable[[torch.Tensor], torch.Tensor]
 """Maps a per-pixel squared error (B, C, h, w) to per-image losses (B,), e.g. a masked mean."""

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from editsweep.datasets.base import Sample
-from editsweep.methods.p2p import GuidedP2PParams, build_control
+from editsweep.diffusion.p2p import GuidedP2PParams, build_control
 
 STEPS = 10
 
