@@ -162,9 +162,9 @@ def test_tedbench_sweep_inverts_once_per_image_and_seed(tmp_path, monkeypatch):
     for cls in (NullTextInversion, PromptTuning):
         original = cls.invert
 
-        def counting(self, backbone, samples, params, generators, _original=original):
+        def counting(self, backbone, samples, params, generators, seeds=None, _original=original):
             inverted.update((self.name, s.id) for s in samples)
-            return _original(self, backbone, samples, params, generators)
+            return _original(self, backbone, samples, params, generators, seeds)
 
         monkeypatch.setattr(cls, "invert", counting)
     spec = load_spec(
