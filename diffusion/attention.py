@@ -4,13 +4,14 @@ The denoising batch holds source rows (one per sample: the reconstruction branch
 (one per sample and edit point). Every target row names its source row and carries its own
 controls, so a whole grid of P2P settings runs through one UNet call per step:
 
-- cross-attention: during the first `cross_steps` steps a target row's maps are its source's maps
-  rearranged to its own tokens (word swap or refinement mapper, `prompt_alignment`), then
-  multiplied by a per-token equalizer (re-weighting);
-- self-attention: during the first `self_steps` steps, on layers of at most `SELF_MAX_TOKENS`
+- cross-attention: from step `cross_from` to `cross_steps` (per row, or per row and token for
+  per-word schedules) a target row's maps are its source's maps rearranged to its own tokens (word
+  swap or refinement mapper, `prompt_alignment`), then multiplied by a per-token equalizer
+  (re-weighting);
+- self-attention: from step `self_from` to `self_steps`, on layers of at most `SELF_MAX_TOKENS`
   queries, a target row's maps are its source's;
 - LocalBlend: after each step, target latents outside a mask made from the cross-attention maps of
-  the blended words keep the source latents.
+  the blended words, summed over the steps so far, keep the source latents.
 
 Control applies to the conditional half of classifier-free guidance; `control_uncond` extends all
 of it to the unconditional half, and `uncond_self_steps` only its self-attention replacement, with
@@ -35,7 +36,9 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-SELF_MAX_TOKENS = 16**2  # P2P replaces self-attention on layers up to 16x16 (SD at 512 px)
+# As the reference code (`replace_self_attention`: att_replace.shape[2] <= 32 ** 2): self-attention is
+# replaced on layers of up to 32x32 queries (SD at 512 px: all but the 64x64 ones).
+SELF_MAX_TOKENS = 32**2
 
 
 @dataclass
@@ -47,17 +50,24 @@ class LocalBlend:
     threshold: torch.Tensor  # (T,)
     start_step: torch.Tensor  # (T,) first step (counted from 0) at which blending acts
     map_tokens: int | None = None  # the query count of the layers whose maps make the mask
-    maps: list[torch.Tensor] = field(default_factory=list)
+    total: torch.Tensor | None = None  # running sum of head-averaged maps (rows, queries, L)
+    count: int = 0
 
     def collect(self, probs: torch.Tensor) -> None:
-        """Keep head-averaged cross maps (rows, queries, L) of the mask layers for this step."""
+        """Add the head-averaged cross maps (rows, queries, L) of a mask layer to the running sum."""
         if self.map_tokens is None or probs.shape[2] == self.map_tokens:
-            self.maps.append(probs.mean(1))
+            maps = probs.mean(1).float()
+            self.total = maps if self.total is None else self.total + maps
+            self.count += 1
 
     def mask(self, n_source: int, source_index: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
-        """The (T, 1, h, w) 0/1 blend mask: source word region united with target word region."""
-        maps = torch.stack(self.maps).mean(0)  # (rows, Q, L)
-        self.maps.clear()
+        """The (T, 1, h, w) 0/1 blend mask: source word region united with target word region.
+
+        As the reference code's LocalBlend, the maps are those of every step so far (its
+        `attention_store` is a running sum over steps): the mean over layers and steps, whose
+        scale the per-row normalisation by the maximum removes.
+        """
+        maps = self.total / self.count  # (rows, Q, L)
         side = int(maps.shape[1] ** 0.5)
         src = (maps[source_index] * self.source_words[:, None]).sum(-1)
         tgt = (maps[n_source:] * self.target_words[:, None]).sum(-1)
@@ -79,11 +89,13 @@ class P2PControl:
     mapper: torch.Tensor  # (T, L, L)
     alphas: torch.Tensor  # (T, L)
     equalizer: torch.Tensor  # (T, L)
-    cross_steps: torch.Tensor  # (T,) long
-    self_steps: torch.Tensor  # (T,) long
+    cross_steps: torch.Tensor  # (T,) or (T, L) long: the step at which cross-attention replacement ends
+    self_steps: torch.Tensor  # (T,) long: the step at which self-attention replacement ends
     control_uncond: bool = False
     uncond_self_steps: torch.Tensor | None = None  # (T,) long: P2Plus; control_uncond takes precedence
     blend: LocalBlend | None = None
+    cross_from: torch.Tensor | None = None  # like cross_steps: the step it starts at (None: 0)
+    self_from: torch.Tensor | None = None  # (T,) long: the step self-attention replacement starts at (None: 0)
     step: int = 0
 
     def __call__(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
@@ -95,14 +107,16 @@ class P2PControl:
         controlled = range(halves) if self.control_uncond else [halves - 1]
         out = list(probs.split(rows))
         for h in controlled:
-            out[h] = self._edit(out[h], is_cross, self.self_steps)
+            out[h] = self._edit(out[h], is_cross, self.self_steps, self.self_from)
         if self.uncond_self_steps is not None and halves > 1 and not self.control_uncond and not is_cross:
-            out[0] = self._edit(out[0], is_cross, self.uncond_self_steps)
+            out[0] = self._edit(out[0], is_cross, self.uncond_self_steps, None)
         if self.blend is not None and is_cross:
             self.blend.collect(out[-1])
         return torch.cat(out)
 
-    def _edit(self, probs: torch.Tensor, is_cross: bool, self_steps: torch.Tensor) -> torch.Tensor:
+    def _edit(
+        self, probs: torch.Tensor, is_cross: bool, self_steps: torch.Tensor, self_from: torch.Tensor | None
+    ) -> torch.Tensor:
         source, target = probs[: self.n_source], probs[self.n_source :]
         base = source[self.source_index]
         if is_cross:
@@ -110,14 +124,21 @@ class P2PControl:
             alphas = self.alphas.to(probs.dtype)[:, None, None, :]
             mapped = mapped * alphas + target * (1 - alphas)
             mapped = mapped * self.equalizer.to(probs.dtype)[:, None, None, :]
-            active = self.step < self.cross_steps
+            active = _window(self.step, self.cross_from, self.cross_steps)
         else:
             if probs.shape[2] > SELF_MAX_TOKENS:
                 return probs
             mapped = base
-            active = self.step < self_steps
-        edited = torch.where(active.to(probs.device).view(-1, 1, 1, 1), mapped, target)
+            active = _window(self.step, self_from, self_steps)
+        shape = (-1, 1, 1, active.shape[1]) if active.dim() == 2 else (-1, 1, 1, 1)
+        edited = torch.where(active.to(probs.device).view(shape), mapped, target)
         return torch.cat([source, edited])
+
+
+def _window(step: int, start: torch.Tensor | None, end: torch.Tensor) -> torch.Tensor:
+    """Where start <= step < end (start None: 0)."""
+    active = step < end
+    return active if start is None else active & (step >= start)
 
 
 AttentionHook = Callable[[torch.Tensor, bool], torch.Tensor]

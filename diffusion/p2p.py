@@ -11,10 +11,10 @@ and optional per-step value inputs of the cross-attention (StyleDiffusion).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from editsweep.core.params import Params
 from editsweep.datasets.base import Sample
@@ -25,12 +25,25 @@ from editsweep.diffusion.inputs import source_prompts, target_prompts
 from editsweep.diffusion.inverted import Advance
 from editsweep.diffusion.prompt_alignment import refine_mapper, replace_mapper, word_positions
 
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Window = tuple[Fraction, Fraction]
+"""(start, end) fractions of the steps, as the reference code's schedules accept them."""
+
 
 class P2PParams(Params):
-    """Prompt-to-Prompt controls of one edit point (they change only the edit)."""
+    """Prompt-to-Prompt controls of one edit point (they change only the edit).
 
-    cross_replace: float = Field(0.8, ge=0, le=1, description="fraction of steps with injected cross-attention")
-    self_replace: float = Field(0.4, ge=0, le=1, description="fraction of steps with injected self-attention")
+    As the reference code: `cross_replace` is a fraction of the steps, a (start, end) window, or per
+    word `{"default_": 0.8, "word": 0.4}` (words of the target prompt, each with its own fraction
+    or window); its steps are int(f * (steps + 1)), as the reference's `get_time_words_attention_alpha`
+    (steps + 1 rows), while `self_replace` (a fraction or a window) counts int(f * steps). In a
+    spec grid a window is written as a list inside the axis: `cross_replace: [[0.2, 0.8]]`.
+    """
+
+    cross_replace: Fraction | Window | dict[str, Fraction | Window] = Field(
+        0.8, description="fraction (or window, or per word) of the steps with injected cross-attention"
+    )
+    self_replace: Fraction | Window = Field(0.4, description="fraction (or window) of the steps with injected self-attention")
     mode: Literal["auto", "replace", "refine"] = Field(
         "auto", description="word swap, refinement, or auto: swap when the word counts match"
     )
@@ -43,6 +56,14 @@ class P2PParams(Params):
     blend_threshold: float = Field(0.3, gt=0, lt=1, description="LocalBlend mask threshold")
     blend_start: float = Field(0.2, ge=0, le=1, description="fraction of steps before LocalBlend acts")
     control_uncond: bool = Field(False, description="also control the unconditional branch (P2Plus)")
+
+    @model_validator(mode="after")
+    def _ordered_windows(self) -> P2PParams:
+        schedules = self.cross_replace.values() if isinstance(self.cross_replace, dict) else [self.cross_replace]
+        for window in [*schedules, self.self_replace]:
+            if isinstance(window, tuple) and window[0] > window[1]:
+                raise ValueError(f"a (start, end) window needs start <= end, got {window}")
+        return self
 
 
 class GuidedP2PParams(P2PParams):
@@ -108,6 +129,7 @@ def build_control(
     tokenizer = backbone.tokenizer
     batch = len(samples)
     mappers, alphas, equalizers, cross, self_, uncond_self, blends = [], [], [], [], [], [], []
+    length = tokenizer.model_max_length
     for point in points:
         for sample in samples:
             source, target = sample.source_prompt or "", sample.target_prompt
@@ -121,8 +143,8 @@ def build_control(
             mappers.append(mapper)
             alphas.append(alpha)
             equalizers.append(equalizer)
-            cross.append(int(point.cross_replace * n_steps))
-            self_.append(int(point.self_replace * n_steps))
+            cross.append(_cross_window(tokenizer, target, point.cross_replace, n_steps, length))
+            self_.append(_steps(point.self_replace, n_steps))
             uncond_self.append(int(point.uncond_self_replace * n_steps) if isinstance(point, P2PlusParams) else 0)
             blends.append(_blend_words(tokenizer, sample, point, n_steps))
     control = P2PControl(
@@ -131,8 +153,10 @@ def build_control(
         mapper=torch.stack(mappers).to(backbone.device),
         alphas=torch.stack(alphas).to(backbone.device),
         equalizer=torch.stack(equalizers).to(backbone.device),
-        cross_steps=torch.tensor(cross, device=backbone.device),
-        self_steps=torch.tensor(self_, device=backbone.device),
+        cross_from=torch.stack([c[0] for c in cross]).to(backbone.device),
+        cross_steps=torch.stack([c[1] for c in cross]).to(backbone.device),
+        self_from=torch.tensor([s[0] for s in self_], device=backbone.device),
+        self_steps=torch.tensor([s[1] for s in self_], device=backbone.device),
         control_uncond=any(p.control_uncond for p in points),
         uncond_self_steps=torch.tensor(uncond_self, device=backbone.device) if any(uncond_self) else None,
     )
@@ -206,6 +230,31 @@ def _mapper(tokenizer, source: str, target: str, mode: str) -> tuple[torch.Tenso
     if mode == "replace" or (mode == "auto" and len(source.split()) == len(target.split())):
         return replace_mapper(tokenizer, source, target), torch.ones(length)
     return refine_mapper(tokenizer, source, target)
+
+
+def _steps(schedule: float | tuple[float, float], n_steps: int) -> tuple[int, int]:
+    """(first step, end step) of a fraction or a (start, end) window, int(f * n_steps) each."""
+    start, end = schedule if isinstance(schedule, tuple) else (0.0, schedule)
+    return int(start * n_steps), int(end * n_steps)
+
+
+def _cross_window(
+    tokenizer, target: str, schedule: float | tuple | dict, n_steps: int, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token (first step, end step) of cross-attention replacement, (L,) each.
+
+    The reference's rule: a step count of int(f * (steps + 1)); a per-word schedule overrides its
+    words' tokens in the target prompt, "default_" (else the whole run) covers the others.
+    """
+    words = dict(schedule) if isinstance(schedule, dict) else {"default_": schedule}
+    start, end = _steps(words.pop("default_", (0.0, 1.0)), n_steps + 1)
+    first, last = torch.full((length,), start), torch.full((length,), end)
+    for word, word_schedule in words.items():
+        positions = word_positions(tokenizer, target, word)
+        if not positions:
+            raise ValueError(f"cross_replace: the word {word!r} is not in the target prompt {target!r}")
+        first[positions], last[positions] = _steps(word_schedule, n_steps + 1)
+    return first, last
 
 
 def _blend_words(tokenizer, sample: Sample, point: P2PParams, n_steps: int) -> tuple:

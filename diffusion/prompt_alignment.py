@@ -5,7 +5,8 @@ taken as sum_i source_map[i] * M[i, j]. `alphas[j]` is 1 where target token j ha
 counterpart and 0 where it was added (it then keeps its own map). We write the alignment
 ourselves because diffusers ships no P2P aligner; the algorithms follow Hertz et al. 2022:
 word swap maps word to word (a word split into several tokens shares its counterpart's mean map),
-refinement aligns the token sequences globally (Needleman-Wunsch, match 1, mismatch -1, gap 0).
+refinement aligns the token sequences globally (Needleman-Wunsch, match 1, mismatch -1, gap 0) with
+the reference code's tie-breaking and padding rule (`refine_mapper`).
 """
 
 from __future__ import annotations
@@ -63,40 +64,52 @@ def replace_mapper(tokenizer: PreTrainedTokenizerBase, source: str, target: str)
 
 
 def refine_mapper(tokenizer: PreTrainedTokenizerBase, source: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refinement mapper (words added or removed) and its alphas; (L, L) and (L,)."""
+    """Refinement mapper (words added or removed) and its alphas; (L, L) and (L,).
+
+    As the reference code's `seq_aligner.get_refinement_mapper` (the code PIE-Bench's numbers come
+    from), including its protocol quirk at the padding: every target position j at or after the
+    target's token count maps to source position j itself (the same index, not the source's
+    padding shifted by the difference in length) with alpha 1.
+    """
     length = tokenizer.model_max_length
     src, tgt = prompt_tokens(tokenizer, source), prompt_tokens(tokenizer, target)
-    aligned = _align(src, tgt)
     mapper = torch.zeros(length, length)
-    alphas = torch.zeros(length)
-    for j, i in enumerate(aligned):
+    alphas = torch.ones(length)
+    for j, i in enumerate(_align(src, tgt)):
         if i >= 0:
             mapper[i, j] = 1.0
-            alphas[j] = 1.0
-    # Padding after the target's end token follows the source's padding one to one.
-    for k in range(length - max(len(src), len(tgt))):
-        mapper[len(src) + k, len(tgt) + k] = 1.0
-        alphas[len(tgt) + k] = 1.0
+        else:
+            alphas[j] = 0.0
+    for j in range(len(tgt), length):
+        mapper[j, j] = 1.0
     return mapper, alphas
 
 
 def _align(src: list[int], tgt: list[int]) -> list[int]:
-    """For each target position, the aligned source position or -1 (global alignment)."""
+    """For each target position, the aligned source position or -1: the reference's global
+    alignment (`seq_aligner.global_align`: gap 0, match 1, mismatch -1; on ties it prefers a gap
+    in the source, then a gap in the target, then the diagonal) read back from the end."""
     n, m = len(src), len(tgt)
     score = [[0] * (m + 1) for _ in range(n + 1)]
+    move = [[0] * (m + 1) for _ in range(n + 1)]  # 1: left (target token unaligned), 2: up, 3: diagonal
+    for j in range(1, m + 1):
+        move[0][j] = 1
+    for i in range(1, n + 1):
+        move[i][0] = 2
     for i in range(1, n + 1):
         for j in range(1, m + 1):
+            left, up = score[i][j - 1], score[i - 1][j]
             diagonal = score[i - 1][j - 1] + (1 if src[i - 1] == tgt[j - 1] else -1)
-            score[i][j] = max(diagonal, score[i - 1][j], score[i][j - 1])
+            score[i][j] = max(left, up, diagonal)
+            move[i][j] = 1 if score[i][j] == left else 2 if score[i][j] == up else 3
     mapping = [-1] * m
     i, j = n, m
-    while i > 0 and j > 0:
-        if score[i][j] == score[i - 1][j - 1] + (1 if src[i - 1] == tgt[j - 1] else -1):
-            if src[i - 1] == tgt[j - 1]:
-                mapping[j - 1] = i - 1
+    while i > 0 or j > 0:
+        if move[i][j] == 3:
             i, j = i - 1, j - 1
-        elif score[i][j] == score[i - 1][j]:
-            i -= 1
-        else:
+            mapping[j] = i
+        elif move[i][j] == 1:
             j -= 1
+        else:
+            i -= 1
     return mapping

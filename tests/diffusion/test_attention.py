@@ -15,7 +15,7 @@ def control(n_targets=2, cross_steps=(3, 3), self_steps=(2, 2), **kw):
         mapper=torch.eye(L).repeat(n_targets, 1, 1),
         alphas=torch.ones(n_targets, L),
         equalizer=torch.ones(n_targets, L),
-        cross_steps=torch.tensor(cross_steps),
+        cross_steps=torch.as_tensor(cross_steps),
         self_steps=torch.tensor(self_steps),
         **kw,
     )
@@ -91,3 +91,39 @@ def test_blending_keeps_source_latents_outside_the_mask():
     assert torch.equal(out[1, :, :2, :2], x[1, :, :2, :2])  # inside the mask: the edit
     assert torch.equal(out[1, :, 4:, 4:], x[0, :, 4:, 4:])  # outside: the source
     assert torch.equal(out[0], x[0])
+
+
+def test_per_token_windows_replace_only_the_active_tokens():
+    """Per-word schedules (the reference's `cross_replace_steps` dict): each token has its own window."""
+    start, end = torch.zeros(1, L, dtype=torch.long), torch.full((1, L), 5)
+    start[0, 4], end[0, 4] = 2, 3  # token 4 is replaced in step 2 only
+    c = control(n_targets=1, cross_steps=end, self_steps=(0,), cross_from=start)
+    probs = maps(2, 16, L)
+    c.step = 1
+    out = c(probs, is_cross=True)[1]
+    assert torch.equal(out[..., 4], probs[1][..., 4]) and torch.equal(out[..., 5], probs[0][..., 5])
+    c.step = 2
+    out = c(probs, is_cross=True)[1]
+    assert torch.equal(out, probs[0])
+
+
+def test_self_attention_window_starts_late():
+    c = control(self_steps=(3, 3), self_from=torch.tensor([1, 2]))
+    small = maps(6, 64, 64)
+    c.step = 1
+    out = c(small, is_cross=False)
+    assert torch.equal(out[4], small[3]) and torch.equal(out[5], small[5])
+
+
+def test_local_blend_mask_uses_the_maps_of_every_step_so_far():
+    """As the reference's LocalBlend (a running sum in its attention store): a region the word
+    attended to at an earlier step stays in the mask."""
+    words = torch.zeros(1, L)
+    words[0, 1] = 1
+    blend = LocalBlend(words, words.clone(), threshold=torch.tensor([0.3]), start_step=torch.tensor([0]))
+    for peak in ((1, 1), (6, 6)):
+        probs = torch.full((2, 1, 64, L), 1e-3)
+        probs[:, :, peak[0] * 8 + peak[1], 1] = 1.0
+        blend.collect(probs)
+    mask = blend.mask(1, torch.tensor([0]), (8, 8))[0, 0]
+    assert mask[1, 1] == 1 and mask[6, 6] == 1

@@ -6,6 +6,7 @@ import torch
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.ddim import ddim_sample, invert_source, make_schedule
 from editsweep.diffusion.p2p import GuidedP2PParams, build_control, p2p_latents
+from editsweep.diffusion.prompt_alignment import word_positions
 
 STEPS = 6
 
@@ -92,3 +93,32 @@ def test_bad_controls_name_the_problem(tiny_backbone, edited_samples):
     bare = [Sample(s.id, s.image, s.target_prompt, s.source_prompt) for s in edited_samples]
     with pytest.raises(ValueError, match="blended_words"):
         build_control(tiny_backbone, bare, [GuidedP2PParams(local_blend=True)], STEPS)
+
+
+def test_cross_replace_steps_follow_the_reference_count(tiny_backbone, edited_samples):
+    """int(f * (steps + 1)) for cross-attention, int(f * steps) for self-attention."""
+    points = [GuidedP2PParams(cross_replace=0.75, self_replace=0.75)]
+    control = build_control(tiny_backbone, edited_samples[:1], points, 50)
+    assert control.cross_steps[0].unique().tolist() == [38]  # int(0.75 * 51); int(0.75 * 50) would be 37
+    assert control.self_steps.tolist() == [37]
+
+
+def test_per_word_schedules_and_windows(tiny_backbone, edited_samples):
+    sample = edited_samples[0]
+    word = sample.target_prompt.split()[-1]
+    point = GuidedP2PParams(cross_replace={"default_": 0.8, word: (0.2, 0.5)}, self_replace=(0.1, 0.3))
+    control = build_control(tiny_backbone, [sample], [point], 50)
+    positions = word_positions(tiny_backbone.tokenizer, sample.target_prompt, word)
+    assert control.cross_from[0, positions].tolist() == [10] * len(positions)  # int(0.2 * 51)
+    assert control.cross_steps[0, positions].tolist() == [25] * len(positions)  # int(0.5 * 51)
+    others = [j for j in range(77) if j not in positions]
+    assert control.cross_from[0, others].eq(0).all() and control.cross_steps[0, others].eq(40).all()
+    assert (control.self_from.tolist(), control.self_steps.tolist()) == ([5], [15])
+    with pytest.raises(ValueError, match="not in the target prompt"):
+        build_control(tiny_backbone, [sample], [GuidedP2PParams(cross_replace={"zebra": 0.4})], 50)
+
+
+def test_windows_must_be_ordered():
+    with pytest.raises(ValueError, match="start <= end"):
+        GuidedP2PParams(cross_replace=(0.6, 0.2))
+    assert GuidedP2PParams(cross_replace=[0.2, 0.6]).cross_replace == (0.2, 0.6)
