@@ -12,11 +12,16 @@ from editsweep.datasets.base import Sample
 
 
 def images_tensor(samples: Sequence[Sample], device: torch.device) -> torch.Tensor:
-    """The samples' images as one (B, 3, H, W) float tensor in [0, 1] (images already resized)."""
+    """The samples' images as one (B, 3, H, W) float tensor in [0, 1] (images already resized).
+
+    Channels-last in memory (a permuted view), as the reference code hands its VAE the image
+    (`image2latent` in the Null-text / prompt-to-prompt code: `permute(2, 0, 1)` without
+    `.contiguous()`): a contiguous copy would move the encoded latents by ~3e-5 (closer to a
+    float64 encode, but no longer the reference's numbers, and batch-size dependent in the CPU
+    convolutions at ~1e-5).
+    """
     arrays = np.stack([np.asarray(s.image.convert("RGB"), dtype=np.float32) / 255.0 for s in samples])
-    # contiguous: a permuted (channels-last) view moves the encoded latents by ~3e-5 and 9x further
-    # from a float64 encode than the plain layout does
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous().to(device)
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).to(device)
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
