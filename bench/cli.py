@@ -263,6 +263,9 @@ def _list(args: argparse.Namespace) -> int:
             print(f"{name}: {_doc(cls)}")
             print(f"  invert: {_params(cls.InvertParams)}")
             print(f"  edit:   {_params(cls.EditParams)}")
+            if cls.InvertParams.model_config.get("extra") == "allow":  # a choice of components: name them
+                print(f"  inversions: {', '.join(sorted(INVERSIONS))} (their params: editsweep list inversions)")
+                print(f"  editors:    {', '.join(sorted(EDITORS))} (their params: editsweep list editors)")
     elif args.what in ("inversions", "editors"):
         registry = INVERSIONS if args.what == "inversions" else EDITORS
         for name, cls in sorted(registry.items()):
