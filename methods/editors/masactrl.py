@@ -4,7 +4,10 @@ From `start_step` and `start_layer` on, the target rows' self-attention reads th
 of their source row (diffusion/mutual_attention.py), keeping the input's content under a target
 prompt that may change pose or layout. Defaults are the paper's and PIE-Bench's (step 4, layer
 10 of SD's 16 transformer blocks, of 50 steps), after the reference code `TencentARC/MasaCtrl`
-(`MutualSelfAttentionControl`). The mask variant from cross-attention is not built yet.
+(`MutualSelfAttentionControl`). The layer is an absolute block index as there, so a UNet with
+fewer blocks needs its own (`toy`: 7 blocks, its decoder from 3; `tiny`: 4, from 2): a start_layer
+past the last block is refused rather than silently editing nothing. The mask variant from
+cross-attention is not built yet.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from editsweep.core.params import Params
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import Backbone
 from editsweep.diffusion.inverted import Inverted
-from editsweep.diffusion.mutual_attention import MutualControl, mutual_unet
+from editsweep.diffusion.mutual_attention import MutualControl, mutual_unet, transformer_block_order
 from editsweep.diffusion.rows import by_scale, denoise_rows
 from editsweep.methods.editors.base import Editor, register_editor
 
@@ -49,6 +52,14 @@ class MasaCtrlEditor(Editor):
         generators: Sequence[torch.Generator],
     ) -> list[torch.Tensor]:
         batch = len(samples)
+        n_blocks = len(transformer_block_order(backbone.unet))
+        too_deep = sorted({p.start_layer for p in points if p.start_layer >= n_blocks})
+        if too_deep:
+            raise ValueError(
+                f"masactrl start_layer {too_deep} is at or past the last of this UNet's {n_blocks} transformer "
+                f"blocks (forward order), so mutual self-attention would never act; SD 1.x has 16 (the default 10 "
+                f"leaves its last 6); set start_layer below {n_blocks}"
+            )
         results: list[torch.Tensor | None] = [None] * len(points)
         for scale, indices in by_scale(guidance).items():
             chosen = [points[k] for k in indices]

@@ -102,6 +102,7 @@ def test_ddpm_inversion_under_an_editor_with_target_equal_to_source_is_the_recon
 ):
     """The source rows retrace the input through the noise maps; an unchanged prompt edits nothing."""
     invert = {"inversion": "ddpm", "steps": 6, "skip": 1, "source_guidance": 3.5}
-    out = run("invert_edit", invert, [{"editor": editor, "guidance": 3.5}], generated_samples, tiny_backbone, generators)
+    edit = {"editor": editor, "guidance": 3.5, **({"start_step": 0, "start_layer": 0} if editor == "masactrl" else {})}
+    out = run("invert_edit", invert, [edit], generated_samples, tiny_backbone, generators)
     vae = tiny_backbone.decode(tiny_backbone.encode_images(images_tensor(generated_samples, tiny_backbone.device)))
     assert ((out[0] - vae) ** 2).mean() < 1e-3

@@ -1,5 +1,6 @@
 """MasaCtrl on the tiny backbone: algorithmic facts of mutual self-attention."""
 
+import pytest
 import torch
 
 from editsweep.datasets.base import Sample
@@ -60,3 +61,10 @@ def test_editor_batches_points_and_matches_each_point_alone(tiny_backbone, gener
         alone = MasaCtrlEditor().edit(tiny_backbone, inverted, samples, [point], [7.5], generators(3))
         assert torch.allclose(together[k], alone[0], atol=1e-4)
     assert [t.shape for t in together] == [(3, 3, 64, 64)] * 2
+
+
+def test_a_start_layer_past_the_unets_blocks_is_refused(tiny_backbone, generated_samples, generators):
+    """SD's default (10 of 16 blocks) would never act on the tiny UNet's 4: an error, not a no-op."""
+    inverted = inverted_of(tiny_backbone, generated_samples, generators)
+    with pytest.raises(ValueError, match=r"start_layer \[10\].*4 transformer blocks"):
+        MasaCtrlEditor().edit(tiny_backbone, inverted, generated_samples, [MasaCtrlParams()], [7.5], generators(3))
