@@ -64,13 +64,12 @@ def spec(invert, edit, seeds=(0, 1)):
 
 
 def test_one_inversion_per_inversion_sample_and_seed():
-    tasks, _ = plan(
-        spec({"inversion": ["ddim", "null_text", "direct"], "steps": 10}, {"editor": ["p2p"], "cross_replace": [0.4, 0.8]})
-    )
-    # 3 inversions x 3 samples x 2 seeds groups, each with the 2 edit points.
+    tasks, _ = plan(spec({"inversion": ["ddim", "null_text", "direct"], "steps": 10}, {"editor": ["p2p", "masactrl", "pnp"]}))
+    # 3 inversions x 3 samples x 2 seeds groups, each with the 3 editors' points.
     groups = group_tasks(tasks)
-    assert len(tasks) == 3 * 3 * 2 * 2
-    assert len(groups) == 3 * 3 * 2 and all(len(g.tasks) == 2 for g in groups)
+    assert len(tasks) == 3 * 3 * 2 * 3
+    assert len(groups) == 3 * 3 * 2 and all(len(g.tasks) == 3 for g in groups)
+    assert all({json.loads(t.edit_params)["editor"] for t in g.tasks} == {"p2p", "masactrl", "pnp"} for g in groups)
     per_inversion = {}
     for g in groups:
         per_inversion.setdefault(json.loads(g.head.invert_params)["inversion"], set()).add((g.head.sample_id, g.head.seed))
