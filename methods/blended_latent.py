@@ -13,9 +13,11 @@ error for that sample alone, raised before any work (in `invert`).
 
 `background: pixel` is the paper's optional background step in its pixel-blending form: the
 decoded edit outside the (pixel) mask is replaced by the input, so the background is the input's
-exactly instead of the VAE's round trip of it; the default `none` is the paper's main setting
-and the reference script's (its per-image decoder optimisation is not implemented here). The
-progressive mask shrinking for thin masks is not either.
+exactly instead of the VAE's round trip of it. The default `none` is the reference's: its SD
+scripts have no background step and its LDM pipeline marks it optional (a second script). The
+paper's other background option, per-image decoder optimisation, is not implemented here, nor is
+its progressive mask shrinking for thin masks. With `mask: diffedit` the mask's noise level is
+taken on the edit's schedule (`steps`).
 
 Differences from the reference SD script, chosen for the paper's algorithm: it starts from pure
 Gaussian noise at the start step (the paper and the LDM code noise the input), and blends after
