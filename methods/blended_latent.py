@@ -23,7 +23,8 @@ Differences from the reference SD script, chosen for the paper's algorithm: it s
 Gaussian noise at the start step (the paper and the LDM code noise the input), and blends after
 step i with the input noised to the level step i started from, one step noisier than the latent
 it replaces. Every edit point with the same strength, steps and mask draws the same noise (the
-start's, then one draw per step), from copies of the samples' generators.
+start's, then one draw per step) from copies of the samples' generators; with `mask: diffedit`
+the mask's draws come first, and points that differ only in strength share its map.
 """
 
 from __future__ import annotations
@@ -108,24 +109,37 @@ class BlendedLatentDiffusion(Method):
             given = torch.stack([dataset_mask(s, size) for s in samples]).to(clean.device)
         cond = backbone.encode_text(target_prompts(samples))
         uncond = backbone.encode_text([""] * batch)
+        # DiffEdit maps by (steps, map params), each with the generators' state after its draws.
+        maps: dict[tuple, tuple[torch.Tensor, list[torch.Generator]]] = {}
+
+        def mask_and_streams(p: BlendedEditParams) -> tuple[torch.Tensor, list[torch.Generator]]:
+            """The point's latent mask, and copies of the generators to draw its sampling noise from."""
+            if given is not None:
+                return given, forked(generators)
+            key = (p.steps, tuple(sorted(p.model_dump(include=MAP_KEYS).items())))
+            if key not in maps:
+                streams = forked(generators)
+                schedule = make_schedule(backbone, p.steps)
+                source, target = source_prompts(samples), target_prompts(samples)
+                made = diffedit_maps(backbone, clean, source, target, schedule, p, streams)
+                maps[key] = made, streams
+            made, streams = maps[key]
+            return binarise(made, p.mask_clamp, p.mask_threshold), forked(streams)
+
         # One denoising loop per group of points that share the noise: schedule, start and mask.
         groups: dict[tuple, list[int]] = {}
         for k, p in enumerate(edit_params):
-            start = encoding_start(p.steps, p.strength)
-            mask_key = () if given is not None else tuple(sorted(p.model_dump(include=MAP_KEYS | {"mask_threshold"}).items()))
-            groups.setdefault((p.steps, start, mask_key), []).append(k)
+            mask_key = (
+                tuple(sorted(p.model_dump(include=MAP_KEYS | {"mask_threshold"}).items())) if given is None else ()
+            )
+            groups.setdefault((p.steps, encoding_start(p.steps, p.strength), mask_key), []).append(k)
         results: list[torch.Tensor | None] = [None] * len(edit_params)
         for (steps, start, _), indices in groups.items():
-            first = edit_params[indices[0]]
+            mask, streams = mask_and_streams(edit_params[indices[0]])
             schedule = make_schedule(backbone, steps)
-            streams = forked(generators)
-            mask = given
-            if mask is None:
-                maps = diffedit_maps(
-                    backbone, clean, source_prompts(samples), target_prompts(samples), schedule, first, streams
-                )
-                mask = binarise(maps, first.mask_clamp, first.mask_threshold)
-            latents = blended_sample(backbone, clean, mask, schedule, start, cond, uncond, edit_params, indices, streams)
+            latents = blended_sample(
+                backbone, clean, mask, schedule, start, cond, uncond, edit_params, indices, streams
+            )
             for k, images in zip(indices, backbone.decode(latents).split(batch), strict=True):
                 if edit_params[k].background == "pixel":
                     inside = pixel_masks(samples, mask, tuple(inputs.shape[-2:]), given is not None)[:, None]

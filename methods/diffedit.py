@@ -108,4 +108,3 @@ class DiffEdit(Method):
             after_step=blend_outside(torch.cat(masks), encoded),
         )
         return list(backbone.decode(latents).split(batch))
-

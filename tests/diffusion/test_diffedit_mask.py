@@ -22,7 +22,9 @@ def test_mask_is_empty_when_source_and_target_prompts_are_equal(tiny_backbone, g
     samples = generated_samples[:2]  # source prompt == target prompt
     latents = tiny_backbone.encode_images(images_tensor(samples, tiny_backbone.device))
     schedule = make_schedule(tiny_backbone, STEPS)
-    (mask,) = point_masks(tiny_backbone, latents, samples, schedule, [DiffEditMaskParams(mask_samples=2)], generators(2))
+    (mask,) = point_masks(
+        tiny_backbone, latents, samples, schedule, [DiffEditMaskParams(mask_samples=2)], generators(2)
+    )
     assert mask.shape == (2, *latents.shape[-2:]) and not mask.any()
 
 
@@ -34,7 +36,9 @@ def test_mask_equals_diffusers_generate_mask(tiny_backbone, edit_query, generato
     latents = backbone.encode_images(images_tensor(edit_query, backbone.device))
     params = DiffEditMaskParams(mask_samples=4)
     schedule = make_schedule(backbone, STEPS)
-    maps = diffedit_maps(backbone, latents, [sample.source_prompt], [sample.target_prompt], schedule, params, generators(1))
+    maps = diffedit_maps(
+        backbone, latents, [sample.source_prompt], [sample.target_prompt], schedule, params, generators(1)
+    )
     ours = binarise(maps, params.mask_clamp, params.mask_threshold)
     theirs = diffedit_pipeline(backbone).generate_mask(
         image=latents,
