@@ -102,14 +102,15 @@ def _recoloured_and_kept(samples, edited) -> tuple[list[bool], list[float]]:
 
 
 def test_diffedit_recolours_the_object_and_keeps_the_rest(toy):
-    """8 colour swaps, 10 steps, the paper's other defaults: measured 7/8 recoloured, PSNR outside the
-    dataset's mask 22.4-43.8 dB (DiffEdit finds its own mask)."""
+    """8 colour swaps, 10 steps, 4 mask draws (for time; the paper's 10 give the same 7/8), the paper's
+    other defaults: measured 7/8 recoloured, PSNR outside the dataset's mask 22.0-43.3 dB (DiffEdit
+    finds its own mask)."""
     samples = _colour_swaps(toy, 8)
     method = get_method_class("diffedit")()
     invert = method.InvertParams(steps=10)
     gens = [torch.Generator().manual_seed(i) for i in range(len(samples))]
     state = method.invert(toy, samples, invert, gens)
-    (edited,) = method.edit(toy, state, samples, invert, [method.EditParams()], gens)
+    (edited,) = method.edit(toy, state, samples, invert, [method.EditParams(mask_samples=4)], gens)
     reached, psnr = _recoloured_and_kept(samples, edited)
     assert np.mean(reached) >= 0.625 and min(psnr) >= 20.0, (reached, psnr)
 
