@@ -8,8 +8,8 @@ the noise (classifier-free guided) under the source (reference) prompt and under
 (`diffusers/pipelines/deprecated/stable_diffusion_diffedit/`, the reference this follows, with the
 paper's defaults n = 10, strength 0.5, threshold 0.5), the map is clamped at `clamp` times its mean,
 divided by that value (so it lies in [0, 1]) and binarised: above `threshold` is the edit region.
-No smoothing (the reference has none). Two deliberate differences, both pinned in
-tests/diffusion/test_diffedit_mask.py:
+No smoothing (the reference has none). Two deliberate differences (tests/diffusion/test_diffedit_mask.py
+compares with one sample, and pins the second):
 - the clamp is each sample's own mean, where diffusers takes the mean over its whole batch (so its
   masks depend on which images share a call);
 - a sample whose source and target prompts are the same string has an empty mask: its map is zero

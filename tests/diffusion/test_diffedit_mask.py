@@ -18,14 +18,26 @@ def edit_query(generated_samples):
     return [dataclasses.replace(generated_samples[0], target_prompt="a photo of a dog")]
 
 
-def test_mask_is_empty_when_source_and_target_prompts_are_equal(tiny_backbone, generated_samples, generators):
+def test_mask_is_empty_when_source_and_target_prompts_are_equal(
+    tiny_backbone, generated_samples, generators, diffedit_pipeline
+):
+    """Equal prompts: nothing to edit. Pinned difference: diffusers divides the zero map by its zero
+    mean there (0 / 0) and marks every cell as edited."""
     samples = generated_samples[:2]  # source prompt == target prompt
     latents = tiny_backbone.encode_images(images_tensor(samples, tiny_backbone.device))
     schedule = make_schedule(tiny_backbone, STEPS)
-    (mask,) = point_masks(
-        tiny_backbone, latents, samples, schedule, [DiffEditMaskParams(mask_samples=2)], generators(2)
-    )
+    params = DiffEditMaskParams(mask_samples=2)
+    (mask,) = point_masks(tiny_backbone, latents, samples, schedule, [params], generators(2))
     assert mask.shape == (2, *latents.shape[-2:]) and not mask.any()
+    theirs = diffedit_pipeline(tiny_backbone).generate_mask(
+        image=latents[:1],
+        source_prompt=samples[0].source_prompt,
+        target_prompt=samples[0].target_prompt,
+        num_maps_per_mask=params.mask_samples,
+        num_inference_steps=STEPS,
+        generator=generators(1)[0],
+    )
+    assert theirs.all()
 
 
 def test_mask_equals_diffusers_generate_mask(tiny_backbone, edit_query, generators, diffedit_pipeline):
