@@ -21,8 +21,9 @@ guidance, and would cost a second row per sample for what the stored trajectory 
 One deliberate difference from diffusers, pinned in tests/methods/test_diffedit.py: after step i
 diffusers blends with the inversion's latent at the level step i started from (its
 `image_latents[i]`, one step noisier than the latent it replaces, and never the input's own latent),
-where this follows the paper's equation and blends at the level reached. Its default guidance while
-inverting (7.5 with the prompt passed) is the paper's unconditional encoding here.
+where this follows the paper's equation and blends at the level reached. And where diffusers'
+`invert` encodes with the prompt it is given at guidance 7.5 by default, this encodes
+unconditionally, as the paper (the test gives diffusers the empty prompt at guidance 1).
 """
 
 from __future__ import annotations
