@@ -9,7 +9,7 @@ exact reconstruction, and because guidance scales vary per batch row (a sweep ba
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -156,13 +156,19 @@ def ddim_sample(
     uncond: torch.Tensor | None = None,
     guidance: torch.Tensor | float = 1.0,
     start: int = 0,
+    after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Denoise latents that sit at `schedule.timesteps[start]` down to x_0 with DDIM (eta 0)."""
+    """Denoise latents that sit at `schedule.timesteps[start]` down to x_0 with DDIM (eta 0).
+
+    `after_step(i, x)`, when given, replaces the latents after step i (mask-guided methods blend there).
+    """
     x = latents.float()
     for i in range(start, schedule.steps):
         a_from, a_to = schedule.alphas[i].item(), schedule.alphas[i + 1].item()
         eps = predict_noise(backbone, x, schedule.timesteps[i], cond, uncond, guidance, alpha=a_from)
         x = ddim_move(x, eps, a_from, a_to)
+        if after_step is not None:
+            x = after_step(i, x)
     return x
 
 

@@ -38,3 +38,9 @@ def source_prompts(samples: Sequence[Sample]) -> list[str]:
 def target_prompts(samples: Sequence[Sample]) -> list[str]:
     """Each sample's target prompt."""
     return [s.target_prompt for s in samples]
+
+
+def forked(generators: Sequence[torch.Generator]) -> list[torch.Generator]:
+    """Copies of the per-sample generators at their current state: each group of edit points draws
+    the same numbers from its copies, whichever other points share the call."""
+    return [torch.Generator(device=g.device).set_state(g.get_state()) for g in generators]

@@ -1,9 +1,11 @@
 """Editing methods, each one registered module (importing this package registers them)."""
 
 from editsweep.methods import (  # noqa: F401  (registration side effect)
+    blended_latent,
     copy_input,
     ddim_edit,
     ddim_p2p,
+    diffedit,
     direct_inversion,
     imagic,
     invert_edit,

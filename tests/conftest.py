@@ -135,3 +135,28 @@ def generators():
         return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
     return make
+
+
+@pytest.fixture
+def diffedit_pipeline():
+    """backbone -> diffusers' DiffEdit pipeline on its own modules (fresh schedulers of its config),
+    the reference of tests/diffusion/test_diffedit_mask.py and tests/methods/test_diffedit.py."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+    from diffusers.pipelines.deprecated import StableDiffusionDiffEditPipeline
+
+    def build(backbone):
+        pipeline = StableDiffusionDiffEditPipeline(
+            vae=backbone.vae,
+            text_encoder=backbone.text_encoder,
+            tokenizer=backbone.tokenizer,
+            unet=backbone.unet,
+            scheduler=DDIMScheduler.from_config(backbone.scheduler.config),
+            inverse_scheduler=DDIMInverseScheduler.from_config(backbone.scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    return build
