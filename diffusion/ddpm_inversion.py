@@ -28,11 +28,18 @@ def posterior_variance(alpha_from: float, alpha_to: float) -> float:
     return (1 - alpha_to) / (1 - alpha_from) * (1 - alpha_from / alpha_to)
 
 
-def ddpm_mean(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float, eta: float) -> torch.Tensor:
-    """mu_t: the DDIM-style mean of the step (eta scales the variance taken out of the direction)."""
-    variance = posterior_variance(alpha_from, alpha_to)
+def ddim_mean(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float, removed: float) -> torch.Tensor:
+    """The mean of a DDIM step with `removed` variance taken out of its direction:
+    sqrt(alpha_to) * x0_pred + sqrt(1 - alpha_to - removed) * eps (DDIM's eq. 12; `DDIMScheduler.step`
+    removes sigma_t^2 = eta^2 * var_t)."""
     x0 = (x - (1 - alpha_from) ** 0.5 * eps) / alpha_from**0.5
-    return alpha_to**0.5 * x0 + max(1 - alpha_to - eta * variance, 0.0) ** 0.5 * eps
+    return alpha_to**0.5 * x0 + max(1 - alpha_to - removed, 0.0) ** 0.5 * eps
+
+
+def ddpm_mean(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float, eta: float) -> torch.Tensor:
+    """mu_t: the DDIM-style mean of the step; as the reference code, eta * var_t (not eta^2 * var_t)
+    is taken out of the direction (the same at its eta 1)."""
+    return ddim_mean(x, eps, alpha_from, alpha_to, eta * posterior_variance(alpha_from, alpha_to))
 
 
 def ddpm_step(

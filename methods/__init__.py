@@ -2,6 +2,7 @@
 
 from editsweep.methods import (  # noqa: F401  (registration side effect)
     copy_input,
+    cycle_diffusion,
     ddim_edit,
     ddim_p2p,
     direct_inversion,
