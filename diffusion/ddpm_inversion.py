@@ -60,9 +60,13 @@ def ddpm_invert(
     guidance: float,
     eta: float,
     generators: Sequence[torch.Generator],
+    solve_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The noisy latents (steps + 1, B, ...) with [0] = x_0 and [k] at `schedule.timesteps[steps - k]`,
-    and the noise maps (steps, B, ...) with [i] for sampling step i (from the noisiest)."""
+    and the noise maps (steps, B, ...) with [i] for sampling step i (from the noisiest).
+
+    `solve_last` solves the final step's map too, as LEDITS++'s inversion (diffusers'
+    `LEditsPPPipelineStableDiffusion.invert`), so that sampling lands on x_0 exactly."""
     n = schedule.steps
     x0 = latents.float()
     noise = torch.stack(
@@ -79,7 +83,7 @@ def ddpm_invert(
         x = xts[n - i]
         eps = predict_noise(backbone, x, schedule.timesteps[i], cond, uncond, guidance, alpha=a_from)
         sigma = eta * posterior_variance(a_from, a_to) ** 0.5
-        if i == n - 1 or sigma == 0:  # the final step is deterministic (the reference zeroes its map)
+        if (i == n - 1 and not solve_last) or sigma == 0:  # the reference zeroes the final step's map
             continue
         mu = ddpm_mean(x, eps, a_from, a_to, eta)
         zs[i] = (xts[n - i - 1] - mu) / sigma

@@ -9,6 +9,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     imagic,
     invert_edit,
     layer_diffusion,
+    ledits_pp,
     negative_prompt,
     null_text,
     precomputed,
