@@ -22,7 +22,9 @@ from editsweep.diffusion.ddim import Schedule, predict_noise
 from editsweep.diffusion.ddpm_inversion import ddim_mean, posterior_variance
 
 
-def cycle_step(x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor, alpha_from: float, alpha_to: float, eta: float) -> torch.Tensor:
+def cycle_step(
+    x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor, alpha_from: float, alpha_to: float, eta: float
+) -> torch.Tensor:
     """One DDIM step with eta and a given noise z: `DDIMScheduler.step(..., eta, variance_noise=z)`."""
     sigma = eta * posterior_variance(alpha_from, alpha_to) ** 0.5
     return ddim_mean(x, eps, alpha_from, alpha_to, sigma**2) + sigma * z

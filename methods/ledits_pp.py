@@ -38,7 +38,14 @@ from editsweep.diffusion.backbone import Backbone
 from editsweep.diffusion.ddim import Schedule, make_schedule, predict_noise
 from editsweep.diffusion.ddpm_inversion import ddpm_invert, ddpm_step
 from editsweep.diffusion.inputs import images_tensor, source_prompts
-from editsweep.diffusion.ledits import ConceptMaps, Concepts, mask_level, recording_unet, sample_concepts, semantic_guidance
+from editsweep.diffusion.ledits import (
+    ConceptMaps,
+    Concepts,
+    mask_level,
+    recording_unet,
+    sample_concepts,
+    semantic_guidance,
+)
 from editsweep.methods.base import Method, State, register_method
 
 ETA = 1.0  # the pipeline's DDIM inversion is edit-friendly DDPM's, eta 1
@@ -48,7 +55,9 @@ class LeditsInvertParams(Params):
     """What changes the inversion."""
 
     steps: int = Field(30, ge=1, le=1000, description="inversion (and editing) steps after the skipped ones")
-    skip: float = Field(0.15, ge=0, le=1, description="skipped share: the schedule has int(steps * (1 + skip)) steps")
+    skip: float = Field(
+        0.15, ge=0, le=1, description="skipped share: the schedule has int(steps * (1 + skip)) steps"
+    )
     source_guidance: float = Field(3.5, ge=0, le=50, description="CFG scale of the source prompt while inverting (with use_source_prompt)")
     use_source_prompt: bool = Field(
         False, description="invert under the sample's source prompt (False: the empty prompt, the reference's default)"
@@ -73,16 +82,19 @@ class LeditsEditParams(Params):
     """One edit point: its concepts and their controls (a value, or one per concept)."""
 
     editing_prompt: tuple[str, ...] = Field(
-        (), description="edit concepts (empty: the sample's target word added and, with remove_source, its source word removed)"
+        (), description="edit concepts (empty: the sample's target word added, with remove_source its source word removed)"
     )
-    reverse_editing_direction: tuple[bool, ...] = Field((), description="per editing_prompt concept: remove it (empty: add all)")
+    reverse_editing_direction: tuple[bool, ...] = Field(
+        (), description="per editing_prompt concept: remove it (empty: add all)"
+    )
     remove_source: bool = Field(True, description="with the sample's concepts: remove its source word too")
     edit_guidance_scale: Floats = Field(5.0, description="s_e: guidance scale per concept, >= 0")
     edit_warmup_steps: Ints = Field(0, description="steps before a concept acts, >= 0")
     edit_cooldown_steps: Ints | None = Field(None, description="the step a concept stops at (None: never)")
     edit_threshold: Floats = Field(0.9, description="lambda: mask quantile per concept, in [0, 1]")
     mask: Literal["intersect", "attention", "noise"] = Field(
-        "intersect", description="implicit mask: cross-attention (M1) and noise-estimate (M2) masks intersected, or one alone"
+        "intersect",
+        description="implicit mask: cross-attention (M1) and noise-estimate (M2) masks intersected, or one alone",
     )
     intersect_from: int = Field(800, ge=0, le=1000, description="M2 joins M1 at timesteps <= this (intersect)")
 

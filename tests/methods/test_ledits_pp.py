@@ -120,7 +120,8 @@ def test_the_schedule_keeps_the_pipelines_steps(tiny_backbone):
 
 def test_a_batch_equals_each_sample_alone(tiny_backbone, generated_samples, generators):
     """The sample's concepts (its changed words, the source's removed), maps at tiny's only level."""
-    samples = [Sample(s.id, s.image, t, s.source_prompt) for s, t in zip(generated_samples[:2], ["a photo of a dog", "a blue car on a road"], strict=True)]
+    targets = ["a photo of a dog", "a blue car on a road"]
+    samples = [Sample(s.id, s.image, t, s.source_prompt) for s, t in zip(generated_samples[:2], targets, strict=True)]
     method, params, points = LeditsPP(), LeditsInvertParams(steps=4), [LeditsEditParams(edit_guidance_scale=8.0)]
     state = method.invert(tiny_backbone, samples, params, generators(2))
     (batch,) = method.edit(tiny_backbone, state, samples, params, points, generators(2))
@@ -132,7 +133,8 @@ def test_a_batch_equals_each_sample_alone(tiny_backbone, generated_samples, gene
 
 def test_sample_concepts_are_the_changed_words():
     image = None
-    assert sample_concepts(Sample("a", image, "a red car", "a blue car", {"blended_words": ["blue", "red"]})) == ("red", "blue")
+    blended = Sample("a", image, "a red car", "a blue car", {"blended_words": ["blue", "red"]})
+    assert sample_concepts(blended) == ("red", "blue")
     assert sample_concepts(Sample("b", image, "a photo of a dog", "a photo of a cat")) == ("dog", "cat")
     assert sample_concepts(Sample("c", image, "a cat wearing a hat", "a cat")) == ("wearing a hat", None)
     assert sample_concepts(Sample("d", image, "a cat", None)) == ("a cat", None)
