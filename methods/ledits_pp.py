@@ -58,7 +58,9 @@ class LeditsInvertParams(Params):
     skip: float = Field(
         0.15, ge=0, le=1, description="skipped share: the schedule has int(steps * (1 + skip)) steps"
     )
-    source_guidance: float = Field(3.5, ge=0, le=50, description="CFG scale of the source prompt while inverting (with use_source_prompt)")
+    source_guidance: float = Field(
+        3.5, ge=0, le=50, description="CFG scale of the source prompt while inverting (with use_source_prompt)"
+    )
     use_source_prompt: bool = Field(
         False, description="invert under the sample's source prompt (False: the empty prompt, the reference's default)"
     )
