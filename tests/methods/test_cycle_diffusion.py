@@ -25,8 +25,8 @@ def run(backbone, samples, params, points, generators):
 
 def test_equals_the_diffusers_pipeline(tiny_backbone, generated_samples, generators):
     """Same weights, latents, seeds and settings: the pipeline (one sample per call, its guided path
-    takes one) and a batch of two samples at two target scales agree to 2e-4 in pixels. The input
-    goes to the pipeline as latents, since it would sample the VAE posterior where editsweep takes
+    takes one) and a batch of two samples at two target scales agree within 1e-4 in pixels
+    (measured 6e-6; another seed moves the image by 0.11). The input goes to the pipeline as latents, since it would sample the VAE posterior where editsweep takes
     its mean; source guidance 1.5 exercises the source prompt's CFG, which the pipeline applies
     when the target's scale is above 1."""
     backbone, samples = tiny_backbone, edited(generated_samples[:2])
@@ -58,13 +58,14 @@ def test_equals_the_diffusers_pipeline(tiny_backbone, generated_samples, generat
                 generator=generators(1, seed=b)[0],
                 output_type="pt",
             ).images
-            assert (ours[k][b] - reference[0]).abs().max() < 2e-4, (k, b)
+            assert (ours[k][b] - reference[0]).abs().max() < 1e-4, (k, b)
     assert (ours[0] - ours[1]).abs().mean() > 1e-3  # the target scale matters
 
 
 def test_the_source_prompt_reconstructs_the_input(tiny_backbone, generated_samples, generators):
     """Target = source prompt at the source's scale: the code decodes back to the input's latent
-    (the final step lands on it by construction), so to the VAE round trip, within 1e-4 in pixels."""
+    (the final step lands on it by construction), so to the VAE round trip: within 1e-4 in pixels
+    (measured 6e-6)."""
     backbone, samples = tiny_backbone, generated_samples[:2]
     (image,) = run(backbone, samples, PARAMS, [CycleEditParams(guidance=PARAMS.source_guidance)], generators(2))
     round_trip = backbone.decode(backbone.encode_images(images_tensor(samples, backbone.device)))
