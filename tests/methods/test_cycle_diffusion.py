@@ -26,9 +26,10 @@ def run(backbone, samples, params, points, generators):
 def test_equals_the_diffusers_pipeline(tiny_backbone, generated_samples, generators):
     """Same weights, latents, seeds and settings: the pipeline (one sample per call, its guided path
     takes one) and a batch of two samples at two target scales agree within 1e-4 in pixels
-    (measured 6e-6; another seed moves the image by 0.11). The input goes to the pipeline as latents, since it would sample the VAE posterior where editsweep takes
-    its mean; source guidance 1.5 exercises the source prompt's CFG, which the pipeline applies
-    when the target's scale is above 1."""
+    (measured 6e-6; another seed moves the image by 0.11). The input goes to the pipeline as
+    latents, since it would sample the VAE posterior where editsweep takes its mean; source
+    guidance 1.5 exercises the source prompt's CFG, which the pipeline applies when the target's
+    scale is above 1."""
     backbone, samples = tiny_backbone, edited(generated_samples[:2])
     points = [CycleEditParams(guidance=3.0), CycleEditParams(guidance=7.5)]
     ours = run(backbone, samples, PARAMS, points, generators(2))
