@@ -28,11 +28,18 @@ def posterior_variance(alpha_from: float, alpha_to: float) -> float:
     return (1 - alpha_to) / (1 - alpha_from) * (1 - alpha_from / alpha_to)
 
 
-def ddpm_mean(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float, eta: float) -> torch.Tensor:
-    """mu_t: the DDIM-style mean of the step (eta scales the variance taken out of the direction)."""
-    variance = posterior_variance(alpha_from, alpha_to)
+def ddim_mean(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float, removed: float) -> torch.Tensor:
+    """The mean of a DDIM step with `removed` variance taken out of its direction:
+    sqrt(alpha_to) * x0_pred + sqrt(1 - alpha_to - removed) * eps (DDIM's eq. 12; `DDIMScheduler.step`
+    removes sigma_t^2 = eta^2 * var_t)."""
     x0 = (x - (1 - alpha_from) ** 0.5 * eps) / alpha_from**0.5
-    return alpha_to**0.5 * x0 + max(1 - alpha_to - eta * variance, 0.0) ** 0.5 * eps
+    return alpha_to**0.5 * x0 + max(1 - alpha_to - removed, 0.0) ** 0.5 * eps
+
+
+def ddpm_mean(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float, eta: float) -> torch.Tensor:
+    """mu_t: the DDIM-style mean of the step; as the reference code, eta * var_t (not eta^2 * var_t)
+    is taken out of the direction (the same at its eta 1)."""
+    return ddim_mean(x, eps, alpha_from, alpha_to, eta * posterior_variance(alpha_from, alpha_to))
 
 
 def ddpm_step(
@@ -53,9 +60,13 @@ def ddpm_invert(
     guidance: float,
     eta: float,
     generators: Sequence[torch.Generator],
+    solve_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The noisy latents (steps + 1, B, ...) with [0] = x_0 and [k] at `schedule.timesteps[steps - k]`,
-    and the noise maps (steps, B, ...) with [i] for sampling step i (from the noisiest)."""
+    and the noise maps (steps, B, ...) with [i] for sampling step i (from the noisiest).
+
+    `solve_last` solves the final step's map too, as LEDITS++'s inversion (diffusers'
+    `LEditsPPPipelineStableDiffusion.invert`), so that sampling lands on x_0 exactly."""
     n = schedule.steps
     x0 = latents.float()
     noise = torch.stack(
@@ -72,7 +83,7 @@ def ddpm_invert(
         x = xts[n - i]
         eps = predict_noise(backbone, x, schedule.timesteps[i], cond, uncond, guidance, alpha=a_from)
         sigma = eta * posterior_variance(a_from, a_to) ** 0.5
-        if i == n - 1 or sigma == 0:  # the final step is deterministic (the reference zeroes its map)
+        if (i == n - 1 and not solve_last) or sigma == 0:  # the reference zeroes the final step's map
             continue
         mu = ddpm_mean(x, eps, a_from, a_to, eta)
         zs[i] = (xts[n - i - 1] - mu) / sigma

@@ -3,6 +3,7 @@
 from editsweep.methods import (  # noqa: F401  (registration side effect)
     blended_latent,
     copy_input,
+    cycle_diffusion,
     ddim_edit,
     ddim_p2p,
     diffedit,
@@ -10,6 +11,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     imagic,
     invert_edit,
     layer_diffusion,
+    ledits_pp,
     negative_prompt,
     null_text,
     precomputed,
