@@ -6,6 +6,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     ddim_p2p,
     direct_inversion,
     imagic,
+    infedit,
     invert_edit,
     layer_diffusion,
     negative_prompt,
