@@ -83,7 +83,8 @@ def masked_attention(
 
     An empty key set falls back to every key (the reference's additive -finfo.max mask makes such a
     softmax uniform instead, a float saturation; min-max normalisation keeps the foreground non-empty
-    at any threshold up to 1, so only an all-foreground source at threshold 0 reaches it).
+    at any threshold up to 1, so only an all-foreground source at threshold 0, or a constant map, which
+    the reference turns into NaN and we into zeros, reaches it).
     """
     foreground = key_foreground | ~key_foreground.any(1, keepdim=True)
     background = ~key_foreground | key_foreground.all(1, keepdim=True)
