@@ -35,13 +35,13 @@ def test_a_mask_that_covers_everything_is_the_unmasked_edit_and_a_real_mask_acts
 
 def test_masked_edit_of_a_batch_is_each_sample_alone(tiny_backbone, generated_samples, generators, ddim_inverted):
     """Masks from params' tokens and from each sample's blended words, mixed with an unmasked point."""
-    words = [("cat", "dog"), ("car", "bus"), ("fruit", "bread")]
+    words = [("cat", "dog"), ("car", "bus")]
     samples = [
         Sample(
             s.id, s.image, source_prompt=s.source_prompt, target_prompt=s.source_prompt.replace(a, b),
             meta={"blended_words": [a, b]},
         )  # fmt: skip
-        for s, (a, b) in zip(generated_samples, words, strict=True)
+        for s, (a, b) in zip(generated_samples[:2], words, strict=True)
     ]
     points = [
         MasaCtrlParams(start_step=1, start_layer=1, mask=True, mask_tokens="blended_words", mask_threshold=0.3),
