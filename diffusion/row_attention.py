@@ -86,9 +86,14 @@ class SourceAttnProcessor:
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(tensors["query"]), split(tensors["key"]), split(tensors["value"]))
+        out = self.attend(split(tensors["query"]), split(tensors["key"]), split(tensors["value"]), active)
         out = out.transpose(1, 2).reshape(batch, tokens, -1).to(hidden_states.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """The attention of every row (batch, heads, tokens, d), once the active target rows hold their
+        source's parts; `active` (T,) names those rows. A subclass may restrict it (MasaCtrl's mask)."""
+        return F.scaled_dot_product_attention(query, key, value)

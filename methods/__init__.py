@@ -9,6 +9,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     diffedit,
     direct_inversion,
     imagic,
+    infedit,
     invert_edit,
     layer_diffusion,
     ledits_pp,
