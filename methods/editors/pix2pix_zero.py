@@ -12,7 +12,9 @@ sentences of two text files, one per line (the paper's GPT-3 sentence lists,
 
 Defaults are the paper's code's (`src/edit_real.py`): xa_guidance 0.1 (its `edit_synthetic.py`
 uses 0.15), the source prompt as the target rows' negative prompt, CFG 5 (set `guidance: 5.0`
-in the spec; PIE-Bench's runs use 7.5). The source rows retrace the input: under DDIM inversion
+in the spec; PIE-Bench's runs use 7.5). The guidance loss sums over the maps' queries, so at the
+toy world's 8x8 latents (64 times fewer queries than SD's 64x64) the same pull needs a larger
+step: on 8 toy colour swaps xa_guidance 10 keeps 28.0 dB outside the edit, 0.1 only 20.0. The source rows retrace the input: under DDIM inversion
 (or `p2pzero`) at guidance 1 with the source prompt, which is what the code's reference pass
 computes (its negative prompt is the source prompt, so its CFG is the conditional prediction);
 Null-text at its tuned scale, edit-friendly DDPM at its source scale, Direct inversion on its
@@ -52,7 +54,11 @@ class Pix2PixZeroParams(Params):
     """The edit direction and the cross-attention guidance (they change only the edit)."""
 
     xa_guidance: float = Field(
-        0.1, ge=0, le=10, description="cross-attention guidance: SGD step size on the latent (0: direction only)"
+        0.1,
+        ge=0,
+        le=100,
+        description="cross-attention guidance: SGD step size on the latent (0: direction only; the loss sums over "
+        "queries, so smaller latents need more: toy 10)",
     )
     sentences: Literal["prompts", "words", "files"] = Field(
         "prompts", description="edit direction from the prompts, the blended words in templates, or two text files"
