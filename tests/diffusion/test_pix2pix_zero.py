@@ -84,7 +84,7 @@ def test_missing_or_empty_sentence_files_are_refused(tmp_path, params, message):
         Pix2PixZeroParams.model_validate(params)
 
 
-STEPS = 5
+STEPS = 3
 # The tiny UNet predicts noise of std ~0.03, so the KL step at the paper's lambda_kl = 20 (sized for
 # SD's unit-variance noise) overshoots to NaN in the paper's code, the pipeline and here alike.
 REGULARISATION = {"lambda_ac": 20.0, "lambda_kl": 0.05, "reg_steps": 2, "ac_rolls": 3}
