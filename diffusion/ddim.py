@@ -89,23 +89,30 @@ def predict_noise(
     batch = latents.shape[0]
     g = torch.as_tensor(guidance, dtype=torch.float32, device=latents.device).reshape(-1)
     g = g.expand(batch) if g.numel() == 1 else g
-    unet_dtype = backbone.unet.dtype
     if uncond is None or bool((g == 1).all()):
-        kwargs = None if values is None else {"value_states": values.to(unet_dtype)}
-        out = backbone.unet(
-            latents.to(unet_dtype), t, encoder_hidden_states=cond.to(unet_dtype), cross_attention_kwargs=kwargs
-        ).sample.float()
-        return _to_epsilon(backbone, out, latents, alpha)
-    kwargs = None if values is None else {"value_states": torch.cat([uncond, values]).to(unet_dtype)}
-    both = backbone.unet(
-        torch.cat([latents, latents]).to(unet_dtype),
-        t,
-        encoder_hidden_states=torch.cat([uncond, cond]).to(unet_dtype),
-        cross_attention_kwargs=kwargs,
-    ).sample.float()
-    both = _to_epsilon(backbone, both, torch.cat([latents, latents]), alpha)
+        return unet_epsilon(backbone, latents, t, cond, alpha, values)
+    both_values = None if values is None else torch.cat([uncond, values])
+    both = unet_epsilon(backbone, torch.cat([latents, latents]), t, torch.cat([uncond, cond]), alpha, both_values)
     eps_u, eps_c = both.chunk(2)
     return eps_u + g.view(-1, 1, 1, 1) * (eps_c - eps_u)
+
+
+def unet_epsilon(
+    backbone: Backbone,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    embeddings: torch.Tensor,
+    alpha: float | None = None,
+    values: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One UNet call, row by row (no guidance): its float32 noise prediction, as epsilon. `values`
+    as in `predict_noise` (one per row)."""
+    unet_dtype = backbone.unet.dtype
+    kwargs = None if values is None else {"value_states": values.to(unet_dtype)}
+    out = backbone.unet(
+        latents.to(unet_dtype), t, encoder_hidden_states=embeddings.to(unet_dtype), cross_attention_kwargs=kwargs
+    ).sample.float()
+    return _to_epsilon(backbone, out, latents, alpha)
 
 
 def _to_epsilon(backbone: Backbone, out: torch.Tensor, latents: torch.Tensor, alpha: float | None) -> torch.Tensor:
@@ -128,13 +135,15 @@ def ddim_invert(
     uncond: torch.Tensor | None = None,
     guidance: torch.Tensor | float = 1.0,
     start: int = 0,
+    regularise: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """DDIM inversion of clean latents up to `schedule.timesteps[start]`; returns the trajectory.
 
     The trajectory is (steps - start + 1, B, C, h, w): [0] = x_0, [-1] the latent at
     `timesteps[start]`, where `ddim_sample(..., start=start)` resumes. Each step evaluates the
     noise at the current (less noisy) latent with the next timestep, the usual approximation that
-    makes inversion exact in the limit of many steps.
+    makes inversion exact in the limit of many steps. `regularise` maps each step's predicted noise
+    to the noise the step uses (pix2pix-zero's noise regularisation, diffusion/pix2pix_zero.py).
     """
     x = latents.float()
     trajectory = [x]
@@ -142,6 +151,8 @@ def ddim_invert(
     for i in reversed(range(start, n)):
         a_from, a_to = schedule.alphas[i + 1].item(), schedule.alphas[i].item()
         eps = predict_noise(backbone, x, schedule.timesteps[i], cond, uncond, guidance, alpha=a_from)
+        if regularise is not None:
+            eps = regularise(eps)
         x = ddim_move(x, eps, a_from, a_to)
         trajectory.append(x)
     return torch.stack(trajectory)

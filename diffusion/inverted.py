@@ -48,6 +48,12 @@ class Inverted:
             return self.advance(i, x, eps)
         return ddim_move(x, eps, self.schedule.alphas[i].item(), self.schedule.alphas[i + 1].item())
 
+    @property
+    def retrace_scale(self) -> float:
+        """The scale at which the source rows retrace the input: the inversion's own source scale,
+        else the scale it is tuned for, else guidance 1 (DDIM inversion's reconstruction)."""
+        return self.source_guidance or self.guidance or 1.0
+
     def row_guidance(self, n_source: int, n_rows: int, scale: float) -> torch.Tensor | float:
         """The guidance of every row: `source_guidance` on the source rows when set, else `scale`."""
         if self.source_guidance is None:

@@ -92,8 +92,7 @@ class PnPEditor(Editor):
 def retracing(inverted: Inverted) -> Inverted:
     """The inversion with the scale its source rows retrace the input at: its own source scale, else
     the scale it is tuned for, else guidance 1 (the reference's DDIM reconstruction)."""
-    scale = inverted.source_guidance or inverted.guidance or 1.0
-    return dataclasses.replace(inverted, source_guidance=scale)
+    return dataclasses.replace(inverted, source_guidance=inverted.retrace_scale)
 
 
 def _refuse_layers(points: Sequence[PnPParams], n_layers: int, with_attention: list[int]) -> None:
