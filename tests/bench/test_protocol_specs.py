@@ -62,12 +62,12 @@ def test_pie_bench_spec_plans_three_methods_on_every_sample(tmp_path, capsys):
 
 
 def test_pie_bench_inversion_editor_spec_inverts_once_per_inversion_and_image(tmp_path, capsys):
-    """Every editor of the table shares the image's inversion: 4 inversions (DDIM, Negative-prompt,
-    Direct, Null-text) x 5 images are the groups, whatever the number of editors on them."""
+    """Every editor of the table shares the image's inversion: 5 inversions (DDIM, Negative-prompt,
+    Direct, Null-text, pix2pix-zero's) x 5 images are the groups, whatever the number of editors."""
     spec = with_root("pie-bench-inversion-editor.yaml", pie_folder(tmp_path / "pie", 5), tmp_path)
     assert main(["run", str(spec), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "pie-bench-inversion-editor: 40 tasks in 20 groups" in out
+    assert "pie-bench-inversion-editor: 50 tasks in 25 groups" in out
 
 
 def test_coco_spec_plans_four_methods_on_the_draw(tmp_path, capsys):
