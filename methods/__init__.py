@@ -5,6 +5,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     ddim_edit,
     ddim_p2p,
     direct_inversion,
+    edict,
     imagic,
     invert_edit,
     layer_diffusion,
