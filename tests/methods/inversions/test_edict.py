@@ -20,9 +20,9 @@ def invert(backbone, samples, generators):
 
 
 def test_batch_equals_each_sample_alone(tiny_backbone, generated_samples, generators):
-    batch = invert(tiny_backbone, generated_samples, generators)
-    assert batch.start.shape == (3, 8, 8, 8) and batch.schedule.steps == 4  # the pair, stacked on channels
-    for i, sample in enumerate(generated_samples):
+    batch = invert(tiny_backbone, generated_samples[:2], generators)
+    assert batch.start.shape == (2, 8, 8, 8) and batch.schedule.steps == 4  # the pair, stacked on channels
+    for i, sample in enumerate(generated_samples[:2]):
         alone = invert(tiny_backbone, [sample], generators)
         assert torch.allclose(alone.start, batch.start[i : i + 1], atol=1e-5)
 
