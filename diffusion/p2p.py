@@ -11,6 +11,7 @@ and optional per-step value inputs of the cross-attention (StyleDiffusion).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Annotated, Literal
 
 import torch
@@ -20,9 +21,9 @@ from editsweep.core.params import Params
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.attention import LocalBlend, P2PControl, controlled_unet
 from editsweep.diffusion.backbone import Backbone
-from editsweep.diffusion.ddim import Schedule, ddim_move, predict_noise
+from editsweep.diffusion.ddim import Schedule, predict_noise
 from editsweep.diffusion.inputs import source_prompts, target_prompts
-from editsweep.diffusion.inverted import Advance
+from editsweep.diffusion.inverted import Advance, Sampler, sample_step
 from editsweep.diffusion.prompt_alignment import refine_mapper, replace_mapper, word_positions
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -97,6 +98,7 @@ def p2p_edit(
     values: ValueInputs | None = None,
     advance: Advance | None = None,
     source_scale: float | None = None,
+    sampler: Sampler | None = None,
 ) -> list[torch.Tensor]:
     """Edit every sample at every P2P point; one (B, 3, H, W) image tensor per point.
 
@@ -104,8 +106,9 @@ def p2p_edit(
     points' own scale (Null-text's embeddings only hold for the scale they were tuned at).
     `source_trajectory` (steps + 1, B, ...) as returned by `ddim_invert` pins the source rows.
     `values` gives the cross-attention value inputs of the conditional rows at each step.
-    `advance` replaces the DDIM step and `source_scale` the source rows' guidance (an inversion's
-    sampler, diffusion/inverted.py).
+    `advance` replaces the DDIM step, `sampler` the whole step (calling the UNet itself, with the
+    control active on every call: EDICT's coupled step) and `source_scale` the source rows'
+    guidance (an inversion's sampler, diffusion/inverted.py).
     """
     by_scale: dict[float, list[int]] = {}
     for k, point in enumerate(points):
@@ -115,7 +118,7 @@ def p2p_edit(
     for scale, indices in by_scale.items():
         _, targets = p2p_latents(
             backbone, samples, [points[k] for k in indices], start_latents, schedule, uncond, scale, start,
-            source_trajectory, values, advance, source_scale,
+            source_trajectory, values, advance, source_scale, sampler,
         )  # fmt: skip
         for k, image in zip(indices, backbone.decode(targets).split(len(samples))):
             results[k] = image
@@ -185,6 +188,7 @@ def p2p_latents(
     values: ValueInputs | None = None,
     advance: Advance | None = None,
     source_scale: float | None = None,
+    sampler: Sampler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The controlled DDIM loop at one guidance scale: final (source (B), target (P*B)) latents."""
     batch, n_points = len(samples), len(points)
@@ -199,17 +203,19 @@ def p2p_latents(
     with controlled_unet(backbone.unet, control):
         for i in range(start, schedule.steps):
             control.step = i - start
-            a_from, a_to = schedule.alphas[i].item(), schedule.alphas[i + 1].item()
+            a_from = schedule.alphas[i].item()
             step_uncond = uncond_rows[i] if uncond_rows.dim() == 4 else uncond_rows
             step_values = values(i - start, cond) if values is not None else None
-            eps = predict_noise(
-                backbone, x, schedule.timesteps[i], cond, step_uncond, rows_scale, alpha=a_from, values=step_values
-            )
-            x = advance(i, x, eps) if advance is not None else ddim_move(x, eps, a_from, a_to)
+            denoise = partial(
+                predict_noise, backbone, t=schedule.timesteps[i], cond=cond, uncond=step_uncond,
+                guidance=rows_scale, alpha=a_from, values=step_values,
+            )  # fmt: skip
+            x = sample_step(schedule, i, x, denoise, advance, sampler)
             if source_trajectory is not None:
                 x[:batch] = source_trajectory[schedule.steps - i - 1].float()
             if control.blend is not None:
                 x = _blend(x, control, latent_hw)
+    x = x if sampler is None else sampler.latents(x)
     return x[:batch], x[batch:]
 
 

@@ -8,6 +8,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     ddim_p2p,
     diffedit,
     direct_inversion,
+    edict,
     imagic,
     infedit,
     invert_edit,

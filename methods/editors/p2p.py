@@ -43,4 +43,5 @@ class P2PEditor(Editor):
             source_trajectory=inverted.trajectory,
             advance=inverted.advance,
             source_scale=inverted.source_guidance,
+            sampler=inverted.sampler,
         )

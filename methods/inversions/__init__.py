@@ -1,7 +1,15 @@
 """Inversions that attention editors start from, each one registered module (importing this
 package registers them): compose one with an editor through `invert_edit` (methods/invert_edit.py)."""
 
-from editsweep.methods.inversions import ddim, ddpm, direct, negative_prompt, null_text, p2pzero  # noqa: F401  (registration)
+from editsweep.methods.inversions import (  # noqa: F401  (registration)
+    ddim,
+    ddpm,
+    direct,
+    edict,
+    negative_prompt,
+    null_text,
+    p2pzero,
+)
 from editsweep.methods.inversions.base import INVERSIONS, Inversion, register_inversion
 
 __all__ = ["INVERSIONS", "Inversion", "register_inversion"]
