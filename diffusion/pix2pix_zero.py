@@ -173,6 +173,8 @@ def xa_guided_rows(
     source rows retrace the input at the inversion's scale (`Inverted.retrace_scale`) and follow
     its trajectory when it has one.
     """
+    if inverted.sampler is not None:
+        raise ValueError("pix2pix-zero moves the target latents between its UNet calls: it cannot run an inversion whose step calls the denoiser itself (EDICT)")
     batch, schedule = len(source_cond), inverted.schedule
     index = torch.arange(batch, device=source_cond.device).repeat(len(target_cond) // batch)
     device = inverted.start.device
@@ -210,7 +212,8 @@ def xa_guided_rows(
             recorder.take()
             eps_u, eps_c = both.chunk(2)
             eps_target = eps_u + g_target * (eps_c - eps_u)
-            x = inverted.step(i, torch.cat([xs, latents[: len(xt)]]), torch.cat([eps_source, eps_target]))
+            eps = torch.cat([eps_source, eps_target])
+            x = inverted.step(i, torch.cat([xs, latents[: len(xt)]]), lambda _: eps)
             if inverted.trajectory is not None:
                 x[:batch] = inverted.trajectory[schedule.steps - i - 1].float()
             xs, xt = x[:batch], x[batch:]

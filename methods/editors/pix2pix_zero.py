@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -43,6 +43,9 @@ from editsweep.diffusion.inputs import source_prompts, target_prompts
 from editsweep.diffusion.inverted import Inverted
 from editsweep.diffusion.pix2pix_zero import edit_direction, xa_guided_rows
 from editsweep.methods.editors.base import Editor, register_editor
+
+if TYPE_CHECKING:
+    from editsweep.methods.inversions.base import Inversion
 
 
 def read_sentences(path: str) -> list[str]:
@@ -99,6 +102,16 @@ class Pix2PixZeroEditor(Editor):
 
     name = "pix2pix_zero"
     Params = Pix2PixZeroParams
+
+    @classmethod
+    def refuses(cls, inversion: type[Inversion]) -> str | None:
+        if inversion.calls_denoiser:
+            return (
+                "its cross-attention guidance moves the target latents between UNet calls, while "
+                f"{inversion.name}'s step calls the denoiser itself on a state of its own; use an inversion "
+                "with a one-call step (ddim, direct, null_text, negative_prompt, ddpm, p2pzero)"
+            )
+        return None
 
     def edit(
         self,

@@ -32,6 +32,10 @@ class Inversion(ABC):
     # True when `inverted(...).guidance` is set: the result only holds at that scale (Null-text's
     # tuned embeddings), so an edit point may not ask for another one.
     fixes_guidance: ClassVar[bool] = False
+    # True when the result's step calls the editor's denoiser itself (`Inverted.sampler`: EDICT's
+    # two calls per step on a state of its own), so an editor that moves the latents between its
+    # own UNet calls (pix2pix-zero's cross-attention guidance) cannot run on it.
+    calls_denoiser: ClassVar[bool] = False
 
     @abstractmethod
     def invert(

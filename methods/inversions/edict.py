@@ -34,6 +34,7 @@ class EDICTInversion(Inversion):
 
     name = "edict"
     Params = EDICTParams
+    calls_denoiser = True
 
     def invert(
         self,

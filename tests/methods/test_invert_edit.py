@@ -95,6 +95,13 @@ def test_an_edit_guidance_against_null_texts_tuned_scale_is_refused():
     spec({"inversion": ["ddim", "direct"]}, {"guidance": [5.0, 7.5]})  # they hold at any scale
 
 
+def test_pix2pix_zero_on_an_inversion_whose_step_calls_the_denoiser_is_refused():
+    """pix2pix-zero moves the latents between its UNet calls; EDICT's step makes the calls itself."""
+    with pytest.raises(SpecError, match=r"editor 'pix2pix_zero' cannot run on inversion 'edict'.*one-call step"):
+        spec({"inversion": ["ddim", "edict"]}, {"editor": "pix2pix_zero"})
+    spec({"inversion": ["ddim", "edict"]}, {"editor": ["p2p", "masactrl", "pnp", "plain"]})
+
+
 @pytest.mark.parametrize("editor", ["p2p", "masactrl"])
 def test_ddpm_inversion_under_an_editor_with_target_equal_to_source_is_the_reconstruction(
     tiny_backbone, generated_samples, generators, editor
