@@ -107,7 +107,9 @@ def test_batched_points_equal_points_one_by_one(tiny_backbone, samples, method, 
     together = method.edit(tiny_backbone, nti_state, samples, NTI, points, [])
     for point, batched in zip(points, together):
         (alone,) = method.edit(tiny_backbone, nti_state, samples, NTI, [point], [])
-        assert torch.allclose(batched, alone, atol=1e-5)
+        # Batched and single UNet calls round differently (1.7e-5 measured on this CPU); a point
+        # mixed up with another differs by far more than 1e-4 (the last assert).
+        assert torch.allclose(batched, alone, atol=1e-4)
     assert not torch.allclose(together[0], together[2], atol=1e-4)
 
 
