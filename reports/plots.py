@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from adjustText import adjust_text
+from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 
 from editsweep.bench.store import RunStore
@@ -52,7 +57,9 @@ def tradeoff_plot(summary: pd.DataFrame, path: str | Path, x: str = "lpips", y: 
     """Plot y against x for every sweep point, one curve per (method, dataset[, backbone]).
 
     Each curve runs through its method's sweep points ordered by x, with error bars from the
-    bootstrap CIs and the point labels written next to the points. The wide grey band is the Pareto
+    bootstrap CIs and the point labels in the curve's colour, moved apart by adjustText where they
+    would overlap. A point far from all others (see `_view`) is marked by an arrowhead at the edge
+    of a view zoomed on the rest, with its values. The wide grey band is the Pareto
     front over all points (directions from `metric_info`; unknown ones count as higher-better).
     Raises ValueError when x or y has no finite mean in `summary`.
     """
@@ -60,23 +67,56 @@ def tradeoff_plot(summary: pd.DataFrame, path: str | Path, x: str = "lpips", y: 
 
 
 def tradeoff_panels(summary: pd.DataFrame, path: str | Path, pairs: list[tuple[str, str]]) -> Path:
-    """Trade-off plots side by side in one figure, one panel per (x, y) pair (e.g. CLIP-T and
-    CSFID, both against LPIPS). Raises ValueError when a pair has no finite means."""
+    """Trade-off plots side by side in one figure (`tradeoff_figure`), saved to `path`."""
+    tradeoff_figure(summary, pairs).savefig(path, dpi=120)
+    return Path(path)
+
+
+def tradeoff_figure(summary: pd.DataFrame, pairs: list[tuple[str, str]]) -> Figure:
+    """One panel per (x, y) pair (e.g. CLIP-T and CSFID, both against LPIPS), with one legend: a
+    curve has the same colour in every panel. Raises ValueError when a pair has no finite means."""
     for x, y in pairs:
         for metric in (x, y):
             if metric not in summary_metrics(summary) or not np.isfinite(summary[f"{metric}_mean"]).any():
                 raise ValueError(f"no finite {metric!r} scores in the summary: cannot plot {y} against {x}")
     fig = Figure(figsize=(8 * len(pairs), 6), layout="constrained")
-    for ax, (x, y) in zip(np.atleast_1d(fig.subplots(1, len(pairs))), pairs):
-        _draw_tradeoff(ax, summary, x, y)
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    FigureCanvasAgg(fig)  # adjustText measures the labels with the canvas' renderer
+    series = ["method", "dataset"] + (["backbone"] if summary["backbone"].nunique() > 1 else [])
+    keys = list(dict.fromkeys(summary[series].itertuples(index=False, name=None)))
+    palette = colormaps["tab10" if len(keys) <= 10 else "tab20"]
+    colours = {key: palette(i % palette.N) for i, key in enumerate(keys)}
+    axes = np.atleast_1d(fig.subplots(1, len(pairs)))
+    labels = [_draw_tradeoff(ax, summary, x, y, series, colours) for ax, (x, y) in zip(axes, pairs)]
+    legend = {}
+    for ax in axes:
+        legend.update({label: handle for handle, label in zip(*ax.get_legend_handles_labels())})
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(len(legend), 4), fontsize=8)
+    fig.draw_without_rendering()  # settle the constrained layout before placing the labels in it
+    fig.set_layout_engine("none")
+    for ax, (texts, targets) in zip(axes, labels):
+        if texts:
+            adjust_text(
+                texts,
+                target_x=[t[0] for t in targets],
+                target_y=[t[1] for t in targets],
+                x=[t[0] for t in targets],
+                y=[t[1] for t in targets],
+                ax=ax,
+                force_text=(0.4, 0.8),
+                expand=(1.3, 1.8),
+                arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5},
+            )
+    return fig
 
 
-def _draw_tradeoff(ax: Axes, summary: pd.DataFrame, x: str, y: str) -> None:
+def _draw_tradeoff(
+    ax: Axes, summary: pd.DataFrame, x: str, y: str, series: list[str], colours: dict[tuple, Any]
+) -> tuple[list[Text], list[tuple[float, float]]]:
+    """Draw the curves, the Pareto front and the points' labels of one panel; return the labels
+    inside the view and the points they name (placed later by adjustText). The legend is the
+    figure's, shared by the panels."""
     points = summary.dropna(subset=[f"{x}_mean", f"{y}_mean"])
     points = points[np.isfinite(points[f"{x}_mean"]) & np.isfinite(points[f"{y}_mean"])]
-    series = ["method", "dataset"] + (["backbone"] if summary["backbone"].nunique() > 1 else [])
     for key, curve in points.groupby(series, sort=False):
         curve = curve.sort_values(f"{x}_mean")
         ax.errorbar(
@@ -86,17 +126,9 @@ def _draw_tradeoff(ax: Axes, summary: pd.DataFrame, x: str, y: str) -> None:
             yerr=_err(curve, y),
             marker="o",
             capsize=3,
+            color=colours[key],
             label=" / ".join(str(k) for k in key if k),
         )
-        for _, point in curve.iterrows():
-            ax.annotate(
-                point["label"],
-                (point[f"{x}_mean"], point[f"{y}_mean"]),
-                xytext=(4, 4),
-                textcoords="offset points",
-                fontsize=7,
-                alpha=0.8,
-            )
     front = pareto_front(
         points,
         f"{x}_mean",
@@ -114,6 +146,20 @@ def _draw_tradeoff(ax: Axes, summary: pd.DataFrame, x: str, y: str) -> None:
         label="Pareto front (all points)",
         zorder=0,
     )
+    xlim, ylim = _view(points, x), _view(points, y)
+    if xlim:
+        ax.set_xlim(xlim)
+    if ylim:
+        ax.set_ylim(ylim)
+    texts, targets = [], []
+    for _, point in points.iterrows():
+        colour = colours[tuple(point[k] for k in series)]
+        at = (point[f"{x}_mean"], point[f"{y}_mean"])
+        if _inside(at[0], xlim) and _inside(at[1], ylim):
+            texts.append(ax.text(*at, point["label"], fontsize=7, color=colour))
+            targets.append(at)
+        else:
+            _mark_off_scale(ax, point, x, y, xlim, ylim, colour)
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
     ci = summary.attrs.get("ci")
@@ -122,7 +168,70 @@ def _draw_tradeoff(ax: Axes, summary: pd.DataFrame, x: str, y: str) -> None:
     note = weights_note(summary)
     ax.set_title(f"{note}\n{title}" if note else title, color="darkred" if note else "black")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    return texts, targets
+
+
+def _view(points: pd.DataFrame, metric: str) -> tuple[float, float] | None:
+    """Axis limits that leave out far outliers, or None when every point fits a readable scale.
+
+    A point is far when it lies more than 10 median absolute deviations from the median (e.g.
+    `copy` at LPIPS 0 and a low CLIP-T, next to editors within 0.02 of each other); the view zooms
+    only when the remaining points, with their CIs, span under a third of the full range.
+    """
+    means = points[f"{metric}_mean"].to_numpy(dtype=float)
+    centre = np.median(means)
+    spread = np.median(np.abs(means - centre))
+    near = np.abs(means - centre) <= 10 * spread
+    if spread == 0 or near.all():
+        return None
+    kept = points[near]
+    bounds = np.concatenate([kept[f"{metric}_{part}"].to_numpy(dtype=float) for part in ("mean", "ci_low", "ci_high")])
+    low, high = np.nanmin(bounds), np.nanmax(bounds)
+    if high - low >= (means.max() - means.min()) / 3:
+        return None
+    pad = 0.08 * (high - low)
+    return low - pad, high + pad
+
+
+def _inside(value: float, limits: tuple[float, float] | None) -> bool:
+    return limits is None or limits[0] <= value <= limits[1]
+
+
+def _mark_off_scale(
+    ax: Axes,
+    point: pd.Series,
+    x: str,
+    y: str,
+    xlim: tuple[float, float] | None,
+    ylim: tuple[float, float] | None,
+    colour: Any,
+) -> None:
+    """An arrowhead at the edge of the view, where an off-scale point lies, with its values."""
+    at, markers = [], []
+    for metric, limits, low_high, axis in ((x, xlim, "<>", 0), (y, ylim, "v^", 1)):
+        value = point[f"{metric}_mean"]
+        if _inside(value, limits):
+            at.append(value)
+        else:
+            below = value < limits[0]
+            at.append(limits[0] if below else limits[1])
+            markers.append(low_high[0] if below else low_high[1])
+    ax.plot(*at, marker=markers[-1], markersize=10, color=colour, clip_on=False)
+    text = (
+        f"{point['method']} {point['label']} (off scale): "
+        f"{metric_info(x).display} {round(point[f'{x}_mean'], 4):.4g}, "
+        f"{metric_info(y).display} {round(point[f'{y}_mean'], 4):.4g}"
+    )
+    ax.annotate(
+        text,
+        at,
+        xytext=(8 if at[0] < np.mean(ax.get_xlim()) else -8, 8 if at[1] < np.mean(ax.get_ylim()) else -8),
+        textcoords="offset points",
+        ha="left" if at[0] < np.mean(ax.get_xlim()) else "right",
+        va="bottom" if at[1] < np.mean(ax.get_ylim()) else "top",
+        fontsize=7,
+        color=colour,
+    )
 
 
 def _err(curve: pd.DataFrame, metric: str) -> np.ndarray:
