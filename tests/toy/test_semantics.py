@@ -21,6 +21,27 @@ def toy():
     return load_backbone("toy")
 
 
+def _colour_swaps(toy, n: int) -> list:
+    """The first `n` colour-swap queries of the toy world (datasets/shapes.py, seed 1) at the backbone's size."""
+    dataset = ShapesDataset({"n": n, "edit_types": ["color"], "seed": 1})
+    samples = [dataset.load(i) for i in dataset.sample_ids()]
+    for s in samples:
+        s.image = fit_square(s.image, toy.resolution)
+    return samples
+
+
+def _recoloured_and_kept(samples, edited) -> tuple[list[bool], list[float]]:
+    """Per query: did the detector find the target colour at the object, and the PSNR outside the mask."""
+    sources = images_tensor(samples, torch.device("cpu"))
+    reached, psnr = [], []
+    for sample, image, source in zip(samples, edited, sources):
+        target = sample.meta["target_scene"]["objects"][0]
+        reached.append(any(o.color == target["color"] for o in detector.detect(image).at(target["position"])))
+        outside = ~torch.from_numpy(sample.meta["mask"])
+        psnr.append(float(10 * torch.log10(1 / ((image - source) ** 2).mean(0)[outside].mean())))
+    return reached, psnr
+
+
 def test_shipped_weights_are_small_and_recorded_as_toy(toy):
     files = [p for p in models.WEIGHTS_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 25 * 2**20
@@ -49,48 +70,29 @@ def test_toy_clip_reads_colour_and_shape():
 
 
 def test_p2p_word_swap_recolours_the_object_and_keeps_the_rest(toy):
-    dataset = ShapesDataset({"n": 8, "edit_types": ["color"], "seed": 1})
-    samples = [dataset.load(i) for i in dataset.sample_ids()]
-    for s in samples:
-        s.image = fit_square(s.image, toy.resolution)
+    samples = _colour_swaps(toy, 8)
     method = get_method_class("direct_inversion")()
     invert = method.InvertParams(steps=50)
     gens = [torch.Generator().manual_seed(i) for i in range(len(samples))]
     state = method.invert(toy, samples, invert, gens)
     (edited,) = method.edit(toy, state, samples, invert, [method.EditParams(cross_replace=0.8, self_replace=0.4)], gens)
-    sources = images_tensor(samples, torch.device("cpu"))
-    reached, kept = [], []
-    for sample, image, source in zip(samples, edited, sources):
-        target = sample.meta["target_scene"]["objects"][0]
-        found = detector.detect(image).at(target["position"])
-        reached.append(any(o.color == target["color"] for o in found))
-        outside = ~torch.from_numpy(sample.meta["mask"])
-        mse = ((image - source) ** 2).mean(0)[outside].mean()
-        kept.append(float(10 * torch.log10(1 / mse)) >= 24.0)
-    assert np.mean(reached) >= 0.75 and np.mean(kept) >= 0.75, (reached, kept)
+    reached, psnr = _recoloured_and_kept(samples, edited)
+    kept = [p >= 24.0 for p in psnr]
+    assert np.mean(reached) >= 0.75 and np.mean(kept) >= 0.75, (reached, psnr)
 
 
 def test_infedit_word_swap_recolours_the_object_and_keeps_the_rest(toy):
     """InfEdit at the reference's defaults (12 DDCM steps, guidance 2.3 / 1, local blend on the
     target colour word) on 8 colour swaps; measured: 7/8 reach the target colour, 8/8 keep >= 24 dB
     PSNR outside the object's mask (25.6 to 44.0 dB)."""
-    dataset = ShapesDataset({"n": 8, "edit_types": ["color"], "seed": 1})
-    samples = [dataset.load(i) for i in dataset.sample_ids()]
-    for s in samples:
-        s.image = fit_square(s.image, toy.resolution)
+    samples = _colour_swaps(toy, 8)
     method = get_method_class("infedit")()
     gens = [torch.Generator().manual_seed(i) for i in range(len(samples))]
     state = method.invert(toy, samples, method.InvertParams(), gens)
     (edited,) = method.edit(toy, state, samples, method.InvertParams(), [method.EditParams()], gens)
-    sources = images_tensor(samples, torch.device("cpu"))
-    reached, kept = [], []
-    for sample, image, source in zip(samples, edited, sources):
-        target = sample.meta["target_scene"]["objects"][0]
-        reached.append(any(o.color == target["color"] for o in detector.detect(image).at(target["position"])))
-        outside = ~torch.from_numpy(sample.meta["mask"])
-        mse = ((image - source) ** 2).mean(0)[outside].mean()
-        kept.append(float(10 * torch.log10(1 / mse)) >= 24.0)
-    assert np.mean(reached) >= 0.75 and np.mean(kept) >= 0.75, (reached, kept)
+    reached, psnr = _recoloured_and_kept(samples, edited)
+    kept = [p >= 24.0 for p in psnr]
+    assert np.mean(reached) >= 0.75 and np.mean(kept) >= 0.75, (reached, psnr)
 
 
 def test_toy_eval_command_writes_the_figures(tmp_path, capsys):
@@ -102,26 +104,6 @@ def test_toy_eval_command_writes_the_figures(tmp_path, capsys):
     figures = json.loads((tmp_path / "eval.json").read_text())
     assert set(figures) == {"weights", "vae_round_trip", "clip_zero_shot"}
     assert figures["weights"].startswith(TOY_WEIGHTS_PREFIX) and "psnr_mean" in capsys.readouterr().out
-
-
-def _colour_swaps(toy, n: int) -> list:
-    dataset = ShapesDataset({"n": n, "edit_types": ["color"], "seed": 1})
-    samples = [dataset.load(i) for i in dataset.sample_ids()]
-    for s in samples:
-        s.image = fit_square(s.image, toy.resolution)
-    return samples
-
-
-def _recoloured_and_kept(samples, edited) -> tuple[list[bool], list[float]]:
-    """Per query: did the detector find the target colour at the object, and the PSNR outside the mask."""
-    sources = images_tensor(samples, torch.device("cpu"))
-    reached, psnr = [], []
-    for sample, image, source in zip(samples, edited, sources):
-        target = sample.meta["target_scene"]["objects"][0]
-        reached.append(any(o.color == target["color"] for o in detector.detect(image).at(target["position"])))
-        outside = ~torch.from_numpy(sample.meta["mask"])
-        psnr.append(float(10 * torch.log10(1 / ((image - source) ** 2).mean(0)[outside].mean())))
-    return reached, psnr
 
 
 def test_diffedit_recolours_the_object_and_keeps_the_rest(toy):
