@@ -205,7 +205,7 @@ def test_editor_recolours_the_object_and_keeps_the_rest(toy, name, invert, edit,
     - ddim + masactrl (50 steps, guidance 7.5, start step 4, start layer 3: the toy's first decoder
       block, as SD's 10 is in its decoder; methods/editors/masactrl.py): 7/8; 6/8; 18.4-37.2 dB.
       Mutual self-attention does not keep the source's colour here: from layer 0 and step 0 it
-      still recolours 7/8 (the target prompt's cross-attention decides a flat colour).
+      still recolours 7/8 (presumably the target prompt's cross-attention decides a flat colour).
     - ddim + pnp (50 steps, guidance 7.5, features at decoder layer 1 for 80% of the steps, queries
       and keys from layer 1 for 50%; SD's 4 of 12; methods/editors/pnp.py): 7/8; 6/8; 18.6-42.5 dB.
     - p2pzero + pix2pix_zero (the paper's inversion: 50 steps, lambda 20/20, 5 rounds; CFG 5,
@@ -220,8 +220,8 @@ def test_editor_recolours_the_object_and_keeps_the_rest(toy, name, invert, edit,
     - cycle_diffusion (diffusers' defaults: 50 steps, strength 0.8, eta 0.1, guidance 7.5): 5/8;
       5/8; 15.5-41.7 dB.
 
-    Query 2 (a triangle on a white and black background) keeps under 24 dB with every DDIM-based
-    pair. Bounds: one query below each measured count, about 1 dB below each measured minimum.
+    The ddim pairs' two queries under 24 dB are the two on two-tone backgrounds (2 and 5). Bounds:
+    one query below each measured count, 1-2 dB below each measured minimum.
     """
     samples = _colour_swaps(toy, 8)
     reached, psnr = _recoloured_and_kept(samples, _edited(toy, samples, name, invert, edit))
