@@ -234,7 +234,8 @@ def test_ledits_pp_keeps_the_background_but_rarely_recolours_the_toy_world(toy):
     concepts from each sample: its target colour word added, its source colour word removed) on 8
     colour swaps; measured: 1/8 reach the target colour (2/8 at edit guidance 10), 8/8 keep >= 24 dB
     PSNR outside the object's mask (24.5-48.0 dB); 5/8 keep the source's colour and 2/8 lose the
-    object (removing the source colour word removes it). A failure on this world, not the method's
+    object (the detector finds nothing at its position; presumably removing the source colour word
+    removes the object with it). A failure on this world, not the method's
     design: its concepts are single colour words, which the toy text encoder only saw inside whole
     captions (a guess, not checked). Pinned: the background and an object at the edited position."""
     samples = _colour_swaps(toy, 8)
