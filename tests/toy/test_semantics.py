@@ -21,6 +21,37 @@ def toy():
     return load_backbone("toy")
 
 
+def _colour_swaps(toy, n: int) -> list:
+    """The first `n` colour-swap queries of the toy world (datasets/shapes.py, seed 1) at the backbone's size."""
+    dataset = ShapesDataset({"n": n, "edit_types": ["color"], "seed": 1})
+    samples = [dataset.load(i) for i in dataset.sample_ids()]
+    for s in samples:
+        s.image = fit_square(s.image, toy.resolution)
+    return samples
+
+
+def _recoloured_and_kept(samples, edited) -> tuple[list[bool], list[float]]:
+    """Per query: did the detector find the target colour at the object, and the PSNR outside the mask."""
+    sources = images_tensor(samples, torch.device("cpu"))
+    reached, psnr = [], []
+    for sample, image, source in zip(samples, edited, sources):
+        target = sample.meta["target_scene"]["objects"][0]
+        reached.append(any(o.color == target["color"] for o in detector.detect(image).at(target["position"])))
+        outside = ~torch.from_numpy(sample.meta["mask"])
+        psnr.append(float(10 * torch.log10(1 / ((image - source) ** 2).mean(0)[outside].mean())))
+    return reached, psnr
+
+
+def _edited(toy, samples, name: str, invert: dict, edit: dict) -> torch.Tensor:
+    """Method `name`'s edit of `samples` at one edit point (params as in a spec), seed i for sample i."""
+    method = get_method_class(name)()
+    invert_params = method.InvertParams.model_validate(invert)
+    gens = [torch.Generator().manual_seed(i) for i in range(len(samples))]
+    state = method.invert(toy, samples, invert_params, gens)
+    (edited,) = method.edit(toy, state, samples, invert_params, [method.EditParams.model_validate(edit)], gens)
+    return edited
+
+
 def test_shipped_weights_are_small_and_recorded_as_toy(toy):
     files = [p for p in models.WEIGHTS_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 25 * 2**20
@@ -49,48 +80,32 @@ def test_toy_clip_reads_colour_and_shape():
 
 
 def test_p2p_word_swap_recolours_the_object_and_keeps_the_rest(toy):
-    dataset = ShapesDataset({"n": 8, "edit_types": ["color"], "seed": 1})
-    samples = [dataset.load(i) for i in dataset.sample_ids()]
-    for s in samples:
-        s.image = fit_square(s.image, toy.resolution)
+    """Direct inversion + P2P word swap (50 steps, guidance 7.5, cross 0.8, self 0.4) on 8 colour
+    swaps; measured: 8/8 reach the target colour, 7/8 keep >= 24 dB PSNR outside the object's mask
+    (20.4 to 42.7 dB)."""
+    samples = _colour_swaps(toy, 8)
     method = get_method_class("direct_inversion")()
     invert = method.InvertParams(steps=50)
     gens = [torch.Generator().manual_seed(i) for i in range(len(samples))]
     state = method.invert(toy, samples, invert, gens)
     (edited,) = method.edit(toy, state, samples, invert, [method.EditParams(cross_replace=0.8, self_replace=0.4)], gens)
-    sources = images_tensor(samples, torch.device("cpu"))
-    reached, kept = [], []
-    for sample, image, source in zip(samples, edited, sources):
-        target = sample.meta["target_scene"]["objects"][0]
-        found = detector.detect(image).at(target["position"])
-        reached.append(any(o.color == target["color"] for o in found))
-        outside = ~torch.from_numpy(sample.meta["mask"])
-        mse = ((image - source) ** 2).mean(0)[outside].mean()
-        kept.append(float(10 * torch.log10(1 / mse)) >= 24.0)
-    assert np.mean(reached) >= 0.75 and np.mean(kept) >= 0.75, (reached, kept)
+    reached, psnr = _recoloured_and_kept(samples, edited)
+    kept = [p >= 24.0 for p in psnr]
+    assert np.mean(reached) >= 0.75 and np.mean(kept) >= 0.75, (reached, psnr)
 
 
 def test_infedit_word_swap_recolours_the_object_and_keeps_the_rest(toy):
     """InfEdit at the reference's defaults (12 DDCM steps, guidance 2.3 / 1, local blend on the
     target colour word) on 8 colour swaps; measured: 7/8 reach the target colour, 8/8 keep >= 24 dB
     PSNR outside the object's mask (25.6 to 44.0 dB)."""
-    dataset = ShapesDataset({"n": 8, "edit_types": ["color"], "seed": 1})
-    samples = [dataset.load(i) for i in dataset.sample_ids()]
-    for s in samples:
-        s.image = fit_square(s.image, toy.resolution)
+    samples = _colour_swaps(toy, 8)
     method = get_method_class("infedit")()
     gens = [torch.Generator().manual_seed(i) for i in range(len(samples))]
     state = method.invert(toy, samples, method.InvertParams(), gens)
     (edited,) = method.edit(toy, state, samples, method.InvertParams(), [method.EditParams()], gens)
-    sources = images_tensor(samples, torch.device("cpu"))
-    reached, kept = [], []
-    for sample, image, source in zip(samples, edited, sources):
-        target = sample.meta["target_scene"]["objects"][0]
-        reached.append(any(o.color == target["color"] for o in detector.detect(image).at(target["position"])))
-        outside = ~torch.from_numpy(sample.meta["mask"])
-        mse = ((image - source) ** 2).mean(0)[outside].mean()
-        kept.append(float(10 * torch.log10(1 / mse)) >= 24.0)
-    assert np.mean(reached) >= 0.75 and np.mean(kept) >= 0.75, (reached, kept)
+    reached, psnr = _recoloured_and_kept(samples, edited)
+    kept = [p >= 24.0 for p in psnr]
+    assert np.mean(reached) >= 0.75 and np.mean(kept) >= 0.75, (reached, psnr)
 
 
 def test_toy_eval_command_writes_the_figures(tmp_path, capsys):
@@ -102,26 +117,6 @@ def test_toy_eval_command_writes_the_figures(tmp_path, capsys):
     figures = json.loads((tmp_path / "eval.json").read_text())
     assert set(figures) == {"weights", "vae_round_trip", "clip_zero_shot"}
     assert figures["weights"].startswith(TOY_WEIGHTS_PREFIX) and "psnr_mean" in capsys.readouterr().out
-
-
-def _colour_swaps(toy, n: int) -> list:
-    dataset = ShapesDataset({"n": n, "edit_types": ["color"], "seed": 1})
-    samples = [dataset.load(i) for i in dataset.sample_ids()]
-    for s in samples:
-        s.image = fit_square(s.image, toy.resolution)
-    return samples
-
-
-def _recoloured_and_kept(samples, edited) -> tuple[list[bool], list[float]]:
-    """Per query: did the detector find the target colour at the object, and the PSNR outside the mask."""
-    sources = images_tensor(samples, torch.device("cpu"))
-    reached, psnr = [], []
-    for sample, image, source in zip(samples, edited, sources):
-        target = sample.meta["target_scene"]["objects"][0]
-        reached.append(any(o.color == target["color"] for o in detector.detect(image).at(target["position"])))
-        outside = ~torch.from_numpy(sample.meta["mask"])
-        psnr.append(float(10 * torch.log10(1 / ((image - source) ** 2).mean(0)[outside].mean())))
-    return reached, psnr
 
 
 def test_diffedit_recolours_the_object_and_keeps_the_rest(toy):
@@ -160,3 +155,93 @@ def test_blended_latent_recolours_inside_the_mask_and_keeps_the_round_trip_outsi
         away.append((image - kept)[:, far].flatten())
     away = torch.cat(away)
     assert away.numel() > 0 and away.abs().max() <= 0.15
+
+
+@pytest.mark.parametrize(
+    ("name", "invert", "edit", "recoloured", "kept", "floor"),
+    [
+        pytest.param("invert_edit", {"inversion": "ddim"}, {"editor": "plain"}, 6, 5, 17.0, id="ddim-plain"),
+        pytest.param(
+            "invert_edit",
+            {"inversion": "ddim"},
+            {"editor": "masactrl", "start_layer": 3},
+            6,
+            5,
+            17.0,
+            id="ddim-masactrl",
+        ),
+        pytest.param(
+            "invert_edit",
+            {"inversion": "ddim"},
+            {"editor": "pnp", "feature_layer": 1, "attention_layer": 1},
+            6,
+            5,
+            17.0,
+            id="ddim-pnp",
+        ),
+        pytest.param(
+            "invert_edit",
+            {"inversion": "p2pzero"},
+            {"editor": "pix2pix_zero", "guidance": 5.0, "xa_guidance": 10.0},
+            4,
+            3,
+            12.0,
+            id="p2pzero-pix2pix_zero",
+        ),
+        pytest.param(
+            "invert_edit", {"inversion": "ddpm"}, {"editor": "plain", "guidance": 15.0}, 3, 3, 13.0, id="ddpm-plain"
+        ),
+        pytest.param("invert_edit", {"inversion": "ddpm"}, {"editor": "p2p", "guidance": 15.0}, 7, 5, 21.0, id="ddpm-p2p"),
+        pytest.param("edict", {}, {}, 4, 3, 15.0, id="edict"),
+        pytest.param("cycle_diffusion", {}, {}, 4, 4, 14.0, id="cycle_diffusion"),
+    ],
+)
+def test_editor_recolours_the_object_and_keeps_the_rest(toy, name, invert, edit, recoloured, kept, floor):
+    """Each pair or method at its paper's defaults on 8 colour swaps: at least `recoloured` of 8 reach
+    the target colour (detector), `kept` of 8 keep >= 24 dB PSNR outside the object's mask, none
+    below `floor` dB. Measured (recoloured; >= 24 dB; PSNR outside the mask):
+
+    - ddim + plain (50 steps, guidance 7.5; `ddim_edit`): 7/8; 6/8; 18.8-43.2 dB.
+    - ddim + masactrl (50 steps, guidance 7.5, start step 4, start layer 3: the toy's first decoder
+      block, as SD's 10 is in its decoder; methods/editors/masactrl.py): 7/8; 6/8; 18.4-37.2 dB.
+      Mutual self-attention does not keep the source's colour here: from layer 0 and step 0 it
+      still recolours 7/8 (presumably the target prompt's cross-attention decides a flat colour).
+    - ddim + pnp (50 steps, guidance 7.5, features at decoder layer 1 for 80% of the steps, queries
+      and keys from layer 1 for 50%; SD's 4 of 12; methods/editors/pnp.py): 7/8; 6/8; 18.6-42.5 dB.
+    - p2pzero + pix2pix_zero (the paper's inversion: 50 steps, lambda 20/20, 5 rounds; CFG 5,
+      xa_guidance 10, the toy's scale of the paper's 0.1, methods/editors/pix2pix_zero.py): 5/8;
+      4/8; 13.3-39.0 dB (under `ddim` inversion 6/8; 4/8; 15.9-37.6 dB).
+    - ddpm + plain (edit-friendly DDPM, the paper's 100 steps, skip 36, source CFG 3.5, guidance
+      15; methods/inversions/ddpm.py): 4/8; 4/8; 14.4-40.1 dB: below half on this world.
+    - ddpm + p2p (the same inversion, the paper's DDPM + P2P combination, P2P's defaults): 8/8; 6/8;
+      22.1-38.6 dB.
+    - edict (the preset's paper defaults: 50 steps, strength 0.8, p 0.93, guidance 3): 5/8; 4/8;
+      16.0-43.1 dB.
+    - cycle_diffusion (diffusers' defaults: 50 steps, strength 0.8, eta 0.1, guidance 7.5): 5/8;
+      5/8; 15.5-41.7 dB.
+
+    The ddim pairs' two queries under 24 dB are the two on two-tone backgrounds (2 and 5). Bounds:
+    one query below each measured count, 1-2 dB below each measured minimum.
+    """
+    samples = _colour_swaps(toy, 8)
+    reached, psnr = _recoloured_and_kept(samples, _edited(toy, samples, name, invert, edit))
+    assert sum(reached) >= recoloured, (reached, psnr)
+    assert sum(p >= 24.0 for p in psnr) >= kept and min(psnr) >= floor, (reached, psnr)
+
+
+def test_ledits_pp_keeps_the_background_but_rarely_recolours_the_toy_world(toy):
+    """LEDITS++ at diffusers' defaults (30 steps after skipping 15%, edit guidance 5, threshold 0.9,
+    concepts from each sample: its target colour word added, its source colour word removed) on 8
+    colour swaps; measured: 1/8 reach the target colour (2/8 at edit guidance 10), 8/8 keep >= 24 dB
+    PSNR outside the object's mask (24.5-48.0 dB); 5/8 keep the source's colour and 2/8 lose the
+    object (the detector finds nothing at its position; presumably removing the source colour word
+    removes the object with it). A failure on this world, not the method's
+    design: its concepts are single colour words, which the toy text encoder only saw inside whole
+    captions (a guess, not checked). Pinned: the background and an object at the edited position."""
+    samples = _colour_swaps(toy, 8)
+    edited = _edited(toy, samples, "ledits_pp", {}, {})
+    reached, psnr = _recoloured_and_kept(samples, edited)
+    positions = [s.meta["target_scene"]["objects"][0]["position"] for s in samples]
+    present = [bool(detector.detect(image).at(position)) for image, position in zip(edited, positions)]
+    assert sum(p >= 24.0 for p in psnr) >= 7 and min(psnr) >= 23.0, (reached, psnr)
+    assert sum(present) >= 5, (present, reached)
