@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from editsweep.bench.spec import SweepSpec
+    from editsweep.core.metrics import MetricInfo
     from editsweep.reports.report import ReportResult
 
 
@@ -274,8 +275,14 @@ def _list(args: argparse.Namespace) -> int:
         for name, cls in sorted(DATASETS.items()):
             print(f"{name}: {_doc(cls)}\n  params: {_params(cls.Params)}")
     else:
+        from editsweep.reports.set_level import SET_METRICS
+
         for name, cls in sorted(SCORERS.items()):
-            print(f"{name}: {_doc(cls)}\n  params: {_params(cls.Params)}")
+            print(f"{name}: {_doc(cls)}\n  params: {_params(cls.Params)}\n  scores: {_scores(cls.metric_infos())}")
+        print("\nset-level (computed by the report from the stored `inception` features and reference stats):")
+        for name, cls in SET_METRICS.items():
+            extras = f" (also {', '.join(cls.extras)})" if cls.extras else ""
+            print(f"{name}: {_doc(cls)}\n  scores: {_scores(cls.metric_infos())}{extras}")
     return 0
 
 
@@ -289,6 +296,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _doc(cls: type) -> str:
     return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+def _scores(infos: dict[str, MetricInfo]) -> str:
+    """E.g. "lpips ↓ x1000, psnr ↑": each score with its direction and display scale."""
+    arrows = {True: " ↑", False: " ↓", None: ""}
+    return ", ".join(
+        f"{n}{arrows[i.higher_is_better]}" + (f" x{i.scale:g}" if i.scale != 1 else "") for n, i in infos.items()
+    ) or "(none: features only)"
 
 
 def _params(model: type[BaseModel]) -> str:

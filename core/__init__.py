@@ -1,4 +1,4 @@
-"""What every layer shares, importing nothing of editsweep: registries, parameter models, Hub switches.
+"""What every layer shares, importing nothing of editsweep: registries, params, metric info, Hub switches.
 
 The flow spec -> plan -> workers -> store -> report imports downward: `bench` and `reports` import
 `methods`, `datasets` and `core`; `methods` imports `diffusion`, `datasets` and `core`; `diffusion`

@@ -2,7 +2,8 @@
 
 A sweep point is one (method, dataset, backbone, invert_params, edit_params) combination; its
 images are the ok rows of that combination over samples and seeds. Each score gets a mean and a
-percentile-bootstrap confidence interval over those images.
+percentile-bootstrap confidence interval over those images (`scipy.stats.bootstrap`). How to read
+a score (direction, display name, scale) comes from the metric that made it (`metric_info`).
 
 Non-finite scores: the mean and CI of a metric use its finite values only. NaN means "undefined
 for this image" (METRICS.md: a mask with no unedited pixel) and a missing key means "not scored";
@@ -17,48 +18,17 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.stats
+
+from editsweep.core.metrics import MetricInfo
 
 POINT_KEYS = ["method", "dataset", "backbone", "dtype", "invert_params", "edit_params"]
 _MAX_DRAWS = 20_000_000  # bootstrap index draws held in memory at once
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """How to read a metric: display name, direction, and what "better" means."""
-
-    display: str
-    higher_is_better: bool | None  # None: unknown direction
-    meaning: str = ""
-
-
-METRIC_INFO: dict[str, MetricInfo] = {
-    "clip_t": MetricInfo("CLIP-T", True, "more editable"),
-    "clip_whole": MetricInfo("CLIP whole", True, "more editable"),
-    "clip_edited": MetricInfo("CLIP edited", True, "more editable"),
-    "lpips": MetricInfo("LPIPS", False, "more faithful"),
-    "ns_lpips": MetricInfo("NS-LPIPS", False, "more faithful"),
-    "psnr": MetricInfo("PSNR", True, "more faithful"),
-    "ssim": MetricInfo("SSIM", True, "more faithful"),
-    "mse": MetricInfo("MSE", False, "more faithful"),
-    "structure_distance": MetricInfo("Structure distance", False, "more faithful"),
-    "aesthetic": MetricInfo("Aesthetic score", True, "more aesthetic"),
-    "sfid": MetricInfo("SFID", False, "more realistic"),
-    "csfid": MetricInfo("CSFID", False, "more realistic and on-class"),
-    "fid": MetricInfo("FID", False, "more realistic"),
-    "kid": MetricInfo("KID", False, "more realistic"),
-    "accuracy": MetricInfo("Accuracy (DeiT)", True, "more on-target"),
-    "unedited": MetricInfo("Unedited (DeiT)", False, "more edited"),
-    "gt_psnr": MetricInfo("PSNR to ground truth", True, "closer to the target"),
-    "gt_lpips": MetricInfo("LPIPS to ground truth", False, "closer to the target"),
-    "outside_psnr": MetricInfo("PSNR outside the mask", True, "more faithful"),
-    "attr_acc": MetricInfo("Attribute accuracy", True, "more on-target"),
-}
-
 
 
 def uses_toy_weights(weights: pd.Series) -> bool:
@@ -67,11 +37,28 @@ def uses_toy_weights(weights: pd.Series) -> bool:
 
     return bool(weights.fillna("").str.contains(f"={TOY_WEIGHTS_PREFIX}", regex=False).any())
 
+
+def metric_infos() -> dict[str, MetricInfo]:
+    """Score name -> how to read it, from every registered scorer and set-level metric.
+
+    Scorers declare it on their class (`bench/metrics/base.py` `Scorer.metric_infos`), set-level
+    metrics on theirs (`reports/set_level/base.py`); a plugin's appear once its file is imported.
+    """
+    from editsweep.bench.metrics import SCORERS
+    from editsweep.reports.set_level import SET_METRICS
+
+    infos: dict[str, MetricInfo] = {}
+    for cls in [*SCORERS.values(), *SET_METRICS.values()]:
+        infos.update(cls.metric_infos())
+    return infos
+
+
 def metric_info(name: str) -> MetricInfo:
-    """The registry entry of `name`, also for variants like "lpips_vgg"; unknown: no direction."""
-    for key in sorted(METRIC_INFO, key=len, reverse=True):
+    """How to read the score `name`, also for variants like "lpips_vgg"; unknown: no direction."""
+    infos = metric_infos()
+    for key in sorted(infos, key=len, reverse=True):
         if name == key or name.startswith(key + "_"):
-            info = METRIC_INFO[key]
+            info = infos[key]
             return info if name == key else replace(info, display=f"{info.display} ({name[len(key) + 1 :]})")
     return MetricInfo(name, None)
 
@@ -84,25 +71,29 @@ def summary_metrics(summary: pd.DataFrame) -> list[str]:
 def bootstrap_mean_ci(
     values: np.ndarray, n_boot: int = 1000, ci: float = 0.95, rng: np.random.Generator | None = None
 ) -> tuple[float, float]:
-    """Percentile-bootstrap CI of the mean of `values` (resampling them with replacement).
+    """Percentile-bootstrap CI of the mean of `values`, with `scipy.stats.bootstrap`.
 
-    NaN for no values; a zero-width interval for one value or a constant metric.
+    `n_boot` resamples with replacement, drawn from `rng` in batches of at most `_MAX_DRAWS`
+    indices; the interval's ends are the linear-interpolated (1 - ci) / 2 quantiles of the resampled
+    means. NaN for no values; a zero-width interval for one value or a constant metric.
     """
     values = np.asarray(values, dtype=np.float64)
     k = len(values)
     if k == 0:
         return float("nan"), float("nan")
-    rng = rng if rng is not None else np.random.default_rng(0)
-    per_chunk = max(1, _MAX_DRAWS // k)
-    means = np.concatenate(
-        [
-            values[rng.integers(0, k, size=(min(per_chunk, n_boot - start), k))].mean(axis=1)
-            for start in range(0, n_boot, per_chunk)
-        ]
+    if k == 1:
+        return float(values[0]), float(values[0])
+    result = scipy.stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=n_boot,
+        batch=max(1, _MAX_DRAWS // k),
+        vectorized=True,
+        confidence_level=ci,
+        method="percentile",
+        rng=rng if rng is not None else np.random.default_rng(0),
     )
-    alpha = (1.0 - ci) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def aggregate(

@@ -3,9 +3,9 @@
 - Per edit type (PIE-Bench, any run whose rows carry `labels['edit_type']`): one markdown table per
   metric, a row per edit type present (and one for all images), a column per sweep point, cells the
   mean over that type's images. Non-finite values (NaN: no unedited pixel; +inf: PSNR of an identical
-  image) are left out of a mean, as in `aggregate`. Values are shown in PIE-Bench's scales
-  (`DISPLAY_SCALE`: LPIPS x10^3, MSE x10^4, SSIM x10^2, structure distance x10^3), named in each
-  heading; the stored scores stay raw.
+  image) are left out of a mean, as in `aggregate`. Values are shown at each metric's display scale,
+  declared by its scorer (PIE-Bench's: LPIPS x10^3, MSE x10^4, SSIM x10^2, structure distance
+  x10^3), named in each heading; the stored scores stay raw.
 - Reconstruction (any run in which every ok row's source prompt equals its target prompt, e.g. the
   COCO set of Prompt Tuning Inversion): PSNR, SSIM and LPIPS per sweep point, best PSNR first, with
   the `vae_roundtrip` row labelled as the upper bound that no latent inversion can pass.
@@ -21,7 +21,7 @@ import pandas as pd
 from editsweep.reports.aggregate import POINT_KEYS, label_points, metric_info
 from editsweep.reports.leaderboard import format_ci
 
-# PIE-Bench's table order (METRICS.md), then its display factors.
+# PIE-Bench's table order (METRICS.md).
 PIE_BENCH_METRICS = [
     "structure_distance",
     "psnr_unedited",
@@ -31,18 +31,14 @@ PIE_BENCH_METRICS = [
     "clip_whole",
     "clip_edited",
 ]
-DISPLAY_SCALE = {"structure": 1e3, "lpips": 1e3, "mse": 1e4, "ssim": 1e2}
 RECONSTRUCTION_METRICS = ["psnr", "ssim", "lpips"]
 UPPER_BOUND_METHOD = "vae_roundtrip"
 ALL = "all"
 
 
 def display_scale(metric: str) -> float:
-    """PIE-Bench's display factor of `metric` (by its base name, e.g. "lpips_unedited" -> 1000)."""
-    for base, factor in DISPLAY_SCALE.items():
-        if metric == base or metric.startswith(base + "_"):
-            return factor
-    return 1.0
+    """The factor `metric` is shown at in tables, from its scorer (e.g. "lpips_unedited" -> 1000)."""
+    return metric_info(metric).scale
 
 
 def edit_type_means(results: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:

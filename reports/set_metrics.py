@@ -1,19 +1,9 @@
-"""Set-level metrics from the Inception features stored in the rows: SFID, CSFID (FlexIT), FID and KID.
+"""The report's set-level step: SFID, CSFID, FID and KID per sweep point from the stored Inception features.
 
-Per sweep point (POINT_KEYS), over its ok images (all samples and seeds), with F the (N, d)
-features, t_i the target class (wnid) of image i, and R the reference stats (`ReferenceStats`):
-
-- SFID  = || mean(F) - R.mean ||^2 (means only, no covariance; FlexIT's "SFID(mean)").
-- CSFID = mean over the target classes c present in the point of || mean(F[t == c]) - R.mean_c ||^2
-  (FlexIT's "CSFID(mean)": classes are weighted equally, whatever their image count).
-- FID   = || mu_F - R.mean ||^2 + tr(S_F) + tr(R.cov) - 2 tr((S_F R.cov)^(1/2)), written out here:
-  torchmetrics' FID takes images or features through its module and accumulates both sets itself,
-  while the reference is kept as moments (ImageNet train's 1.28M features are too many to store).
-  The trace of the square root is the sum of the square roots of the eigenvalues of S_F R.cov, as
-  torchmetrics computes it.
-- KID   = torchmetrics `KernelInceptionDistance` (identity feature module) between F and the
-  reference's stored feature sample, subsets of min(1000, N, K) images; reported as `kid` (mean)
-  with its std in `kid_std`.
+Per sweep point (POINT_KEYS), over its ok images (all samples and seeds), each registered
+set-level metric (`reports/set_level/`: SFID and CSFID after FlexIT, FID, KID) is updated with the
+point's features F and target classes, against the reference stats of the point's dataset
+(`ReferenceStats`), then computed. Their definitions and papers are in their own files.
 
 Set metrics have no bootstrap CI here (their `_ci_low`/`_ci_high` are NaN). The report refuses
 reference stats made with another extractor than the rows' `inception` scorer.
@@ -21,61 +11,19 @@ reference stats made with another extractor than the rows' `inception` scorer.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from editsweep.bench.metrics.inception import FEATURE
 from editsweep.reports.aggregate import POINT_KEYS, summary_metrics
 from editsweep.reports.plots import tradeoff_panels
 from editsweep.reports.reference_stats import ReferenceStats, ReferenceStatsError
+from editsweep.reports.set_level import SET_METRICS
 
-SET_METRICS = ("sfid", "csfid", "fid", "kid")
 CSFID_FIGURE = "tradeoff_csfid.png"
-
-
-def sfid(features: np.ndarray, stats: ReferenceStats) -> float:
-    """FlexIT SFID: squared distance between the mean feature and the reference mean."""
-    return float(((features.mean(0) - stats.mean) ** 2).sum())
-
-
-def csfid(features: np.ndarray, target_wnids: list[str], stats: ReferenceStats) -> float:
-    """FlexIT CSFID: per target class, squared distance of the class's mean feature to its reference mean; averaged."""
-    labels = np.asarray(target_wnids)
-    distances = [((features[labels == c].mean(0) - stats.class_mean(c)) ** 2).sum() for c in sorted(set(target_wnids))]
-    return float(np.mean(distances))
-
-
-def fid(features: np.ndarray, stats: ReferenceStats) -> float:
-    """Frechet distance between the features' Gaussian and the reference's; NaN for fewer than 2 images."""
-    if len(features) < 2:
-        return float("nan")
-    mu = features.mean(0)
-    sigma = np.cov(features, rowvar=False)
-    eigenvalues = np.linalg.eigvals(sigma @ stats.cov)
-    trace_sqrt = np.sqrt(np.clip(eigenvalues.real, 0.0, None)).sum()
-    return float(((mu - stats.mean) ** 2).sum() + np.trace(sigma) + np.trace(stats.cov) - 2.0 * trace_sqrt)
-
-
-def kid(features: np.ndarray, stats: ReferenceStats, subsets: int = 100, seed: int = 0) -> tuple[float, float]:
-    """KID (mean, std) with torchmetrics against the reference's feature sample; NaN for fewer than 2 images."""
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    size = min(1000, len(features), len(stats.sample_features))
-    if size < 2:
-        return float("nan"), float("nan")
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        torch.manual_seed(seed)  # torchmetrics draws its subsets from the global generator
-        warnings.filterwarnings("ignore", message=".*save all extracted features.*")  # we pass features
-        metric = KernelInceptionDistance(feature=torch.nn.Identity(), subsets=subsets, subset_size=size)
-        metric.update(torch.from_numpy(stats.sample_features).double(), real=True)
-        metric.update(torch.from_numpy(features).double(), real=False)
-        mean, std = metric.compute()
-    return float(mean), float(std)
 
 
 def feature_extractor(weights: str | None) -> str | None:
@@ -88,7 +36,7 @@ def feature_extractor(weights: str | None) -> str | None:
 
 
 def point_set_metrics(results: pd.DataFrame, stats: dict[str, ReferenceStats]) -> pd.DataFrame:
-    """One row per sweep point with inception features: sfid, csfid, fid, kid, kid_std, n_features.
+    """One row per sweep point with inception features: each set-level metric's outputs, and n_features.
 
     `stats` maps dataset name -> its reference stats. Raises ReferenceStatsError when the rows'
     extractor differs from the stats' or a target class is missing from them, ValueError when a
@@ -110,22 +58,24 @@ def point_set_metrics(results: pd.DataFrame, stats: dict[str, ReferenceStats]) -
                 f"feature size {features.shape[1]} of the rows differs from the reference stats' {ref.mean.shape[0]}"
             )
         targets = [(labels or {}).get("target_wnid") for labels in group["labels"]]
-        if any(t is None for t in targets):
+        needing = [cls.display or name for name, cls in SET_METRICS.items() if cls.needs_targets]
+        if needing and any(t is None for t in targets):
             raise ValueError(
-                f"CSFID needs each row's target class (label target_wnid); rows of {point['method']} on "
+                f"{'/'.join(needing)} needs each row's target class (label target_wnid); rows of {point['method']} on "
                 f"{point['dataset']} lack it: use the imagenet dataset"
             )
-        kid_mean, kid_std = kid(features, ref)
-        point.update(
-            sfid=sfid(features, ref),
-            csfid=csfid(features, targets, ref),
-            fid=fid(features, ref),
-            kid=kid_mean,
-            kid_std=kid_std,
-            n_features=len(features),
-        )
+        for cls in SET_METRICS.values():
+            metric = cls(ref)
+            metric.update(features, targets)
+            point.update(metric.compute())
+        point["n_features"] = len(features)
         out.append(point)
-    return pd.DataFrame(out, columns=[*POINT_KEYS, *SET_METRICS, "kid_std", "n_features"])
+    return pd.DataFrame(out, columns=[*POINT_KEYS, *set_metric_columns(), "n_features"])
+
+
+def set_metric_columns() -> list[str]:
+    """The registered set-level metrics' names, then their extras (e.g. "kid_std"), in registry order."""
+    return [*SET_METRICS, *(extra for cls in SET_METRICS.values() for extra in cls.extras)]
 
 
 def merge_into_summary(summary: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
@@ -133,7 +83,7 @@ def merge_into_summary(summary: pd.DataFrame, points: pd.DataFrame) -> pd.DataFr
     if points.empty:
         return summary
     columns = {}
-    for m in SET_METRICS:
+    for m, cls in SET_METRICS.items():
         columns.update(
             {
                 f"{m}_mean": points[m],
@@ -143,7 +93,7 @@ def merge_into_summary(summary: pd.DataFrame, points: pd.DataFrame) -> pd.DataFr
                 f"{m}_n_inf": 0,
             }
         )
-    columns["kid_std"] = points["kid_std"]
+        columns.update({extra: points[extra] for extra in cls.extras})
     extra = pd.DataFrame(columns).assign(**{k: points[k] for k in POINT_KEYS})
     merged = summary.assign(backbone=summary["backbone"].fillna("")).merge(extra, on=POINT_KEYS, how="left")
     merged.attrs = dict(summary.attrs)

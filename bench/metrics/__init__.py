@@ -14,6 +14,7 @@ from editsweep.bench.metrics import (  # noqa: F401  (registration side effect)
 )
 from editsweep.bench.metrics.base import (
     SCORERS,
+    MetricInfo,
     Scorer,
     ScoreBatch,
     ScorerParams,
@@ -22,4 +23,4 @@ from editsweep.bench.metrics.base import (
     register_scorer,
 )
 
-__all__ = ["SCORERS", "ScoreBatch", "Scorer", "ScorerParams", "ScorerWeightsError", "get_scorer_class", "register_scorer"]
+__all__ = ["SCORERS", "MetricInfo", "ScoreBatch", "Scorer", "ScorerParams", "ScorerWeightsError", "get_scorer_class", "register_scorer"]

@@ -205,6 +205,9 @@ class AestheticScorer(Scorer):
     """LAION aesthetic score of each edited image (inputs and prompts are not used); higher is better."""
 
     name = "aesthetic"
+    display = "Aesthetic score"
+    higher_is_better = True
+    meaning = "more aesthetic"
     Params = AestheticParams
 
     def __init__(self, params: AestheticParams | dict[str, Any] | None, device: torch.device) -> None:

@@ -8,12 +8,14 @@ and may return feature vectors that the report turns into set-level metrics (FID
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from editsweep.core.metrics import MetricInfo
 from editsweep.core.registry import Registry
 from editsweep.datasets.base import Sample
 
@@ -43,10 +45,21 @@ class ScoreBatch:
 
 
 class Scorer(ABC):
-    """A per-image metric with its weights loaded once per worker."""
+    """A per-image metric with its weights loaded once per worker, and how to read its scores.
+
+    A scorer that returns one score, named like the scorer, describes it with `display`,
+    `higher_is_better` (None: unknown), `meaning` (what "better" is, for axis labels) and `scale`
+    (the factor tables show it at). One that returns several, or only features, lists them in
+    `columns` instead. The report reads them through `metric_infos` (`reports/aggregate.metric_info`).
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type[ScorerParams]] = ScorerParams
+    display: ClassVar[str | None] = None  # None: the name
+    higher_is_better: ClassVar[bool | None] = None
+    meaning: ClassVar[str] = ""
+    scale: ClassVar[float] = 1.0
+    columns: ClassVar[Mapping[str, MetricInfo] | None] = None  # score name -> info, when not just `name`
 
     def __init__(self, params: ScorerParams | dict[str, Any] | None, device: torch.device) -> None:
         self.params = params if isinstance(params, ScorerParams) else self.Params(**(params or {}))
@@ -61,6 +74,13 @@ class Scorer(ABC):
     def weights_source(self) -> str:
         """Where the weights come from, recorded in every row (e.g. 'ViT-B-32:openai')."""
         return str(self.params.weights)
+
+    @classmethod
+    def metric_infos(cls) -> dict[str, MetricInfo]:
+        """Score name -> how to read it, for every score `score` returns."""
+        if cls.columns is not None:
+            return dict(cls.columns)
+        return {cls.name: MetricInfo(cls.display or cls.name, cls.higher_is_better, cls.meaning, cls.scale)}
 
     @abstractmethod
     def score(self, edited: torch.Tensor, sources: torch.Tensor, samples: list[Sample]) -> ScoreBatch:

@@ -196,6 +196,9 @@ class ClipTScorer(Scorer):
     """CLIP-T: cos(image embedding of the edited image, text embedding of `sample.target_prompt`)."""
 
     name = "clip_t"
+    display = "CLIP-T"
+    higher_is_better = True
+    meaning = "more editable"
     Params = ClipTParams
 
     def __init__(self, params: ClipTParams | dict[str, Any] | None, device: torch.device) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
+from editsweep.bench.metrics.base import MetricInfo, ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
 from editsweep.bench.metrics.inception import resize_center_crop
 from editsweep.core.hub import hf_offline
 from editsweep.datasets.base import Sample
@@ -82,6 +82,10 @@ class FlexitAccuracyScorer(Scorer):
     """FlexIT accuracy: DeiT-B distilled 384 argmax over the target classes equals the target (1/0)."""
 
     name = "flexit_accuracy"
+    columns = {
+        "accuracy": MetricInfo("Accuracy (DeiT)", True, "more on-target"),
+        "unedited": MetricInfo("Unedited (DeiT)", False, "more edited"),
+    }
     Params = FlexitAccuracyParams
 
     def __init__(self, params: FlexitAccuracyParams | dict[str, Any] | None, device: torch.device) -> None:

@@ -113,6 +113,7 @@ class InceptionScorer(Scorer):
     """Inception-v3 pool3 features of each edit (FID weights), for the report's set-level metrics."""
 
     name = "inception"
+    columns = {}  # features only: the report's set-level metrics (`reports/set_level/`) read them
     Params = InceptionParams
 
     def __init__(self, params: InceptionParams | dict[str, Any] | None, device: torch.device) -> None:

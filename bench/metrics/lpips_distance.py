@@ -97,6 +97,10 @@ class LpipsScorer(Scorer):
     """LPIPS v0.1 distance between each edited image and its input; lower is closer."""
 
     name = "lpips"
+    display = "LPIPS"
+    higher_is_better = False
+    meaning = "more faithful"
+    scale = 1e3  # PIE-Bench's x10^3 (METRICS.md)
     Params = LpipsParams
 
     def __init__(self, params: LpipsParams | dict[str, Any] | None, device: torch.device) -> None:

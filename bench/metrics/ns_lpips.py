@@ -57,6 +57,9 @@ class NsLpipsScorer(Scorer):
     """LPIPS between edit and input with the edited region (dataset mask) blanked in both."""
 
     name = "ns_lpips"
+    display = "NS-LPIPS"
+    higher_is_better = False
+    meaning = "more faithful"
     Params = NsLpipsParams
 
     def __init__(self, params: NsLpipsParams | dict[str, Any] | None, device: torch.device) -> None:

@@ -22,7 +22,8 @@ open_clip as ViT-L-14:openai, the same weights, via the `clip_t` scorer's loader
   official `img * mask`); NaN when the mask is empty.
 
 Stored values are raw (LPIPS, MSE and SSIM as fractions); PIE-Bench's display scales (LPIPS x10^3,
-MSE x10^4, SSIM x10^2) are applied by the report's per-edit-type breakdown (`reports/breakdown.py`).
+MSE x10^4, SSIM x10^2) are declared in each scorer's `columns` and applied by the report's
+per-edit-type breakdown (`reports/breakdown.py`).
 A mask is brought to the scored images' size the way the worker brings images to the backbone's:
 centre-cropped to a square, then resized, with nearest-neighbour sampling.
 """
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, register_scorer
+from editsweep.bench.metrics.base import MetricInfo, ScoreBatch, Scorer, ScorerParams, register_scorer
 from editsweep.bench.metrics.clip_t import ClipTScorer
 from editsweep.bench.metrics.lpips_distance import LpipsScorer
 from editsweep.datasets.base import Sample
@@ -75,6 +76,12 @@ class PieUneditedScorer(Scorer):
     """PSNR, LPIPS (squeeze), MSE and SSIM on PIE-Bench's unedited region: images times (1 - mask)."""
 
     name = "pie_unedited"
+    columns = {  # PIE-Bench's display scales (METRICS.md)
+        "psnr_unedited": MetricInfo("PSNR (unedited)", True, "more faithful"),
+        "lpips_unedited": MetricInfo("LPIPS (unedited)", False, "more faithful", 1e3),
+        "mse_unedited": MetricInfo("MSE (unedited)", False, "more faithful", 1e4),
+        "ssim_unedited": MetricInfo("SSIM (unedited)", True, "more faithful", 1e2),
+    }
     Params = PieUneditedParams
 
     def __init__(self, params: PieUneditedParams | dict[str, Any] | None, device: torch.device) -> None:
@@ -109,6 +116,10 @@ class PieClipScorer(ClipTScorer):
     """CLIPScore (100 * max(cos, 0)) of the whole edited image and of its edit region, against the target prompt."""
 
     name = "pie_clip"
+    columns = {
+        "clip_whole": MetricInfo("CLIP whole", True, "more editable"),
+        "clip_edited": MetricInfo("CLIP edited", True, "more editable"),
+    }
 
     def score(self, edited: torch.Tensor, sources: torch.Tensor, samples: list[Sample]) -> ScoreBatch:
         """"clip_whole" and "clip_edited" per image; "clip_edited" is NaN for an empty mask."""

@@ -2,7 +2,8 @@
 
 Identical images give PSNR = +inf (kept as is: the report decides how to average it) and SSIM 1.
 SSIM uses torchmetrics' defaults (Gaussian kernel 11, sigma 1.5, k1 0.01, k2 0.03). PIE-Bench's
-masked variants (images multiplied by 1 - mask first) and its x10^2 scaling belong to the report.
+masked variants (images multiplied by 1 - mask first) are the `pie_unedited` scorer's; its x10^2
+display scale of SSIM is `SsimScorer.scale`.
 torchmetrics is imported on first use (it takes seconds), not when the registry is imported.
 """
 
@@ -36,6 +37,9 @@ class PsnrScorer(_PixelScorer):
     """PSNR in dB per image, 10 log10(1 / MSE) over all pixels and channels; higher is closer."""
 
     name = "psnr"
+    display = "PSNR"
+    higher_is_better = True
+    meaning = "more faithful"
 
     @torch.no_grad()
     def score(self, edited: torch.Tensor, sources: torch.Tensor, samples: list[Sample]) -> ScoreBatch:
@@ -52,6 +56,10 @@ class SsimScorer(_PixelScorer):
     """Mean SSIM per image (Gaussian window); 1 means identical."""
 
     name = "ssim"
+    display = "SSIM"
+    higher_is_better = True
+    meaning = "more faithful"
+    scale = 1e2  # PIE-Bench's x10^2 (METRICS.md)
 
     @torch.no_grad()
     def score(self, edited: torch.Tensor, sources: torch.Tensor, samples: list[Sample]) -> ScoreBatch:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, register_scorer
+from editsweep.bench.metrics.base import MetricInfo, ScoreBatch, Scorer, ScorerParams, register_scorer
 from editsweep.bench.metrics.lpips_distance import LpipsScorer
 from editsweep.datasets.base import Sample
 from editsweep.datasets.images import fit_square, fit_square_mask
@@ -53,6 +53,12 @@ class ShapesTruthScorer(Scorer):
     """Distance to the ground-truth target, preservation outside the mask, and attribute accuracy."""
 
     name = "shapes_truth"
+    columns = {
+        "gt_psnr": MetricInfo("PSNR to ground truth", True, "closer to the target"),
+        "gt_lpips": MetricInfo("LPIPS to ground truth", False, "closer to the target"),
+        "outside_psnr": MetricInfo("PSNR outside the mask", True, "more faithful"),
+        "attr_acc": MetricInfo("Attribute accuracy", True, "more on-target"),
+    }
     Params = ShapesTruthParams
     params: ShapesTruthParams
 

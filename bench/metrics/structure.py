@@ -107,6 +107,10 @@ class StructureDistanceScorer(Scorer):
     """MSE between the DINO key self-similarity matrices of each edit and its input; lower is closer."""
 
     name = "structure_distance"
+    display = "Structure distance"
+    higher_is_better = False
+    meaning = "more faithful"
+    scale = 1e3  # PIE-Bench's x10^3 (METRICS.md)
     Params = StructureParams
 
     def __init__(self, params: StructureParams | dict[str, Any] | None, device: torch.device) -> None:

@@ -15,7 +15,17 @@ def test_list_shows_registered_names_and_parameters(capsys):
     assert main(["list", "datasets"]) == 0
     assert "tedbench" in capsys.readouterr().out
     assert main(["list", "metrics"]) == 0
-    assert "lpips" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "lpips" in out and "scores: lpips ↓ x1000" in out and "scores: gt_psnr ↑, gt_lpips ↓" in out
+    per_image, set_level = out.split("\nset-level")
+    assert "inception:" in per_image and "scores: (none: features only)" in per_image and "fid:" not in per_image
+    assert [line.split(":")[0] for line in set_level.splitlines()[1:] if not line.startswith(" ")] == [
+        "sfid",
+        "csfid",
+        "fid",
+        "kid",
+    ]
+    assert "scores: kid ↓ (also kid_std)" in set_level
 
 
 def test_list_shows_inversions_and_editors_with_their_parameters(capsys):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from editsweep.bench.store import SCHEMA
+from editsweep.core.metrics import MetricInfo
 from editsweep.reports.aggregate import aggregate, bootstrap_mean_ci, label_points, metric_info, pareto_front
 
 
@@ -156,3 +157,63 @@ def test_metric_directions():
     assert metric_info("clip_t").higher_is_better is True
     assert metric_info("clip_edited").higher_is_better is True
     assert metric_info("something_new").higher_is_better is None
+
+
+# How every score was read before scorers described themselves (the report's own table then), with
+# breakdown's display scale: metric_info must give the same for each score a scorer writes.
+READ_BEFORE = {
+    "clip_t": ("CLIP-T", True, "more editable", 1.0),
+    "clip_whole": ("CLIP whole", True, "more editable", 1.0),
+    "clip_edited": ("CLIP edited", True, "more editable", 1.0),
+    "lpips": ("LPIPS", False, "more faithful", 1e3),
+    "lpips_vgg": ("LPIPS (vgg)", False, "more faithful", 1e3),
+    "ns_lpips": ("NS-LPIPS", False, "more faithful", 1.0),
+    "psnr": ("PSNR", True, "more faithful", 1.0),
+    "ssim": ("SSIM", True, "more faithful", 1e2),
+    "structure_distance": ("Structure distance", False, "more faithful", 1e3),
+    "aesthetic": ("Aesthetic score", True, "more aesthetic", 1.0),
+    "sfid": ("SFID", False, "more realistic", 1.0),
+    "csfid": ("CSFID", False, "more realistic and on-class", 1.0),
+    "fid": ("FID", False, "more realistic", 1.0),
+    "kid": ("KID", False, "more realistic", 1.0),
+    "kid_std": ("KID (std)", False, "more realistic", 1.0),
+    "accuracy": ("Accuracy (DeiT)", True, "more on-target", 1.0),
+    "unedited": ("Unedited (DeiT)", False, "more edited", 1.0),
+    "gt_psnr": ("PSNR to ground truth", True, "closer to the target", 1.0),
+    "gt_lpips": ("LPIPS to ground truth", False, "closer to the target", 1.0),
+    "outside_psnr": ("PSNR outside the mask", True, "more faithful", 1.0),
+    "attr_acc": ("Attribute accuracy", True, "more on-target", 1.0),
+    "psnr_unedited": ("PSNR (unedited)", True, "more faithful", 1.0),
+    "lpips_unedited": ("LPIPS (unedited)", False, "more faithful", 1e3),
+    "mse_unedited": ("MSE (unedited)", False, "more faithful", 1e4),
+    "ssim_unedited": ("SSIM (unedited)", True, "more faithful", 1e2),
+    "something_new": ("something_new", None, "", 1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(READ_BEFORE))
+def test_metric_info_comes_from_the_scorers_unchanged(name):
+    assert metric_info(name) == MetricInfo(*READ_BEFORE[name])
+
+
+# CIs of the bootstrap this one replaced (numpy: chunked index draws, np.quantile), same inputs and rng.
+PINNED_CI = {
+    "gamma200": (1.6061003912666627, 1.9589717320457158),
+    "normal30000": (-0.007166323620023084, 0.011745542217322031),
+}
+
+
+def test_bootstrap_with_scipy_equals_the_replaced_one():
+    # scipy.stats.bootstrap draws the same indices from the same generator (batches of _MAX_DRAWS / k
+    # resamples, as the old chunks: 666 of 30,000 values here); only the quantile's last bit differs.
+    gamma = np.random.default_rng(7).gamma(2.0, size=200)
+    low, high = bootstrap_mean_ci(gamma, n_boot=1000, ci=0.95, rng=np.random.default_rng([0, 1]))
+    assert (low, high) == pytest.approx(PINNED_CI["gamma200"], rel=1e-14, abs=0)
+    normal = np.random.default_rng(8).normal(size=30000)
+    low, high = bootstrap_mean_ci(normal, n_boot=1000, ci=0.9, rng=np.random.default_rng(5))
+    assert (low, high) == pytest.approx(PINNED_CI["normal30000"], rel=1e-14, abs=0)
+
+
+def test_bootstrap_of_one_or_no_value():
+    assert bootstrap_mean_ci(np.array([0.25])) == (0.25, 0.25)
+    assert all(np.isnan(bootstrap_mean_ci(np.array([]))))

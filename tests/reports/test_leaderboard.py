@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
+import torch
 
+from editsweep.bench.metrics import SCORERS
+from editsweep.bench.spec import import_plugins, plugin_module_name
 from editsweep.bench.store import SCHEMA
 from editsweep.reports.aggregate import aggregate
+from editsweep.reports.breakdown import display_scale
 from editsweep.reports.leaderboard import format_ci, leaderboard_markdown
+from editsweep.reports.plots import axis_label
+
+TOY_METRIC = Path(__file__).parent / "plugins" / "toy_metric.py"
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +88,24 @@ def test_pipes_in_labels_are_escaped(summary):
 def test_unknown_metric_is_an_error(summary):
     with pytest.raises(ValueError, match="aesthetic"):
         leaderboard_markdown(summary, ["aesthetic"])
+
+
+def test_a_metric_added_in_one_file_gets_its_arrow_best_and_scale(row_maker, monkeypatch):
+    monkeypatch.setattr(SCORERS, "_classes", dict(SCORERS._classes))  # registered for this test only
+    monkeypatch.delitem(sys.modules, plugin_module_name(TOY_METRIC), raising=False)
+    (plugin,) = import_plugins([str(TOY_METRIC)])
+    scorer = SCORERS["toy_change"](None, torch.device("cpu"))
+    images = torch.zeros(2, 3, 8, 8)
+    changes = scorer.score(images + torch.tensor([0.1, 0.3]).view(2, 1, 1, 1), images, []).scores["toy_change"]
+    rows = [
+        row_maker(method, 7.5, i, 0, {"clip_t": 0.3, "toy_change": float(change) + 0.01 * i})
+        for method, change in zip(("gentle", "harsh"), changes, strict=True)
+        for i in range(4)
+    ]
+    summary = aggregate(pd.DataFrame(rows).reindex(columns=SCHEMA.names))
+    markdown = leaderboard_markdown(summary, ["toy_change"], sort_by="toy_change")
+    assert "Toy change ↓ (sorted)" in markdown
+    rows = _table_rows(markdown)
+    assert [r[0] for r in rows] == ["gentle", "harsh"] and rows[0][3].startswith("**")  # lower is better
+    assert axis_label("toy_change") == "Toy change (lower = more faithful)"
+    assert display_scale("toy_change") == 100 and plugin.ToyChangeScorer is SCORERS["toy_change"]

@@ -1,19 +1,22 @@
-"""Set-level metrics: SFID/CSFID against FlexIT's formula, FID, KID, reference stats files, extractor checks."""
+"""The report's set-level step: SFID/CSFID against FlexIT's formula per point, reference stats files, extractor checks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 
 from editsweep.bench.cli import main
 from editsweep.bench.metrics.inception import InceptionScorer
 from editsweep.datasets.images import load_rgb
-from editsweep.reports.aggregate import aggregate
+from editsweep.reports.aggregate import aggregate, summary_metrics
+from editsweep.reports.leaderboard import leaderboard_markdown
 from editsweep.reports.reference_stats import ReferenceStats, ReferenceStatsError
 from editsweep.reports.report import build_report
-from editsweep.reports.set_metrics import add_set_metrics, fid, kid, point_set_metrics
+from editsweep.reports.set_level import SET_METRICS, SetMetric, register_set_metric
+from editsweep.reports.set_metrics import add_set_metrics, merge_into_summary, point_set_metrics
 
 EXTRACTOR = "random-cnn64:seed0:crop256"
 WNIDS = ["n01440764", "n01443537", "n01484850"]
@@ -86,20 +89,6 @@ def test_sfid_and_csfid_equal_flexits_formula(row_maker, run_factory):
         assert point["csfid"] != pytest.approx(point["sfid"], rel=1e-3)
 
 
-def test_fid_is_the_frechet_distance_and_kid_grows_with_a_shift():
-    rng = np.random.default_rng(4)
-    stats = make_stats(rng, d=8)
-    features = rng.normal(loc=0.5, size=(40, 8))
-    mu, sigma = features.mean(0), np.cov(features, rowvar=False)
-    covmean = scipy.linalg.sqrtm(sigma @ stats.cov).real
-    expected = ((mu - stats.mean) ** 2).sum() + np.trace(sigma + stats.cov - 2 * covmean)
-    assert fid(features, stats) == pytest.approx(expected, rel=1e-6)
-    assert fid(stats.sample_features, stats) == pytest.approx(0.0, abs=1e-6)
-    same, _ = kid(rng.normal(size=(40, 8)), stats)
-    shifted, _ = kid(features + 2.0, stats)
-    assert shifted > same + 0.5
-
-
 def test_reference_stats_command_round_trips(imagenet_layout, tmp_path, capsys):
     out = tmp_path / "stats.npz"
     args = ["reference-stats", str(imagenet_layout["train"]), "--out", str(out), "--weights", "random"]
@@ -146,3 +135,37 @@ def test_without_reference_stats_the_set_metrics_are_a_note(row_maker, run_facto
     summary = aggregate(results)
     same, figures, notes = add_set_metrics(summary, results, {"datasets": [{"name": "toy"}]}, tmp_path, None)
     assert same is summary and figures == [] and "no reference stats" in notes[0]
+
+
+def test_a_registered_set_metric_reaches_the_summary_and_the_leaderboard(row_maker, run_factory, monkeypatch):
+    monkeypatch.setattr(SET_METRICS, "_classes", dict(SET_METRICS._classes))  # registered for this test only
+
+    @register_set_metric
+    class FeatureSpread(SetMetric):
+        """Mean per-dimension standard deviation of the features (higher: more diverse)."""
+
+        name = "spread"
+        display = "Feature spread"
+        higher_is_better = True
+        meaning = "more diverse"
+        extras = ("spread_images",)
+
+        def reset(self) -> None:
+            self.parts: list[np.ndarray] = []
+
+        def update(self, features: np.ndarray, targets: Sequence[str] | None = None) -> None:
+            self.parts.append(np.asarray(features))
+
+        def compute(self) -> dict[str, float]:
+            features = np.concatenate(self.parts)
+            return {"spread": float(features.std(0).mean()), "spread_images": float(len(features))}
+
+    rng = np.random.default_rng(7)
+    results = run_factory(feature_rows(row_maker, rng), images=False).read_results()
+    points = point_set_metrics(results, {"toy": make_stats(rng)})
+    assert list(points.columns[-8:]) == ["sfid", "csfid", "fid", "kid", "spread", "kid_std", "spread_images", "n_features"]
+    summary = merge_into_summary(aggregate(results), points)
+    assert summary_metrics(summary)[-5:] == ["sfid", "csfid", "fid", "kid", "spread"]
+    assert (summary["spread_images"] == 7).all() and summary["spread_mean"].notna().all()
+    markdown = leaderboard_markdown(summary, ["spread", "csfid"], sort_by="spread")
+    assert "Feature spread ↑ (sorted)" in markdown and "CSFID ↓" in markdown

@@ -75,6 +75,7 @@ def test_accuracy_is_the_argmax_over_the_target_classes_only(cpu):
     out = scorer.score(images, images, class_samples(targets, [0, 0, winners[2], 0], classes)).scores
     assert out["accuracy"].tolist() == [1.0, 1.0, 0.0, 0.0]
     assert out["unedited"].tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert set(out) == set(scorer.metric_infos())
     # One allowed class: every image is classified as it, whatever the unrestricted argmax says.
     single = scorer.score(images, images, class_samples([17] * 4, [3] * 4, (17,))).scores
     assert single["accuracy"].tolist() == [1.0] * 4

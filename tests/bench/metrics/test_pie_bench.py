@@ -48,6 +48,7 @@ def test_identical_images_give_inf_psnr_zero_mse_and_lpips_and_nan_for_an_all_ed
     images = smooth_images(2, SIZE, SIZE)
     scores = unedited.score(images, images.clone(), samples_with([box_mask(), np.ones((512, 512), bool)])).scores
     assert set(scores) == {"psnr_unedited", "lpips_unedited", "mse_unedited", "ssim_unedited"}
+    assert set(scores) == set(PieUneditedScorer.metric_infos())
     assert scores["psnr_unedited"][0] == float("inf")
     assert scores["mse_unedited"][0] == 0 and scores["lpips_unedited"][0] == 0
     assert scores["ssim_unedited"][0] == pytest.approx(1.0, abs=1e-6)
@@ -105,3 +106,4 @@ def test_clip_whole_and_edited_follow_clipscore_on_the_whole_and_the_masked_imag
     torch.testing.assert_close(scores["clip_edited"][:2], 100 * cos.clamp(min=0), atol=1e-3, rtol=0)
     assert scores["clip_edited"][0] != pytest.approx(scores["clip_whole"][0].item(), abs=1e-3)
     assert torch.isnan(scores["clip_edited"][2]) and torch.isfinite(scores["clip_whole"]).all()
+    assert set(scores) == set(PieClipScorer.metric_infos())

@@ -55,7 +55,7 @@ def test_the_target_scores_perfectly_and_the_source_misses_every_edit(scorer, da
     targets = tensors([Image.fromarray(s.meta["target_image"]) for s in samples], scored)
     on_target = scorer.score(targets, sources, samples).scores
     on_source = scorer.score(sources, sources, samples).scores
-    assert set(on_target) == {"gt_psnr", "gt_lpips", "outside_psnr", "attr_acc"}
+    assert set(on_target) == {"gt_psnr", "gt_lpips", "outside_psnr", "attr_acc"} == set(scorer.metric_infos())
     assert on_target["attr_acc"].tolist() == [1.0] * len(samples)
     assert on_source["attr_acc"].tolist() == [0.0] * len(samples), [s.meta["edit_type"] for s in samples]
     assert torch.isinf(on_target["gt_psnr"]).all() and (on_target["gt_lpips"].abs() < 1e-6).all()
