@@ -174,9 +174,9 @@ def _draw_tradeoff(
 def _view(points: pd.DataFrame, metric: str) -> tuple[float, float] | None:
     """Axis limits that leave out far outliers, or None when every point fits a readable scale.
 
-    A point is far when it lies more than 10 median absolute deviations from the median (e.g.
-    `copy` at LPIPS 0 and a low CLIP-T, next to editors within 0.02 of each other); the view zooms
-    only when the remaining points, with their CIs, span under a third of the full range.
+    A point is far when its mean lies more than 10 median absolute deviations from the median
+    (e.g. `copy` at LPIPS 0 and a low CLIP-T, next to editors within 0.02 of each other); the view
+    zooms only when the other points, with their CIs, span under half the range of all of them.
     """
     means = points[f"{metric}_mean"].to_numpy(dtype=float)
     centre = np.median(means)
@@ -184,13 +184,18 @@ def _view(points: pd.DataFrame, metric: str) -> tuple[float, float] | None:
     near = np.abs(means - centre) <= 10 * spread
     if spread == 0 or near.all():
         return None
-    kept = points[near]
-    bounds = np.concatenate([kept[f"{metric}_{part}"].to_numpy(dtype=float) for part in ("mean", "ci_low", "ci_high")])
-    low, high = np.nanmin(bounds), np.nanmax(bounds)
-    if high - low >= (means.max() - means.min()) / 3:
+    low, high = _extent(points[near], metric)
+    full_low, full_high = _extent(points, metric)
+    if high - low >= (full_high - full_low) / 2:
         return None
     pad = 0.08 * (high - low)
     return low - pad, high + pad
+
+
+def _extent(points: pd.DataFrame, metric: str) -> tuple[float, float]:
+    """The lowest and highest of the points' means and CI bounds."""
+    values = np.concatenate([points[f"{metric}_{part}"].to_numpy(dtype=float) for part in ("mean", "ci_low", "ci_high")])
+    return np.nanmin(values), np.nanmax(values)
 
 
 def _inside(value: float, limits: tuple[float, float] | None) -> bool:
