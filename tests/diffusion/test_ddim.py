@@ -58,3 +58,24 @@ def test_per_row_guidance_equals_separate_calls(tiny_backbone):
     first = ddim_sample(tiny_backbone, noise[:1], schedule, cond[:1], uncond[:1], 1.0)
     second = ddim_sample(tiny_backbone, noise[1:], schedule, cond[1:], uncond[1:], 7.5)
     assert torch.allclose(both, torch.cat([first, second]), atol=1e-4)
+
+
+def test_inversion_equals_diffusers_inverse_scheduler(tiny_backbone, generated_samples):
+    """`ddim_invert` against diffusers' `DDIMInverseScheduler` stepped by hand with the same UNet:
+    each step evaluates the noise at the next (noisier) timestep and moves between the same
+    alpha-bars (the first from the final alpha-bar), so every latent of the trajectory agrees."""
+    from diffusers import DDIMInverseScheduler
+
+    latents = tiny_backbone.encode_images(images_tensor(generated_samples, tiny_backbone.device))
+    cond = tiny_backbone.encode_text([s.source_prompt for s in generated_samples])
+    trajectory = ddim_invert(tiny_backbone, latents, make_schedule(tiny_backbone, 10), cond)
+    inverse = DDIMInverseScheduler.from_config(tiny_backbone.scheduler.config)
+    inverse.set_timesteps(10)
+    x, reference = latents.float(), [latents.float()]
+    with torch.no_grad():
+        for t in inverse.timesteps:
+            eps = tiny_backbone.unet(x, t, encoder_hidden_states=cond).sample
+            x = inverse.step(eps, t, x).prev_sample
+            reference.append(x)
+    assert inverse.timesteps.tolist() == list(range(1, 902, 100))
+    assert torch.allclose(trajectory, torch.stack(reference), atol=1e-5), (trajectory - torch.stack(reference)).abs().max()
