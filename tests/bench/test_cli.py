@@ -80,6 +80,10 @@ def test_run_report_and_resume_end_to_end(ray_session, tmp_path, capsys):
     spec = yaml.safe_load(Path(__file__).resolve().parents[2].joinpath("configs/quickstart.yaml").read_text())
     spec["datasets"][0]["params"]["n"] = 2
     spec["seeds"] = [0]
+    for method in spec["methods"]:  # 5 steps: this test is about the run, not the edits' quality
+        for section in ("invert", "edit"):
+            if "steps" in method.get(section, {}):
+                method[section]["steps"] = 5
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "run"
