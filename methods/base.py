@@ -18,6 +18,7 @@ from editsweep.core.params import Params
 from editsweep.core.registry import Registry
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.inputs import images_tensor
 
 State = dict[str, torch.Tensor]
 """What `invert` hands to `edit`: plain tensors, batch-first, so it can be cached by group key."""
@@ -88,6 +89,21 @@ class Method(ABC):
         The worker may call `edit` again on a subset of the samples (each alone, inverted alone) or
         of the points to isolate a failure, so results must not depend on the batch's composition.
         """
+
+
+class EncodesInput(Method):
+    """A method without an inversion (SDEdit, InfEdit, latent blending): `invert` only encodes the
+    inputs, to `state["latents"]`, for `edit` to noise or denoise from."""
+
+    def invert(
+        self,
+        backbone: Backbone,
+        samples: Sequence[Sample],
+        params: Params,
+        generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
+    ) -> State:
+        return {"latents": backbone.encode_images(images_tensor(samples, backbone.device))}
 
 
 METHODS: Registry[type[Method]] = Registry("method")

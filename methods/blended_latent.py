@@ -43,7 +43,7 @@ from editsweep.diffusion.ddim import Schedule, ddim_sample, encoding_start, make
 from editsweep.diffusion.diffedit_mask import MAP_KEYS, DiffEditMaskParams, binarise, diffedit_maps
 from editsweep.diffusion.inputs import forked, images_tensor, source_prompts, target_prompts
 from editsweep.diffusion.masks import MaskError, dataset_mask
-from editsweep.methods.base import Method, State, register_method
+from editsweep.methods.base import EncodesInput, State, register_method
 
 
 class BlendedInvertParams(Params):
@@ -68,7 +68,7 @@ class BlendedEditParams(DiffEditMaskParams):
 
 
 @register_method
-class BlendedLatentDiffusion(Method):
+class BlendedLatentDiffusion(EncodesInput):
     """Noise, denoise with the target prompt, keep the input's noised latent outside the mask."""
 
     name = "blended_latent"
@@ -90,7 +90,7 @@ class BlendedLatentDiffusion(Method):
                     f"blended_latent with mask: dataset needs each sample's meta['mask']; samples {missing} have "
                     "none (this dataset gives no edit masks: use `mask: diffedit` in the invert params)"
                 )
-        return {"latents": backbone.encode_images(images_tensor(samples, backbone.device))}
+        return super().invert(backbone, samples, params, generators, seeds)
 
     def edit(
         self,

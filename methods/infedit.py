@@ -41,11 +41,11 @@ from editsweep.diffusion.attention import LocalBlend, P2PControl
 from editsweep.diffusion.backbone import Backbone
 from editsweep.diffusion.ddcm import ddcm_clean, ddcm_noised
 from editsweep.diffusion.ddim import make_schedule, predict_noise
-from editsweep.diffusion.inputs import images_tensor, source_prompts, target_prompts
+from editsweep.diffusion.inputs import source_prompts, target_prompts
 from editsweep.diffusion.p2p import P2PParams, attention_map_tokens, build_control
 from editsweep.diffusion.prompt_alignment import word_positions
 from editsweep.diffusion.unified_attention import UnifiedControl, unified_unet
-from editsweep.methods.base import Method, State, register_method
+from editsweep.methods.base import EncodesInput, State, register_method
 
 
 class InfEditParams(Params):
@@ -80,21 +80,11 @@ class InfEditParams(Params):
 
 
 @register_method
-class InfEdit(Method):
+class InfEdit(EncodesInput):
     """DDCM virtual inversion with unified attention control."""
 
     name = "infedit"
     EditParams = InfEditParams
-
-    def invert(
-        self,
-        backbone: Backbone,
-        samples: Sequence[Sample],
-        params: Params,
-        generators: Sequence[torch.Generator],
-        seeds: Sequence[int] | None = None,
-    ) -> State:
-        return {"latents": backbone.encode_images(images_tensor(samples, backbone.device))}
 
     def edit(
         self,

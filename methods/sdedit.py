@@ -14,8 +14,8 @@ from pydantic import Field
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import Backbone
 from editsweep.diffusion.ddim import ddim_sample, make_schedule
-from editsweep.diffusion.inputs import images_tensor, target_prompts
-from editsweep.methods.base import Method, Params, State, register_method
+from editsweep.diffusion.inputs import target_prompts
+from editsweep.methods.base import EncodesInput, Params, State, register_method
 
 
 class SDEditParams(Params):
@@ -27,21 +27,11 @@ class SDEditParams(Params):
 
 
 @register_method
-class SDEdit(Method):
+class SDEdit(EncodesInput):
     """Partial noising then guided DDIM denoising towards the target prompt."""
 
     name = "sdedit"
     EditParams = SDEditParams
-
-    def invert(
-        self,
-        backbone: Backbone,
-        samples: Sequence[Sample],
-        params: Params,
-        generators: Sequence[torch.Generator],
-        seeds: Sequence[int] | None = None,
-    ) -> State:
-        return {"latents": backbone.encode_images(images_tensor(samples, backbone.device))}
 
     def edit(
         self,

@@ -13,25 +13,14 @@ import torch
 
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import Backbone
-from editsweep.diffusion.inputs import images_tensor
-from editsweep.methods.base import Method, Params, State, register_method
+from editsweep.methods.base import EncodesInput, Params, State, register_method
 
 
 @register_method
-class VaeRoundtrip(Method):
+class VaeRoundtrip(EncodesInput):
     """Output = the backbone VAE's reconstruction of the input (encode, then decode)."""
 
     name = "vae_roundtrip"
-
-    def invert(
-        self,
-        backbone: Backbone,
-        samples: Sequence[Sample],
-        params: Params,
-        generators: Sequence[torch.Generator],
-        seeds: Sequence[int] | None = None,
-    ) -> State:
-        return {"latents": backbone.encode_images(images_tensor(samples, backbone.device))}
 
     def edit(
         self,
