@@ -323,19 +323,30 @@ def _result(
     )
 
 
-def matched_eligible(results: pd.DataFrame, fidelity: str) -> str | None:
-    """None when some dataset has two curves with >= 2 points scored on `fidelity`, else why not."""
-    ok = results[results["status"].eq("ok")]
-    scored = ok[[isinstance(s, dict) and math.isfinite(s.get(fidelity, math.nan)) for s in ok["scores"]]]
-    if scored.empty:
-        return f"no {fidelity} scores"
-    n_points = scored.assign(backbone=scored["backbone"].fillna("")).astype({k: str for k in POINT_KEYS})
-    per_curve = n_points.groupby(["dataset", *CURVE_KEYS])[["invert_params", "edit_params"]].apply(
-        lambda f: len(f.drop_duplicates())
-    )
+def matched_eligible(results: pd.DataFrame, options: MatchedOptions, summary: pd.DataFrame | None = None) -> str | None:
+    """None when the comparison can be made, else why not.
+
+    It can when some dataset has two curves with >= 2 sweep points scored on the fidelity metric
+    and one of the editability metrics has values (per image, or as a set metric in `summary`).
+    """
+    ok = results[results["status"].eq("ok")].assign(backbone=lambda f: f["backbone"].fillna(""))
+    scores = pd.DataFrame([s or {} for s in ok["scores"]], index=ok.index, dtype="float64")
+    available = [
+        m
+        for m in options.metrics
+        if (m in scores and scores[m].notna().any())
+        or (summary is not None and f"{m}_mean" in summary and summary[f"{m}_mean"].notna().any())
+    ]
+    if not available:
+        return f"no {' or '.join(options.metrics)} scores in this run"
+    if options.fidelity not in scores:
+        return f"no {options.fidelity} scores in this run"
+    scored = ok[np.isfinite(scores[options.fidelity].to_numpy())].astype({k: str for k in POINT_KEYS})
+    points = scored.groupby(["dataset", *CURVE_KEYS])[["invert_params", "edit_params"]]
+    per_curve = points.apply(lambda f: len(f.drop_duplicates()))
     if (per_curve.ge(2).groupby(level="dataset").sum() >= 2).any():
         return None
-    return f"no dataset has two methods with at least two sweep points scored on {fidelity}"
+    return f"no dataset has two methods with at least two sweep points scored on {options.fidelity}"
 
 
 def _fmt_value(value: float, low: float, high: float, missed: float) -> str:
