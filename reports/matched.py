@@ -43,6 +43,7 @@ from editsweep.reports.plots import axis_label, weights_note
 
 CURVE_KEYS = ["method", "backbone", "dtype"]
 _BAND_POINTS = 41  # fidelity values at which the plot's CI band is evaluated per curve
+_EDGE_TOL = 1e-9  # a level this close (relative to the curve's span) to an end counts as reached
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ def interpolate(x: np.ndarray, y: np.ndarray, levels: Sequence[float]) -> np.nda
     """Each row's curve (x[i], y[i]) read at `levels`: linear between the bracketing points.
 
     Points are sorted by x (ties by y; points with a non-finite coordinate are left out), as
-    `np.interp` would read them, for all rows at once; a level outside the row's [min x, max x],
-    or a row with fewer than two points, gives NaN ("not reached"). x and y are
+    `np.interp` would read them, for all rows at once; a level outside the row's [min x, max x]
+    (beyond a rounding slack of `_EDGE_TOL` x the span, so that a level equal to an end point's
+    mean is reached), or a row with fewer than two points, gives NaN ("not reached"). x and y are
     (n_curves, n_points) or (n_points,); the result is (n_curves, n_levels).
     """
     x, y = np.atleast_2d(np.asarray(x, dtype=float)), np.atleast_2d(np.asarray(y, dtype=float))
@@ -87,13 +89,16 @@ def interpolate(x: np.ndarray, y: np.ndarray, levels: Sequence[float]) -> np.nda
     order = np.lexsort((np.where(bad, np.inf, y), np.where(bad, np.inf, x)), axis=-1)
     xs, ys = np.take_along_axis(np.where(bad, np.inf, x), order, 1), np.take_along_axis(y, order, 1)
     n = (~bad).sum(axis=1)[:, None]
-    upper = np.clip((xs[:, :, None] <= level[:, None, :]).sum(axis=1), 1, np.maximum(n - 1, 1))
-    x0, x1 = np.take_along_axis(xs, upper - 1, 1), np.take_along_axis(xs, upper, 1)
-    y0, y1 = np.take_along_axis(ys, upper - 1, 1), np.take_along_axis(ys, upper, 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    first, last = xs[:, :1], np.take_along_axis(xs, np.maximum(n - 1, 0), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows with < 2 points: inf - inf, masked below
+        slack = _EDGE_TOL * np.where(n >= 2, last - first, 0.0)
+        reached = (n >= 2) & (level >= first - slack) & (level <= last + slack)
+        level = np.clip(level, first, np.where(n >= 2, last, first))
+        upper = np.clip((xs[:, :, None] <= level[:, None, :]).sum(axis=1), 1, np.maximum(n - 1, 1))
+        x0, x1 = np.take_along_axis(xs, upper - 1, 1), np.take_along_axis(xs, upper, 1)
+        y0, y1 = np.take_along_axis(ys, upper - 1, 1), np.take_along_axis(ys, upper, 1)
         value = np.where(x1 > x0, y0 + (level - x0) / (x1 - x0) * (y1 - y0), y1)
-    last = np.take_along_axis(xs, np.maximum(n - 1, 0), 1)
-    return np.where((n >= 2) & (level >= xs[:, :1]) & (level <= last), value, np.nan)
+    return np.where(reached, value, np.nan)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
