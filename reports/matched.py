@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -67,6 +68,7 @@ class MatchedResult:
     pairs: pd.DataFrame
     curves: pd.DataFrame  # the curves' points: dataset, metric, curve, x, y
     bands: pd.DataFrame  # dataset, metric, curve, x, low, high
+    diff_bands: pd.DataFrame  # dataset, metric, curve, reference, x, diff (> 0: curve better), low, high
     levels: dict[str, list[float]]
     level_notes: dict[str, str]
     notes: list[str] = field(default_factory=list)
@@ -191,14 +193,14 @@ def matched_comparison(
     notes: list[str] = []
     if options.fidelity not in scores:
         notes.append(f"no {options.fidelity} scores: no matched-fidelity comparison")
-        return _result(options, [], [], [], [], {}, {}, notes)
+        return _result(options, [], [], [], [], [], {}, {}, notes)
     for metric in options.metrics:
         if metric not in scores and (summary is None or f"{metric}_mean" not in summary):
             notes.append(f"matched comparison: no {metric} scores in this run")
         elif metric_info(metric).higher_is_better is None:
             notes.append(f"matched comparison: direction of {metric} unknown, higher counted as better")
 
-    values, pairs, curves, bands = [], [], [], []
+    values, pairs, curves, bands, diff_bands = [], [], [], [], []
     all_levels, level_notes = {}, {}
     for dataset, rows in ok.groupby("dataset", sort=True):
         sample_codes, samples = pd.factorize(rows["sample_id"])
@@ -233,23 +235,36 @@ def matched_comparison(
         if not levels:
             continue
         for metric in options.metrics:
+            sign = -1.0 if metric_info(metric).higher_is_better is False else 1.0
             if metric in scores and scores.loc[rows.index, metric].notna().any():
                 y_sums, y_counts = sums_counts(metric)
-                xy = {n: (x_full[members[n]], _point_means(ones, y_sums[members[n]], y_counts[members[n]])[0]) for n in names}
-                boot = {}
+                xy, boot = {}, {}
+                common = _grid(x_full[np.concatenate(list(members.values()))])
+                on_common = {}
                 for n in names:
+                    y_full = _point_means(ones, y_sums[members[n]], y_counts[members[n]])[0]
+                    xy[n] = (x_full[members[n]], y_full)
                     y_boot = _point_means(weight[n], y_sums[members[n]], y_counts[members[n]])
                     grid = _grid(xy[n][0])
-                    read = interpolate(x_boot[n], y_boot, [*levels, *grid])
+                    read = interpolate(x_boot[n], y_boot, [*levels, *grid, *common])
                     boot[n] = read[:, : len(levels)]
-                    b_low, b_high = _quantiles(read[:, len(levels) :], options.ci)
+                    b_low, b_high = _quantiles(read[:, len(levels) : len(levels) + len(grid)], options.ci)
                     bands += [(dataset, metric, n, *t) for t in zip(grid, b_low, b_high, strict=True)]
+                    on_common[n] = (interpolate(*xy[n], common)[0], read[:, len(levels) + len(grid) :])
+                reference = names[0]
+                for n in names[1:]:
+                    d_full = sign * (on_common[n][0] - on_common[reference][0])
+                    d_low, d_high = _quantiles(sign * (on_common[n][1] - on_common[reference][1]), options.ci)
+                    reached = np.isfinite(d_full)
+                    diff_bands += [
+                        (dataset, metric, n, reference, *t)
+                        for t in zip(common[reached], d_full[reached], d_low[reached], d_high[reached], strict=True)
+                    ]
             elif summary is not None and f"{metric}_mean" in summary:
                 xy = _summary_curves(summary, dataset, metric, options.fidelity, curve_keys, names)
                 boot = None  # set-level: one value per point, nothing to resample
             else:
                 continue
-            sign = -1.0 if metric_info(metric).higher_is_better is False else 1.0
             nan = np.full(len(levels), np.nan)
             est = {}
             for n in names:
@@ -274,11 +289,11 @@ def matched_comparison(
                     (dataset, metric, level, a, b, dd, lo, hi, pp, m)
                     for level, dd, lo, hi, pp, m in zip(levels, diff, low, high, p, missed, strict=True)
                 ]
-    return _result(options, values, pairs, curves, bands, all_levels, level_notes, notes)
+    return _result(options, values, pairs, curves, bands, diff_bands, all_levels, level_notes, notes)
 
 
 def _grid(x: np.ndarray) -> np.ndarray:
-    """Fidelity values spanning a curve's points, where the plot's band is evaluated."""
+    """Fidelity values spanning the points `x`, where the plot's bands are evaluated."""
     finite = x[np.isfinite(x)]
     return np.linspace(finite.min(), finite.max(), _BAND_POINTS) if len(finite) >= 2 else np.array([])
 
@@ -302,6 +317,7 @@ def _result(
     pairs: list,
     curves: list,
     bands: list,
+    diff_bands: list,
     levels: dict[str, list[float]],
     level_notes: dict[str, str],
     notes: list[str],
@@ -313,8 +329,9 @@ def _result(
     pairs_df = pd.DataFrame(pairs, columns=pair_cols)
     pairs_df["p_holm"] = pairs_df.groupby(["dataset", "metric", "level"])["p"].transform(lambda p: holm(p.to_numpy()))
     for side in ("a", "b"):
-        own = values_df.rename(columns={"curve": side, "value": f"value_{side}", "ci_low": f"value_{side}_ci_low",
-                                        "ci_high": f"value_{side}_ci_high", "not_reached": f"not_reached_{side}"})
+        renamed = {"curve": side, "value": f"value_{side}", "not_reached": f"not_reached_{side}"}
+        renamed |= {f"ci_{end}": f"value_{side}_ci_{end}" for end in ("low", "high")}
+        own = values_df.rename(columns=renamed)
         pairs_df = pairs_df.merge(own, on=["dataset", "metric", "level", side], how="left")
     return MatchedResult(
         options,
@@ -322,6 +339,7 @@ def _result(
         pairs_df,
         pd.DataFrame(curves, columns=["dataset", "metric", "curve", "x", "y"]),
         pd.DataFrame(bands, columns=["dataset", "metric", "curve", "x", "low", "high"]),
+        pd.DataFrame(diff_bands, columns=["dataset", "metric", "curve", "reference", "x", "diff", "low", "high"]),
         levels,
         level_notes,
         notes,
@@ -422,37 +440,59 @@ def _row(cells: list[str]) -> str:
 
 
 def matched_figure(result: MatchedResult, results: pd.DataFrame | None = None) -> Figure:
-    """Editability against fidelity per curve, one panel per (dataset, metric), CIs as bands.
+    """One column per (dataset, metric): the curves with CI bands, and below, the paired differences.
 
-    Lines join each curve's point means in fidelity order; the band is the pointwise bootstrap
-    CI of the interpolated curve; dotted vertical lines mark the levels.
+    Top: each curve's point means joined in fidelity order, with the pointwise bootstrap CI of the
+    interpolated curve as a band. Bottom (per-image metrics): each curve minus the first one
+    (> 0: better), with its paired bootstrap CI as a band; where a band leaves 0 the two differ at
+    that fidelity. Dotted vertical lines mark the levels.
     """
     panels = list(result.curves.groupby(["dataset", "metric"], sort=False).groups)
     names = list(dict.fromkeys(result.curves["curve"]))
     palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
     colour = {n: palette(i % palette.N) for i, n in enumerate(names)}
-    fig = Figure(figsize=(6.5 * max(1, len(panels)), 5), layout="constrained")
+    n_rows = 2 if len(result.diff_bands) else 1
+    fig = Figure(figsize=(6.5 * max(1, len(panels)), 4.5 * n_rows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
-    for ax, (dataset, metric) in zip(axes, panels, strict=False):
-        for name, curve in result.curves[(result.curves["dataset"] == dataset) & (result.curves["metric"] == metric)].groupby("curve", sort=False):
+    axes = fig.subplots(n_rows, max(1, len(panels)), squeeze=False)
+    note = weights_note(results) if results is not None else None
+    fid = metric_info(result.options.fidelity).display
+    for col, (dataset, metric) in enumerate(panels):
+        ax = axes[0, col]
+        of_panel = (result.curves["dataset"] == dataset) & (result.curves["metric"] == metric)
+        band_rows = result.bands[(result.bands["dataset"] == dataset) & (result.bands["metric"] == metric)]
+        for name, curve in result.curves[of_panel].groupby("curve", sort=False):
             curve = curve.sort_values(["x", "y"])
             ax.plot(curve["x"], curve["y"], "o-", color=colour[name], label=name)
-            band = result.bands[
-                (result.bands["dataset"] == dataset) & (result.bands["metric"] == metric) & (result.bands["curve"] == name)
-            ]
+            band = band_rows[band_rows["curve"] == name]
             ax.fill_between(band["x"], band["low"], band["high"], color=colour[name], alpha=0.2, linewidth=0)
-        for level in result.levels.get(dataset, []):
-            ax.axvline(level, color="grey", linestyle=":", linewidth=1)
-        ax.set_xlabel(axis_label(result.options.fidelity))
-        ax.set_ylabel(axis_label(metric))
-        title = f"{dataset}: {metric_info(metric).display} at matched {metric_info(result.options.fidelity).display}"
-        title += f"\n(bands: {result.options.ci:.0%} paired bootstrap CI; dotted: levels)"
-        note = weights_note(results) if results is not None else None
-        ax.set_title(f"{note}\n{title}" if note else title, color="darkred" if note else "black", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        title = f"{dataset}: {metric_info(metric).display} at matched {fid}"
+        title += f"\n(bands: {result.options.ci:.0%} bootstrap CI over samples; dotted: levels)"
+        _decorate(ax, result, dataset, axis_label(metric), f"{note}\n{title}" if note else title, note)
+        if n_rows == 2:
+            ax = axes[1, col]
+            all_diffs = result.diff_bands
+            diffs = all_diffs[(all_diffs["dataset"] == dataset) & (all_diffs["metric"] == metric)]
+            for name, diff in diffs.groupby("curve", sort=False):
+                label = f"{name} − {diff['reference'].iloc[0]}"
+                ax.plot(diff["x"], diff["diff"], "-", color=colour[name], label=label)
+                ax.fill_between(diff["x"], diff["low"], diff["high"], color=colour[name], alpha=0.2, linewidth=0)
+            ax.axhline(0, color="black", linewidth=0.8)
+            reference = diffs["reference"].iloc[0] if len(diffs) else names[0]
+            title = f"difference to {reference} (> 0: better), {result.options.ci:.0%} paired bootstrap CI"
+            _decorate(ax, result, dataset, f"{metric_info(metric).display} difference", title, None)
     return fig
+
+
+def _decorate(ax: Axes, result: MatchedResult, dataset: str, ylabel: str, title: str, note: str | None) -> None:
+    """Level lines, axis labels, title (dark red under a weights warning), grid and legend."""
+    for level in result.levels.get(dataset, []):
+        ax.axvline(level, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel(axis_label(result.options.fidelity))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, color="darkred" if note else "black", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def write_matched(

@@ -188,3 +188,12 @@ def test_one_method_gives_no_comparison_and_no_note(run_factory, row_maker, mlfl
     result = build_report(store.root)
     assert result.matched_files == [] and not (result.report_dir / "matched.md").exists()
     assert not any("matched" in note for note in result.notes)
+
+
+def test_difference_bands_follow_the_paired_differences(row_maker):
+    rows = curve_rows(row_maker, {"a": 0.0, "b": 0.05, "c": 0.0}, n_samples=20, lpips_sd=0.01)
+    bands = matched_comparison(rows, options=MatchedOptions(levels=(0.2,), n_boot=300)).diff_bands
+    assert set(bands["reference"]) == {"a"} and set(bands["curve"]) == {"b", "c"}
+    b, c = bands[bands["curve"] == "b"], bands[bands["curve"] == "c"]
+    assert (b["low"] > 0).all() and np.allclose(b["diff"], 0.05, atol=0.01)  # b is better everywhere
+    assert (c["low"] < 0).mean() > 0.9 and (c["high"] > 0).mean() > 0.9
