@@ -173,6 +173,57 @@ def _quantiles(values: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
+class _Curves:
+    """One dataset's ok rows as per-(point, sample) sums and counts, grouped into curves.
+
+    Resampling weights are per sample (`weights[name]`: resamples x samples, the same array for
+    every curve when paired), so a point mean over a resample is a weighted ratio of sums.
+    """
+
+    def __init__(self, rows: pd.DataFrame, scores: pd.DataFrame, options: MatchedOptions, paired: bool, seed: int):
+        self.rows, self.scores = rows, scores
+        self.sample_codes, samples = pd.factorize(rows["sample_id"])
+        self.point_codes, points = pd.factorize(pd.MultiIndex.from_frame(rows[POINT_KEYS].astype(str)))
+        self.shape = (len(points), len(samples))
+        keys = sorted({(p[0], p[2], p[3]) for p in points})
+        self.names = _curve_names(keys)
+        self.keys = dict(zip(self.names, keys, strict=True))
+        self.members = {n: [i for i, p in enumerate(points) if (p[0], p[2], p[3]) == k] for n, k in self.keys.items()}
+        rng = np.random.default_rng(seed)
+        n = len(samples)
+        draws = rng.multinomial(n, np.full(n, 1 / n), size=(1 if paired else len(self.names), options.n_boot))
+        self.weights = {name: draws[0 if paired else i].astype(float) for i, name in enumerate(self.names)}
+        self.ones = np.ones((1, n))
+
+    def has(self, metric: str) -> bool:
+        """Whether some image of this dataset has a `metric` score."""
+        return metric in self.scores and self.scores.loc[self.rows.index, metric].notna().any()
+
+    def sums_counts(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per (point, sample): sum and count of the finite `metric` scores."""
+        v = self.scores.loc[self.rows.index, metric].to_numpy()
+        finite = np.isfinite(v)
+        sums, counts = np.zeros(self.shape), np.zeros(self.shape)
+        np.add.at(sums, (self.point_codes, self.sample_codes), np.where(finite, v, 0.0))
+        np.add.at(counts, (self.point_codes, self.sample_codes), finite)
+        return sums, counts
+
+    def means(self, sums_counts: tuple[np.ndarray, np.ndarray], name: str, resampled: bool) -> np.ndarray:
+        """The curve's point means: (resamples, points) when `resampled`, else (points,)."""
+        sums, counts = (a[self.members[name]] for a in sums_counts)
+        means = _point_means(self.weights[name] if resampled else self.ones, sums, counts)
+        return means if resampled else means[0]
+
+    def coverage_note(self, dataset: str) -> str | None:
+        """A note when the curves were scored on different samples (then they are not fully paired)."""
+        counts = pd.Series(self.sample_codes).groupby(self.point_codes).unique()
+        per_curve = {n: len(set(np.concatenate([counts[i] for i in m]))) for n, m in self.members.items()}
+        if len(set(per_curve.values())) <= 1:
+            return None
+        listed = ", ".join(f"{n}: {k}" for n, k in per_curve.items())
+        return f"{dataset}: methods were scored on different samples ({listed} of {self.shape[1]}); pairing is partial"
+
+
 def matched_comparison(
     results: pd.DataFrame,
     summary: pd.DataFrame | None = None,
@@ -203,93 +254,99 @@ def matched_comparison(
     values, pairs, curves, bands, diff_bands = [], [], [], [], []
     all_levels, level_notes = {}, {}
     for dataset, rows in ok.groupby("dataset", sort=True):
-        sample_codes, samples = pd.factorize(rows["sample_id"])
-        point_codes, points = pd.factorize(pd.MultiIndex.from_frame(rows[POINT_KEYS].astype(str)))
-        curve_keys = sorted({(p[0], p[2], p[3]) for p in points})
-        names = _curve_names(curve_keys)
-        members = {n: [i for i, p in enumerate(points) if (p[0], p[2], p[3]) == k] for n, k in zip(names, curve_keys)}
-
-        def sums_counts(metric: str, rows: pd.DataFrame = rows) -> tuple[np.ndarray, np.ndarray]:
-            v = scores.loc[rows.index, metric].to_numpy()
-            finite = np.isfinite(v)
-            sums, counts = np.zeros((len(points), len(samples))), np.zeros((len(points), len(samples)))
-            np.add.at(sums, (point_codes, sample_codes), np.where(finite, v, 0.0))
-            np.add.at(counts, (point_codes, sample_codes), finite)
-            return sums, counts
-
-        rng = np.random.default_rng([options.seed, zlib.crc32(str(dataset).encode())])
-        draws = rng.multinomial(
-            len(samples), np.full(len(samples), 1 / len(samples)), size=(1 if paired else len(names), options.n_boot)
-        ).astype(float)
-        weight = {n: draws[0 if paired else i] for i, n in enumerate(names)}
-        ones = np.ones((1, len(samples)))
-        x_sums, x_counts = sums_counts(options.fidelity)
-        x_full = _point_means(ones, x_sums, x_counts)[0]
-        x_boot = {n: _point_means(weight[n], x_sums[members[n]], x_counts[members[n]]) for n in names}
-
+        data = _Curves(rows, scores, options, paired, seed=[options.seed, zlib.crc32(str(dataset).encode())])
+        if note := data.coverage_note(dataset):
+            notes.append(note)
+        x_sc = data.sums_counts(options.fidelity)
+        x_full = {n: data.means(x_sc, n, resampled=False) for n in data.names}
         if options.levels is not None:
             levels = list(options.levels)
         else:
-            levels, level_notes[dataset] = default_levels({n: x_full[members[n]] for n in names})
+            levels, level_notes[dataset] = default_levels(x_full)
         all_levels[dataset] = levels
         if not levels:
             continue
         for metric in options.metrics:
             sign = -1.0 if metric_info(metric).higher_is_better is False else 1.0
-            if metric in scores and scores.loc[rows.index, metric].notna().any():
-                y_sums, y_counts = sums_counts(metric)
-                xy, boot = {}, {}
-                common = _grid(x_full[np.concatenate(list(members.values()))])
-                on_common = {}
-                for n in names:
-                    y_full = _point_means(ones, y_sums[members[n]], y_counts[members[n]])[0]
-                    xy[n] = (x_full[members[n]], y_full)
-                    y_boot = _point_means(weight[n], y_sums[members[n]], y_counts[members[n]])
-                    grid = _grid(xy[n][0])
-                    read = interpolate(x_boot[n], y_boot, [*levels, *grid, *common])
-                    boot[n] = read[:, : len(levels)]
-                    b_low, b_high = _quantiles(read[:, len(levels) : len(levels) + len(grid)], options.ci)
-                    bands += [(dataset, metric, n, *t) for t in zip(grid, b_low, b_high, strict=True)]
-                    on_common[n] = (interpolate(*xy[n], common)[0], read[:, len(levels) + len(grid) :])
-                reference = names[0]
-                for n in names[1:]:
-                    d_full = sign * (on_common[n][0] - on_common[reference][0])
-                    d_low, d_high = _quantiles(sign * (on_common[n][1] - on_common[reference][1]), options.ci)
-                    reached = np.isfinite(d_full)
-                    diff_bands += [
-                        (dataset, metric, n, reference, *t)
-                        for t in zip(common[reached], d_full[reached], d_low[reached], d_high[reached], strict=True)
-                    ]
+            if data.has(metric):
+                xy, boot, band_rows, diff_rows = _resample(data, x_sc, x_full, metric, levels, sign, options.ci)
+                bands += [(dataset, metric, *r) for r in band_rows]
+                diff_bands += [(dataset, metric, *r) for r in diff_rows]
             elif summary is not None and f"{metric}_mean" in summary:
-                xy = _summary_curves(summary, dataset, metric, options.fidelity, curve_keys, names)
+                xy = _summary_curves(summary, dataset, metric, options.fidelity, data.keys)
                 boot = None  # set-level: one value per point, nothing to resample
             else:
                 continue
-            nan = np.full(len(levels), np.nan)
-            est = {}
-            for n in names:
-                est[n] = interpolate(*xy[n], levels)[0]
-                curves += [(dataset, metric, n, x, y) for x, y in zip(*xy[n], strict=True)]
-                low, high = _quantiles(boot[n], options.ci) if boot else (nan, nan)
-                missed = np.isnan(boot[n]).mean(axis=0) if boot else nan
-                values += [
-                    (dataset, metric, level, n, v, lo, hi, m)
-                    for level, v, lo, hi, m in zip(levels, est[n], low, high, missed, strict=True)
-                ]
-            for a, b in itertools.combinations(names, 2):
-                diff = sign * (est[a] - est[b])
-                if boot:
-                    d_boot = sign * (boot[a] - boot[b])
-                    low, high = _quantiles(d_boot, options.ci)
-                    p = np.where(np.isfinite(diff), bootstrap_p(d_boot), np.nan)
-                    missed = np.isnan(d_boot).mean(axis=0)
-                else:
-                    low = high = p = missed = nan
-                pairs += [
-                    (dataset, metric, level, a, b, dd, lo, hi, pp, m)
-                    for level, dd, lo, hi, pp, m in zip(levels, diff, low, high, p, missed, strict=True)
-                ]
+            curves += [(dataset, metric, n, x, y) for n in data.names for x, y in zip(*xy[n], strict=True)]
+            v_rows, p_rows = _compare(xy, boot, levels, sign, options.ci)
+            values += [(dataset, metric, *r) for r in v_rows]
+            pairs += [(dataset, metric, *r) for r in p_rows]
     return _result(options, values, pairs, curves, bands, diff_bands, all_levels, level_notes, notes)
+
+
+def _resample(
+    data: _Curves,
+    x_sc: tuple[np.ndarray, np.ndarray],
+    x_full: dict[str, np.ndarray],
+    metric: str,
+    levels: list[float],
+    sign: float,
+    ci: float,
+) -> tuple[dict, dict[str, np.ndarray], list[tuple], list[tuple]]:
+    """Curves of a per-image metric, read at the levels in every resample, and the plot's bands.
+
+    Returns the full-data curves {name: (x, y)}, the resampled reads {name: (resamples, levels)},
+    band rows (curve, x, low, high) on each curve's own range, and difference-band rows
+    (curve, reference, x, diff, low, high) of each curve against the first, on a shared grid.
+    """
+    y_sc = data.sums_counts(metric)
+    common = _grid(np.concatenate(list(x_full.values())))
+    xy, boot, on_common, bands, diff_bands = {}, {}, {}, [], []
+    for n in data.names:
+        xy[n] = (x_full[n], data.means(y_sc, n, resampled=False))
+        grid = _grid(x_full[n])
+        x_boot, y_boot = data.means(x_sc, n, resampled=True), data.means(y_sc, n, resampled=True)
+        read = interpolate(x_boot, y_boot, [*levels, *grid, *common])
+        boot[n] = read[:, : len(levels)]
+        low, high = _quantiles(read[:, len(levels) : len(levels) + len(grid)], ci)
+        bands += [(n, *t) for t in zip(grid, low, high, strict=True)]
+        on_common[n] = (interpolate(*xy[n], common)[0], read[:, len(levels) + len(grid) :])
+    reference = data.names[0]
+    for n in data.names[1:]:
+        diff = sign * (on_common[n][0] - on_common[reference][0])
+        low, high = _quantiles(sign * (on_common[n][1] - on_common[reference][1]), ci)
+        keep = np.isfinite(diff)
+        diff_bands += [(n, reference, *t) for t in zip(common[keep], diff[keep], low[keep], high[keep], strict=True)]
+    return xy, boot, bands, diff_bands
+
+
+def _compare(
+    xy: dict[str, tuple[np.ndarray, np.ndarray]],
+    boot: dict[str, np.ndarray] | None,
+    levels: list[float],
+    sign: float,
+    ci: float,
+) -> tuple[list[tuple], list[tuple]]:
+    """Value rows (level, curve, value, ci_low, ci_high, not_reached) and pair rows (level, a, b,
+    diff, ci_low, ci_high, p, not_reached); without resamples (`boot` None) no CI, p or share."""
+    nan = np.full(len(levels), np.nan)
+    est = {n: interpolate(*xy[n], levels)[0] for n in xy}
+    values, pairs = [], []
+    for n in xy:
+        low, high = _quantiles(boot[n], ci) if boot else (nan, nan)
+        missed = np.isnan(boot[n]).mean(axis=0) if boot else nan
+        values += [(level, n, *t) for level, *t in zip(levels, est[n], low, high, missed, strict=True)]
+    for a, b in itertools.combinations(xy, 2):
+        diff = sign * (est[a] - est[b])
+        if boot:
+            d_boot = sign * (boot[a] - boot[b])
+            low, high = _quantiles(d_boot, ci)
+            p = np.where(np.isfinite(diff), bootstrap_p(d_boot), np.nan)
+            missed = np.isnan(d_boot).mean(axis=0)
+        else:
+            low = high = p = missed = nan
+        pairs += [(level, a, b, *t) for level, *t in zip(levels, diff, low, high, p, missed, strict=True)]
+    return values, pairs
 
 
 def _grid(x: np.ndarray) -> np.ndarray:
@@ -299,14 +356,14 @@ def _grid(x: np.ndarray) -> np.ndarray:
 
 
 def _summary_curves(
-    summary: pd.DataFrame, dataset: str, metric: str, fidelity: str, curve_keys: list[tuple], names: list[str]
+    summary: pd.DataFrame, dataset: str, metric: str, fidelity: str, keys: dict[str, tuple[str, str, str]]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(fidelity means, metric means) per curve from the summary, for a set-level metric."""
     table = summary[summary["dataset"].astype(str).eq(str(dataset))]
-    keys = table[CURVE_KEYS].fillna("").astype(str)
+    curve_of = table[CURVE_KEYS].fillna("").astype(str)
     out = {}
-    for name, key in zip(names, curve_keys, strict=True):
-        rows = table[(keys == list(key)).all(axis=1)]
+    for name, key in keys.items():
+        rows = table[(curve_of == list(key)).all(axis=1)]
         out[name] = (rows[f"{fidelity}_mean"].to_numpy(float), rows[f"{metric}_mean"].to_numpy(float))
     return out
 

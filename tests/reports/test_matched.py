@@ -197,3 +197,11 @@ def test_difference_bands_follow_the_paired_differences(row_maker):
     b, c = bands[bands["curve"] == "b"], bands[bands["curve"] == "c"]
     assert (b["low"] > 0).all() and np.allclose(b["diff"], 0.05, atol=0.01)  # b is better everywhere
     assert (c["low"] < 0).mean() > 0.9 and (c["high"] > 0).mean() > 0.9
+
+
+def test_methods_on_different_samples_are_noted(row_maker):
+    rows = curve_rows(row_maker, {"a": 0.0, "b": 0.05}, n_samples=4, n_seeds=1)
+    rows = rows[~(rows["method"].eq("b") & rows["sample_id"].eq("s3"))]
+    result = matched_comparison(rows, options=MatchedOptions(levels=(0.2,), n_boot=100))
+    assert result.notes == ["toy: methods were scored on different samples (a: 4, b: 3 of 4); pairing is partial"]
+    assert "pairing is partial" in matched_markdown(result)
