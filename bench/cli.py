@@ -240,7 +240,14 @@ def _reference_stats(args: argparse.Namespace) -> int:
 
 def _print_report(result: ReportResult) -> None:
     """One line: where the report is and which MLflow run holds it, then any notes."""
-    paths = (result.leaderboard_md, result.tradeoff_png, *result.set_figures, result.grid_png, result.summary_csv)
+    paths = (
+        result.leaderboard_md,
+        result.tradeoff_png,
+        *result.set_figures,
+        *result.matched_files,
+        result.grid_png,
+        result.summary_csv,
+    )
     files = [p.name for p in paths if p]
     print(
         f"report: {result.report_dir} ({', '.join(files)}); MLflow run {result.mlflow_run_id} at {result.tracking_uri}"

@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from editsweep.bench.metrics.base import SCORERS, get_scorer_class
 from editsweep.datasets.base import DATASETS, get_dataset_class
@@ -133,6 +133,48 @@ class MlflowSpec(_Strict):
     experiment: str | None = None
 
 
+class MatchedSpec(_Strict):
+    """The report's matched-fidelity comparison (`reports/matched.py`): metrics read at fixed levels."""
+
+    fidelity: str | None = Field(None, min_length=1, description="fidelity metric of the levels; default lpips")
+    metrics: list[str] | None = Field(
+        None, min_length=1, description="editability metrics read at the levels; default clip_t (and csfid if any)"
+    )
+    levels: list[float] | None = Field(
+        None, min_length=1, description="fidelity levels; default: quartiles of the range all methods cover"
+    )
+    n_boot: int = Field(1000, ge=100, le=100_000, description="paired bootstrap resamples")
+    ci: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")
+
+    @field_validator("levels")
+    @classmethod
+    def _finite_distinct(cls, levels: list[float] | None) -> list[float] | None:
+        if levels is None:
+            return None
+        if not all(math.isfinite(v) for v in levels) or len(set(levels)) != len(levels):
+            raise ValueError(f"levels must be distinct finite numbers, got {levels}")
+        return sorted(levels)
+
+    @field_validator("metrics")
+    @classmethod
+    def _distinct_metrics(cls, metrics: list[str] | None) -> list[str] | None:
+        if metrics is not None and (len(set(metrics)) != len(metrics) or not all(metrics)):
+            raise ValueError(f"metrics must be distinct non-empty names, got {metrics}")
+        return metrics
+
+    @model_validator(mode="after")
+    def _fidelity_not_compared(self) -> MatchedSpec:
+        if self.metrics and (self.fidelity or "lpips") in self.metrics:
+            raise ValueError(f"the fidelity metric {self.fidelity or 'lpips'!r} cannot also be an editability metric")
+        return self
+
+
+class ReportSpec(_Strict):
+    """Options of the report stage."""
+
+    matched: MatchedSpec = Field(default_factory=MatchedSpec)
+
+
 class SweepSpec(_Strict):
     """A whole sweep: methods x datasets x seeds x parameter grids."""
 
@@ -151,6 +193,7 @@ class SweepSpec(_Strict):
     allow_random_weights: bool = Field(False, description="let scorers use random weights when asked")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
     @field_validator("name")
     @classmethod
@@ -320,6 +363,17 @@ def load_spec(source: str | Path | dict[str, Any]) -> SweepSpec:
     if problems:
         raise SpecError("invalid sweep spec:\n" + "\n".join(f"  - {p}" for p in problems))
     return spec
+
+
+def load_matched_options(spec: dict[str, Any]) -> MatchedSpec:
+    """The `report.matched` section of a stored spec (a manifest's mapping), validated.
+
+    Raises SpecError naming the key path, as `load_spec` does; a spec without it gives the defaults.
+    """
+    try:
+        return MatchedSpec.model_validate((spec.get("report") or {}).get("matched") or {})
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, "report.matched")) from None
 
 
 class _DuplicateKeyError(yaml.YAMLError):

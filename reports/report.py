@@ -20,6 +20,7 @@ from editsweep.bench.store import RunStore
 from editsweep.reports.aggregate import aggregate, summary_metrics
 from editsweep.reports.breakdown import write_protocol_tables
 from editsweep.reports.leaderboard import leaderboard_markdown
+from editsweep.reports.matched import MatchedOptions, matched_comparison, matched_eligible, write_matched
 from editsweep.reports.plots import image_grid, tradeoff_panels
 from editsweep.reports.set_metrics import add_set_metrics
 from editsweep.reports.tracking import log_to_mlflow, resolve_tracking_uri
@@ -45,6 +46,7 @@ class ReportResult:
     tracking_uri: str
     notes: list[str] = field(default_factory=list)
     set_figures: list[Path] = field(default_factory=list)  # CSFID-LPIPS curve when features were stored
+    matched_files: list[Path] = field(default_factory=list)  # matched.md, .csv, .png (reports/matched.py)
 
 
 def build_report(
@@ -115,6 +117,7 @@ def build_report(
 
     leaderboard_md = out / "leaderboard.md"
     text = leaderboard_markdown(summary, metrics, sort_by=y if y in metrics else (metrics[0] if metrics else None))
+    matched_files = _matched_comparison(results, summary, matched_options(spec, summary, x, y), out, notes)
     if notes:
         text += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
     leaderboard_md.write_text(text)
@@ -135,11 +138,56 @@ def build_report(
         "notes": " | ".join(notes),
     }
     artifacts = [p for p in (summary_csv, leaderboard_md, tradeoff_png, *set_figures, grid_png) if p is not None]
-    artifacts += protocol_tables
+    artifacts += protocol_tables + matched_files
     run_id = log_to_mlflow(
         store.root if local else store.uri, summary, artifacts, params, tracking_uri=uri, experiment=experiment
     )
-    return ReportResult(out, summary_csv, leaderboard_md, tradeoff_png, grid_png, run_id, uri, notes, set_figures)
+    return ReportResult(
+        out, summary_csv, leaderboard_md, tradeoff_png, grid_png, run_id, uri, notes, set_figures, matched_files
+    )
+
+
+def matched_options(spec: dict[str, Any], summary: pd.DataFrame, x: str, y: str) -> MatchedOptions:
+    """The matched comparison's options: the spec's `report.matched` (bench/spec.py `MatchedSpec`).
+
+    Unset there: the fidelity metric is the trade-off plot's `x`, the editability metrics its `y`
+    plus CSFID when the summary has CSFID values. Raises ReportError when the section is invalid.
+    """
+    from editsweep.bench.spec import SpecError, load_matched_options
+
+    try:
+        section = load_matched_options(spec)
+    except SpecError as err:
+        raise ReportError(f"invalid report options in the run's spec: {err}") from None
+    fidelity = section.fidelity or x
+    if section.metrics:
+        metrics = section.metrics
+    else:
+        has_csfid = "csfid_mean" in summary and summary["csfid_mean"].notna().any()
+        metrics = [m for m in (y, *(["csfid"] if has_csfid else [])) if m != fidelity]
+    return MatchedOptions(
+        fidelity=fidelity,
+        metrics=tuple(metrics),
+        levels=tuple(section.levels) if section.levels else None,
+        n_boot=section.n_boot,
+        ci=section.ci,
+    )
+
+
+def _matched_comparison(
+    results: pd.DataFrame, summary: pd.DataFrame, options: MatchedOptions, out: Path, notes: list[str]
+) -> list[Path]:
+    """Write matched.md/.csv/.png when `matched_eligible`; else, for a run of several methods, a note."""
+    why_not = matched_eligible(results, options, summary)
+    if why_not is not None:
+        if results["method"].nunique() > 1:
+            notes.append(f"matched-fidelity comparison skipped: {why_not}")
+        for name in ("matched.md", "matched.csv", "matched.png"):
+            (out / name).unlink(missing_ok=True)
+        return []
+    result = matched_comparison(results, summary, options)
+    notes += result.notes
+    return list(write_matched(result, out, results))
 
 
 def pooled_instance_notes(results: pd.DataFrame) -> list[str]:

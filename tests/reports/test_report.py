@@ -55,7 +55,8 @@ def test_each_build_is_a_finished_mlflow_run_in_the_specs_experiment(reported):
         assert "toy/nti/guidance_7.5/clip_t_mean" in run.data.metrics
         assert run.data.params["error_tasks"] == "1"
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
-        assert artifacts == {f"report/{n}" for n in ("summary.csv", "leaderboard.md", "tradeoff.png", "grid.png")}
+        names = ("summary.csv", "leaderboard.md", "tradeoff.png", "grid.png", "matched.md", "matched.csv", "matched.png")
+        assert artifacts == {f"report/{n}" for n in names}
 
 
 def test_missing_metric_skips_the_plot_with_a_note(run_factory, rows_factory, shared_uri):
@@ -64,7 +65,11 @@ def test_missing_metric_skips_the_plot_with_a_note(run_factory, rows_factory, sh
         row["scores"] = {k: v for k, v in row["scores"].items() if k != "clip_t"}
     result = build_report(run_factory(rows).root, tracking_uri=shared_uri, experiment="no-clip")
     assert result.tradeoff_png is None and result.grid_png.exists()
-    assert result.notes == ["trade-off plot skipped: no clip_t scores in this run"]
+    assert result.notes == [
+        "trade-off plot skipped: no clip_t scores in this run",
+        "matched-fidelity comparison skipped: no clip_t scores in this run",
+    ]
+    assert not (result.report_dir / "matched.md").exists()
     assert "trade-off plot skipped" in result.leaderboard_md.read_text()
     assert "LPIPS ↓ (sorted)" in result.leaderboard_md.read_text()
 
