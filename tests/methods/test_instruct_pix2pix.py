@@ -167,3 +167,38 @@ def test_each_method_refuses_the_other_ones_weights():
 def test_a_loaded_text_to_image_unet_is_a_clear_error(tiny_backbone, method, samples, generators):
     with pytest.raises(ValueError, match="instruct_pix2pix cannot run on backbone 'tiny': its UNet takes 4 input"):
         method.invert(tiny_backbone, samples, Params(), generators(2))
+
+
+def save_folder(backbone, folder):
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        getattr(backbone, part).save_pretrained(folder / part)
+    (folder / "model_index.json").write_text("{}")
+    return str(folder)
+
+
+def test_unknown_folders_are_checked_by_the_worker_for_this_method_only(tmp_path, tiny_backbone, backbone):
+    """Folders are not known before loading: a text-to-image one fails this method's tasks with the
+    message, while other methods' tasks on it, and this method on an instruction model's folder, run."""
+    from editsweep.bench.plan import plan
+    from editsweep.bench.store import RunStore
+    from editsweep.bench.worker import SweepWorker
+
+    text_to_image = save_folder(tiny_backbone, tmp_path / "sd")
+    instruct = save_folder(backbone, tmp_path / "ip2p")
+    raw = spec("instruct_pix2pix", text_to_image)
+    raw["backbone"] = [{"name": text_to_image}, {"name": instruct}]
+    raw["methods"] = [{"name": "instruct_pix2pix", "edit": {"steps": 2}}, {"name": "copy"}]
+    sweep = load_spec(raw)
+    store = RunStore(str(tmp_path / "run"))
+    worker = SweepWorker(sweep, str(tmp_path / "run"), "run-ip2p")
+    _, units = plan(sweep, set())
+    for unit in units:
+        store.write_rows(worker.process(unit).rows)
+    rows = store.read_results().set_index(["method", "backbone"])
+    assert len(rows) == 4
+    failed = rows.loc[("instruct_pix2pix", text_to_image)]
+    assert failed["status"] == "error"
+    assert f"instruct_pix2pix cannot run on backbone {text_to_image!r}: its UNet takes 4 input channels" in failed["error"]
+    for key in [("instruct_pix2pix", instruct), ("copy", text_to_image), ("copy", instruct)]:
+        assert rows.loc[key, "status"] == "ok", rows.loc[key, "error"]
+    assert f"backbone={instruct}" in rows.loc[("instruct_pix2pix", instruct), "weights"]
