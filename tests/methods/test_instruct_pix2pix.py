@@ -198,7 +198,8 @@ def test_unknown_folders_are_checked_by_the_worker_for_this_method_only(tmp_path
     assert len(rows) == 4
     failed = rows.loc[("instruct_pix2pix", text_to_image)]
     assert failed["status"] == "error"
-    assert f"instruct_pix2pix cannot run on backbone {text_to_image!r}: its UNet takes 4 input channels" in failed["error"]
+    expected = f"instruct_pix2pix cannot run on backbone {text_to_image!r}: its UNet takes 4 input channels"
+    assert expected in failed["error"]
     for key in [("instruct_pix2pix", instruct), ("copy", text_to_image), ("copy", instruct)]:
         assert rows.loc[key, "status"] == "ok", rows.loc[key, "error"]
     assert f"backbone={instruct}" in rows.loc[("instruct_pix2pix", instruct), "weights"]
