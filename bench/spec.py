@@ -480,6 +480,7 @@ def _check_registered(spec: SweepSpec) -> list[str]:
                 problems += _validate(model, point, f"methods[{i}].{kind}")
         if not any(p.startswith(f"methods[{i}].") for p in problems):
             problems += _refused_pairs(cls, m, f"methods[{i}]")
+        problems += [f"methods[{i}]: {r}" for b in spec.backbones if (r := cls.refuse_backbone(b.name))]
     for name, params in spec.metrics.items():
         if name not in SCORERS:
             problems.append(f"metrics.{name}: unknown metric; known: {', '.join(sorted(SCORERS))}")

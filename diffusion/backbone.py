@@ -5,7 +5,9 @@ tested without downloading anything:
 
 - `tiny`: a small SD-shaped model (64 px images, 8x8 latents) with the real CLIP BPE tokenizer,
   conditioned so that it behaves like a trained model where tests need it (see `_condition`);
-- `sd-v1-arch`: the full-size SD v1 architecture (512 px), for speed and memory measurements.
+- `sd-v1-arch`: the full-size SD v1 architecture (512 px), for speed and memory measurements;
+- `tiny-ip2p`: `tiny` with an InstructPix2Pix UNet (8 input channels: the noisy latent and the
+  input image's latent), for the instruction-editing methods (methods/instruct_pix2pix.py).
 
 The `toy` preset is trained, not random: the SD-shaped models of `toy/models.py`, trained on the
 toy world (`toy/train.py`) and shipped with the package. Edits on it are real, but its numbers are
@@ -31,9 +33,26 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from editsweep.core.hub import hf_offline
 
-PRESETS = ("tiny", "sd-v1-arch")  # seeded random weights
+PRESETS = ("tiny", "sd-v1-arch", "tiny-ip2p")  # seeded random weights
 TRAINED_PRESETS = ("toy",)  # weights shipped in the package (toy/weights/)
 TOY_WEIGHTS_PREFIX = "toy:"
+# UNet input channels of backbones known before loading: 4 for text-to-image Stable Diffusion, 8 for
+# InstructPix2Pix-style models (noisy latent + image latent). Unlisted Hub ids and folders are
+# checked once loaded (`Backbone.unet_in_channels`).
+KNOWN_UNET_IN_CHANNELS = {
+    "tiny": 4,
+    "sd-v1-arch": 4,
+    "toy": 4,
+    "tiny-ip2p": 8,
+    "CompVis/stable-diffusion-v1-4": 4,
+    "runwayml/stable-diffusion-v1-5": 4,
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": 4,
+    "stabilityai/stable-diffusion-2-1": 4,
+    "stabilityai/stable-diffusion-2-1-base": 4,
+    "stabilityai/stable-diffusion-2-base": 4,
+    "timbrooks/instruct-pix2pix": 8,
+    "vinesmsuic/magicbrush-jul7": 8,
+}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # The DDIM schedule Stable Diffusion 1.x/2.x were trained with.
@@ -71,6 +90,11 @@ class Backbone:
     def resolution(self) -> int:
         """Image side in pixels that the UNet was built for."""
         return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def unet_in_channels(self) -> int:
+        """Channels the UNet takes: 4 (a latent), 8 for InstructPix2Pix models (latent + image latent)."""
+        return int(self.unet.config.in_channels)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -120,6 +144,8 @@ def load_backbone(
         parts, source = _load_toy()
     elif name == "tiny":
         parts = _build_tiny(seed)
+    elif name == "tiny-ip2p":
+        parts = _build_tiny(seed, unet_in_channels=8)
     elif name == "sd-v1-arch":
         parts = _build_sd_v1_arch(seed)
     else:
@@ -262,11 +288,11 @@ def _seeded(seed: int):
         yield
 
 
-def _build_tiny(seed: int):
+def _build_tiny(seed: int, unet_in_channels: int = 4):
     with _seeded(seed):
         unet = UNet2DConditionModel(
             sample_size=8,
-            in_channels=4,
+            in_channels=unet_in_channels,
             out_channels=4,
             layers_per_block=1,
             block_out_channels=(32, 64),

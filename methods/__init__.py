@@ -11,6 +11,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     edict,
     imagic,
     infedit,
+    instruct_pix2pix,
     invert_edit,
     layer_diffusion,
     ledits_pp,

@@ -55,6 +55,13 @@ class Method(ABC):
         for every combination when the spec is validated (e.g. an editor that cannot use an inversion)."""
         return None
 
+    @classmethod
+    def refuse_backbone(cls, backbone: str) -> str | None:
+        """Why this method cannot run on a backbone (a preset, Hub id or folder as the spec names it),
+        or None; checked for every backbone of the spec when it is validated, before any model loads.
+        What only the loaded model can tell (an unknown Hub id's UNet) is checked by `invert`."""
+        return None
+
     @abstractmethod
     def invert(
         self,

@@ -114,3 +114,14 @@ def test_tedbench_specs_plan_every_pair_with_a_local_copy(spec, tmp_path, capsys
     for method in raw["methods"]:
         groups = re.search(rf"  {method['name']}: \d+ tasks, (\d+) groups", out)
         assert groups and int(groups[1]) > 0 and int(groups[1]) % (100 * seeds) == 0, out
+
+
+@pytest.mark.parametrize(("spec", "method"), [("pie-bench-instruct-pix2pix.yaml", "instruct_pix2pix"),
+                                              ("pie-bench-magicbrush.yaml", "magicbrush")])
+def test_pie_bench_instruction_specs_plan_one_group_per_image(spec, method, tmp_path, capsys):
+    """No inversion: one group per image, the five image-guidance points of the trade-off curve in it."""
+    path = with_root(spec, pie_folder(tmp_path / "pie", 3), tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{path.stem}: 15 tasks in 3 groups" in out
+    assert f"  {method}: 15 tasks, 3 groups" in out

@@ -1,0 +1,176 @@
+"""`instruct_pix2pix` (Brooks et al. 2023) and `magicbrush` (Zhang et al. 2023, "MagicBrush: A
+Manually Annotated Dataset for Instruction-Guided Image Editing": InstructPix2Pix fine-tuned on
+MagicBrush's data, the same sampler): instruction editing with the instruction model's own UNet.
+
+No inversion: `invert` encodes the input's image conditioning (diffusion/instruct_pix2pix.py) and
+draws each sample's initial noise from its generator, so that every edit point of a sample starts
+from the same noise. `edit` denoises with DDIM (eta 0) under the paper's two guidance scales
+(text 7.5, image 1.5, 100 steps: the pipeline's and the official `edit_cli.py`'s defaults; the
+official script samples with Euler ancestral, which is not reproduced here). Points sharing a step
+count run through one batched loop, each row with its own scales and instruction.
+
+The instruction is the sample's `meta["instruction"]` (MagicBrush, InstructPix2Pix data) or
+`meta["editing_instruction"]` (PIE-Bench) when present, else a template filled from the prompts:
+the words that change (the sample's blended words, else the prompts' differing words, as
+diffusion/ledits.py's `sample_concepts`).
+
+The two are separate registered methods, not one method run on two backbones, so that rows and
+leaderboards name the model that made them: each refuses the other's released weights, and both
+refuse backbones known to be text-to-image models (4 UNet input channels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from string import Formatter
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from editsweep.datasets.base import Sample
+from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
+from editsweep.diffusion.ddim import make_schedule
+from editsweep.diffusion.inputs import images_tensor
+from editsweep.diffusion.instruct_pix2pix import UNET_IN_CHANNELS, image_conditioning, ip2p_sample
+from editsweep.diffusion.ledits import sample_concepts
+from editsweep.methods.base import Method, Params, State, register_method
+
+INSTRUCT_PIX2PIX_WEIGHTS = "timbrooks/instruct-pix2pix"
+MAGICBRUSH_WEIGHTS = "vinesmsuic/magicbrush-jul7"  # MagicBrush's diffusers conversion (unverified here)
+TEMPLATE_FIELDS = ("source_prompt", "target_prompt", "source_word", "target_word")
+META_KEYS = ("instruction", "editing_instruction")
+
+
+class InstructPix2PixParams(Params):
+    """The sampler, the two guidance scales of Eq. 3 and where the instruction comes from."""
+
+    steps: int = Field(100, ge=1, le=1000, description="DDIM steps")
+    guidance: float = Field(7.5, ge=0, le=100, description="text guidance s_T")
+    image_guidance: float = Field(1.5, ge=0, le=100, description="image guidance s_I")
+    instruction: Literal["auto", "template"] = Field(
+        "auto",
+        description="auto: the sample's meta['instruction'] or meta['editing_instruction'] when present, "
+        "else the template; template: always the template",
+    )
+    template: str = Field(
+        "turn the {source_word} into {target_word}",
+        description="instruction when the edit replaces words; fields: " + ", ".join(TEMPLATE_FIELDS),
+    )
+    template_add: str = Field(
+        "make it {target_prompt}", description="instruction when no word of the source is replaced (same fields)"
+    )
+
+    @field_validator("template", "template_add")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        fields = {name for _, name, _, _ in Formatter().parse(value) if name is not None}
+        if unknown := fields - set(TEMPLATE_FIELDS):
+            raise ValueError(f"unknown template fields {sorted(unknown)}; known: {', '.join(TEMPLATE_FIELDS)}")
+        return value
+
+
+def instruction(sample: Sample, params: InstructPix2PixParams) -> str:
+    """The edit instruction of a sample: from its meta, or the params' template (module docstring)."""
+    if params.instruction == "auto":
+        for key in META_KEYS:
+            if text := sample.meta.get(key):
+                return str(text)
+    added, removed = sample_concepts(sample)
+    fields = dict(
+        source_prompt=sample.source_prompt or "", target_prompt=sample.target_prompt, source_word=removed or "",
+        target_word=added,
+    )
+    return (params.template if removed else params.template_add).format(**fields)
+
+
+@register_method
+class InstructPix2Pix(Method):
+    """Instruction editing in one sampling pass, guided by the instruction and the input image."""
+
+    name = "instruct_pix2pix"
+    EditParams = InstructPix2PixParams
+    released_weights: ClassVar[str] = INSTRUCT_PIX2PIX_WEIGHTS
+
+    @classmethod
+    def refuse_backbone(cls, backbone: str) -> str | None:
+        channels = KNOWN_UNET_IN_CHANNELS.get(backbone)
+        if channels is not None and channels != UNET_IN_CHANNELS:
+            return f"{cls.name} cannot run on backbone {backbone!r} (a UNet with {channels} input channels): " + (
+                cls._use_instead()
+            )
+        for method in (InstructPix2Pix, MagicBrush):
+            if method is not cls and backbone == method.released_weights:
+                return (
+                    f"backbone {backbone!r} holds {method.name}'s weights: use method {method.name} with it, "
+                    f"so that rows name the model that made them ({cls.name}: {cls.released_weights})"
+                )
+        return None
+
+    @classmethod
+    def _use_instead(cls) -> str:
+        return (
+            f"it needs an instruction model's UNet ({UNET_IN_CHANNELS} input channels: latent and image latent); "
+            f"use {cls.released_weights!r}, a local diffusers folder of such a model, or the offline 'tiny-ip2p'"
+        )
+
+    def invert(
+        self,
+        backbone: Backbone,
+        samples: Sequence[Sample],
+        params: Params,
+        generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
+    ) -> State:
+        if backbone.unet_in_channels != UNET_IN_CHANNELS:
+            raise ValueError(
+                f"{self.name} cannot run on backbone {backbone.name!r}: its UNet takes "
+                f"{backbone.unet_in_channels} input channels; {self._use_instead()}"
+            )
+        if backbone.scheduler.config.prediction_type != "epsilon":
+            raise ValueError(f"{self.name} needs an epsilon-prediction backbone; {backbone.name!r} is not")
+        image_latents = image_conditioning(backbone, images_tensor(samples, backbone.device))
+        shape = (backbone.unet.config.out_channels, *image_latents.shape[2:])
+        noise = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators])
+        return {"image_latents": image_latents, "noise": noise.to(backbone.device)}
+
+    def edit(
+        self,
+        backbone: Backbone,
+        state: State,
+        samples: Sequence[Sample],
+        invert_params: Params,
+        edit_params: Sequence[InstructPix2PixParams],
+        generators: Sequence[torch.Generator],
+    ) -> list[torch.Tensor]:
+        batch = len(samples)
+        noise, image_latents = state["noise"].float(), state["image_latents"]
+        uncond = backbone.encode_text([""] * batch)
+        results: list[torch.Tensor | None] = [None] * len(edit_params)
+        by_steps: dict[int, list[int]] = {}
+        for k, p in enumerate(edit_params):
+            by_steps.setdefault(p.steps, []).append(k)
+        for steps, indices in by_steps.items():
+            points = [edit_params[k] for k in indices]
+            cond = backbone.encode_text([instruction(s, p) for p in points for s in samples])
+            latents = ip2p_sample(
+                backbone,
+                noise.repeat(len(indices), 1, 1, 1),
+                make_schedule(backbone, steps),
+                image_latents.repeat(len(indices), 1, 1, 1),
+                cond,
+                uncond.repeat(len(indices), 1, 1),
+                torch.tensor([p.guidance for p in points]).repeat_interleave(batch),
+                torch.tensor([p.image_guidance for p in points]).repeat_interleave(batch),
+            )
+            for k, images in zip(indices, backbone.decode(latents).split(batch)):
+                results[k] = images
+        return results
+
+
+@register_method
+class MagicBrush(InstructPix2Pix):
+    """MagicBrush: InstructPix2Pix's sampler with MagicBrush's fine-tuned weights as the backbone."""
+
+    name = "magicbrush"
+    released_weights = MAGICBRUSH_WEIGHTS
