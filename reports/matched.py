@@ -254,6 +254,16 @@ def matched_comparison(
     values, pairs, curves, bands, diff_bands = [], [], [], [], []
     all_levels, level_notes = {}, {}
     for dataset, rows in ok.groupby("dataset", sort=True):
+        curve_of = pd.Series(list(zip(*(rows[k].astype(str) for k in ("method", "backbone", "dtype")))), index=rows.index)
+        n_points = rows[["invert_params", "edit_params"]].astype(str).groupby(curve_of).apply(
+            lambda f: len(f.drop_duplicates())
+        )
+        if single := sorted(n_points.index[n_points < 2]):
+            names = ", ".join(_curve_names(single))
+            notes.append(f"{dataset}: {names} left out of the matched comparison (one sweep point, no curve)")
+            rows = rows[~curve_of.isin(single)]
+        if rows.empty:
+            continue
         data = _Curves(rows, scores, options, paired, seed=[options.seed, zlib.crc32(str(dataset).encode())])
         if note := data.coverage_note(dataset):
             notes.append(note)

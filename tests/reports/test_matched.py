@@ -205,3 +205,12 @@ def test_methods_on_different_samples_are_noted(row_maker):
     result = matched_comparison(rows, options=MatchedOptions(levels=(0.2,), n_boot=100))
     assert result.notes == ["toy: methods were scored on different samples (a: 4, b: 3 of 4); pairing is partial"]
     assert "pairing is partial" in matched_markdown(result)
+
+
+def test_a_single_point_method_is_left_out_with_a_note(row_maker):
+    """`copy` (one sweep point) has no curve to read: it is left out, not reported "not reached"."""
+    rows = curve_rows(row_maker, {"a": 0.0, "b": 0.05}, n_samples=4, n_seeds=1)
+    copy = [row_maker("copy", 0.0, s, 0, {"lpips": 0.0, "clip_t": 0.1}) for s in range(4)]
+    result = matched_comparison(pd.concat([rows, pd.DataFrame(copy)], ignore_index=True))
+    assert set(result.pairs["a"]) | set(result.pairs["b"]) == {"a", "b"}
+    assert "toy: copy left out of the matched comparison (one sweep point, no curve)" in result.notes
