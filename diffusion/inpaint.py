@@ -26,6 +26,7 @@ pipeline samples the posterior with its generator. tests/diffusion/test_inpaint.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Literal
 
@@ -106,3 +107,32 @@ def _keep_outside(
         return mask * x + (1 - mask) * outside
 
     return blend
+
+
+class FullyMaskedUNet(torch.nn.Module):
+    """An inpainting UNet used as a text-to-image one: every call gets the mask 1 everywhere and the
+    latent of an all-grey masked image (SD inpainting's training masks everything in a quarter of its
+    examples), so that 4-channel algorithms (DiffEdit's mask) can run on it."""
+
+    def __init__(self, unet: torch.nn.Module, grey_latent: torch.Tensor) -> None:
+        super().__init__()
+        self.unet = unet
+        self.grey_latent = grey_latent
+        self.config = unet.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def forward(self, sample: torch.Tensor, t: torch.Tensor, **kwargs):
+        batch, _, h, w = sample.shape
+        ones = torch.ones(batch, 1, h, w, dtype=sample.dtype, device=sample.device)
+        grey = self.grey_latent.to(sample).expand(batch, -1, -1, -1)
+        return self.unet(torch.cat([sample, ones, grey], dim=1), t, **kwargs)
+
+
+@torch.no_grad()
+def fully_masked(backbone: Backbone, size: tuple[int, int]) -> Backbone:
+    """The backbone with its inpainting UNet wrapped in `FullyMaskedUNet`, for images of `size` (H, W)."""
+    grey = backbone.encode_images(torch.full((1, 3, *size), 0.5, device=backbone.device))
+    return dataclasses.replace(backbone, unet=FullyMaskedUNet(backbone.unet, grey))
