@@ -7,7 +7,9 @@ tested without downloading anything:
   conditioned so that it behaves like a trained model where tests need it (see `_condition`);
 - `sd-v1-arch`: the full-size SD v1 architecture (512 px), for speed and memory measurements;
 - `tiny-ip2p`: `tiny` with an InstructPix2Pix UNet (8 input channels: the noisy latent and the
-  input image's latent), for the instruction-editing methods (methods/instruct_pix2pix.py).
+  input image's latent), for the instruction-editing methods (methods/instruct_pix2pix.py);
+- `tiny-inpaint`: `tiny` with an inpainting UNet (9 input channels: the noisy latent, the mask and
+  the masked image's latent), for the inpainting editor (methods/inpaint.py).
 
 The `toy` preset is trained, not random: the SD-shaped models of `toy/models.py`, trained on the
 toy world (`toy/train.py`) and shipped with the package. Edits on it are real, but its numbers are
@@ -33,11 +35,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from editsweep.core.hub import hf_offline
 
-PRESETS = ("tiny", "sd-v1-arch", "tiny-ip2p")  # seeded random weights
+PRESETS = ("tiny", "sd-v1-arch", "tiny-ip2p", "tiny-inpaint")  # seeded random weights
 TRAINED_PRESETS = ("toy",)  # weights shipped in the package (toy/weights/)
 TOY_WEIGHTS_PREFIX = "toy:"
 # UNet input channels of backbones known before loading: 4 for text-to-image Stable Diffusion, 8 for
-# InstructPix2Pix-style models (noisy latent + image latent). Unlisted Hub ids and folders are
+# InstructPix2Pix-style models (noisy latent + image latent), 9 for inpainting models (noisy latent +
+# mask + masked-image latent). Unlisted Hub ids and folders are
 # checked once loaded (`Backbone.unet_in_channels`).
 KNOWN_UNET_IN_CHANNELS = {
     "tiny": 4,
@@ -52,6 +55,10 @@ KNOWN_UNET_IN_CHANNELS = {
     "stabilityai/stable-diffusion-2-base": 4,
     "timbrooks/instruct-pix2pix": 8,
     "vinesmsuic/magicbrush-jul7": 8,
+    "tiny-inpaint": 9,
+    "runwayml/stable-diffusion-inpainting": 9,
+    "stable-diffusion-v1-5/stable-diffusion-inpainting": 9,
+    "stabilityai/stable-diffusion-2-inpainting": 9,
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -93,7 +100,8 @@ class Backbone:
 
     @property
     def unet_in_channels(self) -> int:
-        """Channels the UNet takes: 4 (a latent), 8 for InstructPix2Pix models (latent + image latent)."""
+        """Channels the UNet takes: 4 (a latent), 8 for InstructPix2Pix models (latent + image latent),
+        9 for inpainting models (latent + mask + masked-image latent)."""
         return int(self.unet.config.in_channels)
 
     @property
@@ -146,6 +154,8 @@ def load_backbone(
         parts = _build_tiny(seed)
     elif name == "tiny-ip2p":
         parts = _build_tiny(seed, unet_in_channels=8)
+    elif name == "tiny-inpaint":
+        parts = _build_tiny(seed, unet_in_channels=9)
     elif name == "sd-v1-arch":
         parts = _build_sd_v1_arch(seed)
     else:

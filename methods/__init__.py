@@ -10,6 +10,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     direct_inversion,
     edict,
     imagic,
+    inpaint,
     infedit,
     instruct_pix2pix,
     invert_edit,
