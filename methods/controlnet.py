@@ -41,13 +41,14 @@ class ControlNetParams(Params):
         DEFAULT_CONTROLNET, description="ControlNet weights: Hub id, local folder, or 'tiny' (random, offline)"
     )
     condition: str = Field("canny", description="condition extractor: canny, gray, image, or one from a plugin")
-    low_threshold: float = Field(100, ge=0, le=1020, description="canny: candidate edge gradient (L1, 8-bit)")
-    high_threshold: float = Field(200, ge=0, le=1020, description="canny: strong edge gradient (L1, 8-bit)")
+    low_threshold: float = Field(100.0, ge=0, le=1020, description="canny: candidate edge gradient (L1, 8-bit)")
+    high_threshold: float = Field(200.0, ge=0, le=1020, description="canny: strong edge gradient (L1, 8-bit)")
 
     @field_validator("condition")
     @classmethod
     def _known_condition(cls, value: str) -> str:
-        CONDITIONS[value]  # raises, listing the known extractors
+        if value not in CONDITIONS:
+            raise ValueError(f"unknown condition {value!r}; known conditions: {', '.join(sorted(CONDITIONS))}")
         return value
 
     @model_validator(mode="after")
