@@ -65,8 +65,11 @@ def canny(image: np.ndarray, low: float, high: float) -> np.ndarray:
     x = image.astype(np.float64)
     x = x[..., None] if x.ndim == 2 else x
     # Sobel per channel (ndimage.sobel would also smooth across the channel axis)
-    dx = ndimage.correlate1d(ndimage.correlate1d(x, [-1, 0, 1], axis=1, mode="nearest"), [1, 2, 1], axis=0, mode="nearest")
-    dy = ndimage.correlate1d(ndimage.correlate1d(x, [-1, 0, 1], axis=0, mode="nearest"), [1, 2, 1], axis=1, mode="nearest")
+    def sobel(axis: int) -> np.ndarray:
+        derivative = ndimage.correlate1d(x, [-1, 0, 1], axis=axis, mode="nearest")
+        return ndimage.correlate1d(derivative, [1, 2, 1], axis=1 - axis, mode="nearest")
+
+    dx, dy = sobel(1), sobel(0)
     magnitude = np.abs(dx) + np.abs(dy)
     channel = magnitude.argmax(axis=2)[..., None]
     dx, dy = np.take_along_axis(dx, channel, 2)[..., 0], np.take_along_axis(dy, channel, 2)[..., 0]

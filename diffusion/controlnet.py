@@ -85,7 +85,8 @@ def _build_tiny(backbone: Backbone, seed: int) -> ControlNetModel:
             backbone.unet,
             conditioning_embedding_out_channels=(16, 32, 96, 256, 256)[:blocks],
         )
-        zero_layers = [*model.controlnet_down_blocks, model.controlnet_mid_block, model.controlnet_cond_embedding.conv_out]
+        embedding_out = model.controlnet_cond_embedding.conv_out
+        zero_layers = [*model.controlnet_down_blocks, model.controlnet_mid_block, embedding_out]
         with torch.no_grad():
             for layer in zero_layers:
                 torch.nn.init.normal_(layer.weight, std=0.1)
