@@ -113,10 +113,12 @@ def unet_epsilon(
     out = backbone.unet(
         latents.to(unet_dtype), t, encoder_hidden_states=embeddings.to(unet_dtype), cross_attention_kwargs=kwargs
     ).sample.float()
-    return _to_epsilon(backbone, out, latents, alpha)
+    return to_epsilon(backbone, out, latents, alpha)
 
 
-def _to_epsilon(backbone: Backbone, out: torch.Tensor, latents: torch.Tensor, alpha: float | None) -> torch.Tensor:
+def to_epsilon(backbone: Backbone, out: torch.Tensor, latents: torch.Tensor, alpha: float | None) -> torch.Tensor:
+    """The UNet's output `out` at `latents` as predicted noise, whatever the scheduler's prediction
+    type (loops that call the UNet themselves, e.g. diffusion/controlnet.py, use it too)."""
     kind = backbone.scheduler.config.prediction_type
     if kind == "epsilon":
         return out

@@ -2,6 +2,7 @@
 
 from editsweep.methods import (  # noqa: F401  (registration side effect)
     blended_latent,
+    controlnet,
     copy_input,
     cycle_diffusion,
     ddim_edit,

@@ -134,3 +134,12 @@ def test_pie_bench_inpaint_spec_plans_one_group_per_image(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pie-bench-inpaint: 6 tasks in 3 groups" in out
     assert "  inpaint: 6 tasks, 3 groups" in out
+
+
+def test_pie_bench_controlnet_spec_plans_one_group_per_image(tmp_path, capsys):
+    """No inversion: one group per image (the condition and noise), 2 step counts x 4 scales in it."""
+    path = with_root("pie-bench-controlnet.yaml", pie_folder(tmp_path / "pie", 3), tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "pie-bench-controlnet: 24 tasks in 3 groups" in out
+    assert "  controlnet: 24 tasks, 3 groups" in out

@@ -41,3 +41,5 @@ def test_quick_spec_runs_offline(path, tmp_path):
     if path.stem == "style-diffusion":
         styled = rows[rows["method"] == "style_diffusion"]
         assert styled["weights"].str.contains("image_encoder=tiny:random").all()
+    if path.stem == "controlnet":
+        assert rows["weights"].str.contains("controlnet=tiny:random").all()

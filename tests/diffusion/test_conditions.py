@@ -1,0 +1,66 @@
+"""Condition extractors (diffusion/conditions.py): Canny equals OpenCV's `cv2.Canny` (the reference
+ControlNet annotator) on pinned outputs, `gray` equals PIL's luminance, and the registry's errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from editsweep.diffusion.conditions import CONDITIONS, canny
+
+# `cv2.Canny(image, low, high) > 0` (opencv-python-headless 4.x, run once outside the project, which
+# does not depend on OpenCV), np.packbits'ed, on `image()` below and on its `cv2.COLOR_RGB2GRAY`.
+# The same check on 18 other random 64 px images and three threshold pairs had no differing pixel.
+CV2_CANNY = {
+    ("rgb", 100, 200): "0420842004208820042088203240405000c0605cc1801fc322000460064004200c0004201b000244f1c03b430060"
+    "c0e000338038380000001830000008c6478b0302d89c06010810000088200401489814072088e1185a0716124d8004130400002084600660"
+    "cd400140788700444140064c0060042104200820842008208420",
+    ("rgb", 50, 100): "0420842004208820042088203240405000c0605cc1841fc322000460064004200c0004201b000244f1c03b430060c"
+    "0e000338038380000001830000008c6478b0302d89c06010810001088200401489814072088e1185a0716124d8004130400002084600660c"
+    "d404140788780444140064c0060042104200820842008208420",
+    ("gray", 100, 200): "0420800004208000042080000640400002c04000010007c000001c60000070200000042000000c60000007c00000"
+    "00000000000000000000000400000002001f00530010002100200020802000d8c010008020180300180702d2cc00041304000433040006318c"
+    "000220f8000240400004600000002000000020000000200000",
+}
+
+
+def image() -> np.ndarray:
+    small = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((32, 32), Image.BICUBIC))
+
+
+def unpack(hex_bits: str) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hex_bits), dtype=np.uint8)).astype(bool).reshape(32, 32)
+
+
+@pytest.mark.parametrize(("mode", "low", "high"), list(CV2_CANNY))
+def test_canny_equals_opencv(mode, low, high):
+    rgb = image()
+    x = rgb if mode == "rgb" else np.asarray(Image.fromarray(rgb).convert("L"))
+    assert np.array_equal(canny(x, low, high), unpack(CV2_CANNY[(mode, low, high)]))
+
+
+def test_canny_thresholds_and_swapped_order():
+    x = image()
+    assert canny(x, 100, 200).sum() < canny(x, 50, 100).sum() <= canny(x, 0, 0).sum()
+    assert np.array_equal(canny(x, 200, 100), canny(x, 100, 200))
+    assert not canny(np.full((16, 16, 3), 77, np.uint8), 0, 0).any()
+
+
+def test_extractors_give_three_channel_maps_in_unit_range():
+    images = np.stack([image(), image()[::-1]])
+    params = type("P", (), {"low_threshold": 100, "high_threshold": 200})()
+    edges = CONDITIONS["canny"].extract(images, params)
+    assert edges.shape == (2, 3, 32, 32) and set(edges.unique().tolist()) == {0.0, 1.0}
+    assert np.array_equal(edges[0, 1].numpy().astype(bool), canny(images[0], 100, 200))
+    gray = CONDITIONS["gray"].extract(images, params)
+    expected = np.asarray(Image.fromarray(images[1]).convert("L")) / 255.0
+    np.testing.assert_allclose(gray[1, 2].numpy(), expected, rtol=0, atol=1e-7)
+    same = CONDITIONS["image"].extract(images, params)
+    np.testing.assert_allclose(same[0].permute(1, 2, 0).numpy() * 255, images[0], rtol=0, atol=1e-4)
+
+
+def test_unknown_extractor_lists_the_known_ones():
+    with pytest.raises(KeyError, match="unknown condition 'depth'; known conditions: canny, gray, image"):
+        CONDITIONS["depth"]
