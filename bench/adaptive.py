@@ -96,13 +96,30 @@ def decide(search: SearchSpec, points: Sequence[Point], integer: bool = False) -
     if search.method == "bisect":
         value = lo.value + width / 2
     else:
-        fraction = (search.target - lo.mean) / (hi.mean - lo.mean)
-        value = lo.value + width * min(max(fraction, MIN_STEP), 1 - MIN_STEP)
+        value = lo.value + width * min(max(_fraction(search.target, lo, hi, points), MIN_STEP), 1 - MIN_STEP)
     value = float(round(value)) if integer else round(value, search.decimals)
     if not lo.value < value < hi.value:
         message = f"resolution: no value between {lo.value:g} and {hi.value:g} at decimals={search.decimals}; {found}"
         return Decision("resolution", message, best=best, distance=distance)
     return Decision("running", f"next {name} = {value:g} in [{lo.value:g}, {hi.value:g}]", value, best, distance)
+
+
+def _fraction(target: float, lo: Point, hi: Point, points: Sequence[Point]) -> float:
+    """Where the target falls between `lo` and `hi` by linear interpolation, Illinois style.
+
+    Plain regula falsi stalls on a curved metric: one end of the bracket stays for round after
+    round. When the last k >= 2 values added all fell on the same side of the target, the end kept
+    all that time counts with its distance to the target halved k - 1 times.
+    """
+    side = [p.mean > target for p in points[2:]]
+    kept = next((k for k in range(len(side), 0, -1) if len(set(side[-k:])) == 1), 0)
+    weight = 0.5 ** max(kept - 1, 0)
+    d_lo, d_hi = lo.mean - target, hi.mean - target
+    if side and (lo.mean > target) != side[-1]:
+        d_lo *= weight
+    elif side:
+        d_hi *= weight
+    return d_lo / (d_lo - d_hi)
 
 
 def is_integer(spec: SweepSpec, index: int) -> bool:
