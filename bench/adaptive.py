@@ -62,7 +62,7 @@ def decide(search: SearchSpec, points: Sequence[Point], integer: bool = False) -
     bracket away from its ends, rounded to `decimals` (to an integer for an integer parameter).
     A rounded value that is not strictly inside the bracket stops the search (resolution).
     """
-    name = f"{search.param}"
+    name = search.param
     missing = [p.value for p in points if p.mean is None]
     if missing:
         return Decision("no_rows", f"no ok rows with a finite {search.metric} at {name} = {missing}")
@@ -187,7 +187,7 @@ def search_record(spec: SweepSpec, index: int, points: list[Point], decision: De
     return {
         "entry": index,
         "method": spec.methods[index].name,
-        **search.model_dump(mode="json"),
+        "search": search.model_dump(mode="json"),
         "rounds": [{"round": max(0, k - 1), **asdict(p)} for k, p in enumerate(points)],
         "outcome": {
             "status": decision.status,

@@ -162,7 +162,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"round {k}: ", end="")
             _print_summary(summary)
         for record in result.searches:
-            print(f"search methods[{record['entry']}] {record['method']} {record['param']}: {record['outcome']['message']}")
+            where = f"methods[{record['entry']}] {record['method']} {record['search']['param']}"
+            print(f"search {where}: {record['outcome']['message']}")
     else:
         summary = run_sweep(spec, out, address=args.address, progress=not args.quiet, break_lock=args.break_lock)
         _print_summary(summary)

@@ -132,7 +132,10 @@ def _fake_round(run_dir: Path, f: Callable[[float], float], log: list[Any]) -> C
         rows = [task_row(t, status="ok", scores={"psnr": f(json.loads(t.edit_params)["strength"])}) for t in pending]
         if rows:
             store.write_rows(rows)
-        summary = SimpleNamespace(n_tasks=len(tasks), n_skipped=len(tasks) - len(pending), n_ok=len(pending))
+        summary = SimpleNamespace(
+            n_tasks=len(tasks), n_skipped=len(tasks) - len(pending), n_ok=len(pending), n_error=0,
+            wall_seconds=0.0, run_dir=str(run_dir),
+        )  # fmt: skip
         log.append(summary)
         return summary
 
@@ -157,6 +160,34 @@ def test_interrupted_search_resumes_without_recomputing(tmp_path: Path) -> None:
     assert abs(record["outcome"]["mean"] - 20.0) <= 0.05
     stored = json.loads((tmp_path / SEARCH_FILE).read_text())["searches"][0]
     assert stored["rounds"] == record["rounds"] and stored["rounds"][0]["value"] == 0.1
+
+
+def test_cli_runs_rounds_and_prints_a_line_per_search(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`editsweep run` on a spec with a search (bench/cli.py): round 0 with --dry-run, then the rounds
+    (run_sweep replaced by the fake round runner) and one line per search."""
+    import yaml
+
+    from editsweep.bench import runner
+    from editsweep.bench.cli import main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(_with_search(search={"tolerance": 0.05})))
+    out = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(out), "--dry-run"]) == 0
+    assert "adaptive: round 0" in capsys.readouterr().out
+    fake = _fake_round(out, lambda s: 30.0 - 15.0 * s**2, [])
+    monkeypatch.setattr(runner, "run_sweep", lambda s, *args, **kw: fake(s))
+    assert main(["run", str(spec), "--out", str(out), "--no-report", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("round 0: 4 tasks: 0 already done, 4 ok")
+    assert "search methods[0] sdedit edit.strength: reached: best edit.strength = 0.816" in printed
+
+
+def test_run_sweep_refuses_a_spec_with_searches(tmp_path: Path) -> None:
+    from editsweep.bench.runner import run_sweep
+
+    with pytest.raises(ValueError, match="run_adaptive"):
+        run_sweep(load_spec(SDEDIT_SPEC), tmp_path)
 
 
 def test_toy_world_sdedit_search_and_resume(ray_session: None, tmp_path: Path) -> None:
