@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from editsweep.bench.runner import RunSummary
     from editsweep.bench.spec import SweepSpec
     from editsweep.core.metrics import MetricInfo
     from editsweep.reports.report import ReportResult
@@ -153,16 +154,31 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         check_run_dir(out, create=False)  # a file, an unwritable folder or a missing bucket (run_sweep checks too)
         return _dry_run(spec, out)
-    summary = run_sweep(spec, out, address=args.address, progress=not args.quiet, break_lock=args.break_lock)
-    print(
-        f"{summary.n_tasks} tasks: {summary.n_skipped} already done, {summary.n_ok} ok, {summary.n_error} errors "
-        f"in {summary.wall_seconds:.1f} s -> {summary.run_dir}"
-    )
+    if spec.searches:
+        from editsweep.bench.adaptive import run_adaptive
+
+        result = run_adaptive(spec, out, address=args.address, progress=not args.quiet, break_lock=args.break_lock)
+        for k, summary in enumerate(result.summaries):
+            print(f"round {k}: ", end="")
+            _print_summary(summary)
+        for record in result.searches:
+            where = f"methods[{record['entry']}] {record['method']} {record['search']['param']}"
+            print(f"search {where}: {record['outcome']['message']}")
+    else:
+        summary = run_sweep(spec, out, address=args.address, progress=not args.quiet, break_lock=args.break_lock)
+        _print_summary(summary)
     if not args.no_report:
         from editsweep.reports.report import build_report
 
         _print_report(build_report(summary.run_dir, spec.mlflow.tracking_uri, spec.mlflow.experiment or spec.name))
     return 0
+
+
+def _print_summary(summary: RunSummary) -> None:
+    print(
+        f"{summary.n_tasks} tasks: {summary.n_skipped} already done, {summary.n_ok} ok, {summary.n_error} errors "
+        f"in {summary.wall_seconds:.1f} s -> {summary.run_dir}"
+    )
 
 
 def _dry_run(spec: SweepSpec, out: str) -> int:
@@ -172,6 +188,11 @@ def _dry_run(spec: SweepSpec, out: str) -> int:
     from editsweep.bench.plan import plan
     from editsweep.bench.store import RunStore
 
+    if spec.searches:  # its round 0: the searched parameters at low and high
+        from editsweep.bench.adaptive import round_spec
+
+        spec = round_spec(spec, {i: [s.low, s.high] for i, s in spec.searches.items()})
+        print("adaptive: round 0 (low, high) only; later rounds depend on its rows")
     tasks, units = plan(spec, RunStore(out).completed_task_keys())
     per_method: Counter[str] = Counter()
     groups: dict[str, set[str]] = defaultdict(set)

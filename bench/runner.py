@@ -98,6 +98,8 @@ def run_sweep(
     `run_dir` is made absolute (or kept as a URI) and checked before anything starts; the run holds
     the directory's lock (`bench/lock.py`) throughout, and `break_lock` takes over a stale one.
     """
+    if spec.searches:
+        raise ValueError("this spec has searches: run it with bench/adaptive.py run_adaptive (editsweep run does)")
     started = time.perf_counter()
     uri = resolve_run_dir(run_dir)
     check_run_dir(uri, create=True)

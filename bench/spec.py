@@ -72,12 +72,50 @@ class DatasetSpec(_Strict):
         return canonical_json(get_dataset_class(self.name).Params.model_validate(self.params).model_dump(mode="json"))
 
 
+class SearchSpec(_Strict):
+    """An adaptive target search on one numeric parameter of a method entry (bench/adaptive.py).
+
+    Finds the value of `param` (`invert.<name>` or `edit.<name>`) in [low, high] whose mean `metric`
+    over the entry's rows is within `tolerance` of `target`, in at most `max_rounds` rounds
+    (round 0 runs low and high, each later round one more value, rounded to `decimals`).
+    """
+
+    param: str = Field(pattern=r"^(invert|edit)\.[A-Za-z_][A-Za-z0-9_]*$", description="invert.<name> or edit.<name>")
+    metric: str = Field(min_length=1, description="a per-image score the spec's metrics produce")
+    target: float = Field(allow_inf_nan=False)
+    tolerance: float = Field(gt=0, allow_inf_nan=False)
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
+    max_rounds: int = Field(5, ge=1, le=50, description="rounds including round 0 (the endpoints)")
+    method: Literal["interpolate", "bisect"] = Field(
+        "interpolate", description="next value: linear interpolation in the bracket (regula falsi) or its midpoint"
+    )
+    decimals: int = Field(3, ge=0, le=8, description="values are rounded to this, so task keys are stable")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchSpec:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, got low={self.low} high={self.high}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """`invert` or `edit`: which parameter model the searched parameter belongs to."""
+        return self.param.split(".", 1)[0]
+
+    @property
+    def key(self) -> str:
+        """The searched parameter's name inside its model."""
+        return self.param.split(".", 1)[1]
+
+
 class MethodSpec(_Strict):
-    """A registered method with its inversion and edit parameter grids."""
+    """A registered method with its inversion and edit parameter grids, and optionally a search."""
 
     name: str
     invert: dict[str, Any] = Field(default_factory=dict)
     edit: dict[str, Any] = Field(default_factory=dict)
+    search: SearchSpec | None = None
 
     def invert_grid(self) -> list[dict[str, Any]]:
         """Every point of the inversion grid, with the method's defaults filled in."""
@@ -224,6 +262,11 @@ class SweepSpec(_Strict):
             if len({b.device for b in value}) != 1:
                 raise ValueError("every backbone of a sweep must name the same device")
         return value
+
+    @property
+    def searches(self) -> dict[int, SearchSpec]:
+        """Method entry index -> its target search, for the entries that have one."""
+        return {i: m.search for i, m in enumerate(self.methods) if m.search is not None}
 
     @property
     def backbones(self) -> list[BackboneSpec]:
@@ -481,6 +524,8 @@ def _check_registered(spec: SweepSpec) -> list[str]:
         if not any(p.startswith(f"methods[{i}].") for p in problems):
             problems += _refused_pairs(cls, m, f"methods[{i}]")
         problems += [f"methods[{i}]: {r}" for b in spec.backbones if (r := cls.refuse_backbone(b.name))]
+        if m.search is not None and not any(p.startswith(f"methods[{i}].") for p in problems):
+            problems += _check_search(spec, m, cls, f"methods[{i}]")
     for name, params in spec.metrics.items():
         if name not in SCORERS:
             problems.append(f"metrics.{name}: unknown metric; known: {', '.join(sorted(SCORERS))}")
@@ -492,6 +537,44 @@ def _check_registered(spec: SweepSpec) -> list[str]:
                 "numbers; set allow_random_weights: true to use them anyway"
             )
     return sorted(set(problems), key=problems.index)
+
+
+def _check_search(spec: SweepSpec, entry: MethodSpec, cls: type, where: str) -> list[str]:
+    """A search's parameter is a numeric parameter of the entry's method, not a grid axis, and the
+    entry has no grid axes (its points pool one value's rows); low and high are valid values of it;
+    its metric is a score the spec's metrics produce."""
+    search = entry.search
+    model = cls.InvertParams if search.kind == "invert" else cls.EditParams
+    grid = entry.invert if search.kind == "invert" else entry.edit
+    field = model.model_fields.get(search.key)
+    if field is None or field.annotation not in (int, float):
+        numeric = [k for k, f in model.model_fields.items() if f.annotation in (int, float)]
+        return [
+            f"{where}.search.param: {search.param!r} is not a numeric {search.kind} parameter of {entry.name}; "
+            f"numeric ones: {', '.join(numeric) or '(none)'}"
+        ]
+    problems = []
+    if search.key in grid:
+        problems.append(f"{where}.search.param: {search.param} is also given in {where}.{search.kind}; drop it there")
+    if len(entry.invert_grid()) * len(entry.edit_grid()) > 1:
+        problems.append(f"{where}.search: an entry with a search has no grid axes (lists); give fixed values")
+    if field.annotation is int and (search.low != int(search.low) or search.high != int(search.high)):
+        problems.append(f"{where}.search: {search.param} is an integer; low and high must be integers")
+    for bound in ("low", "high"):
+        point = {**{k: v for k, v in grid.items() if k != search.key}, search.key: getattr(search, bound)}
+        try:
+            model.model_validate(point)
+        except ValidationError as err:
+            problems += [f"{where}.search.{bound}: {e['msg']} (got {getattr(search, bound)})" for e in err.errors()]
+    produced = {
+        score for name in spec.metrics if name in SCORERS for score in get_scorer_class(name).metric_infos()
+    }
+    if search.metric not in produced:
+        problems.append(
+            f"{where}.search.metric: {search.metric!r} is not a per-image score of this spec's metrics; "
+            f"they produce: {', '.join(sorted(produced)) or '(none)'}"
+        )
+    return problems
 
 
 def _refused_pairs(cls: type, entry: MethodSpec, where: str) -> list[str]:
