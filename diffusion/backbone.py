@@ -141,6 +141,19 @@ class Backbone:
         return ((x.float() + 1) / 2).clamp(0, 1)
 
 
+
+def require_unet(backbone: Backbone, method: str, in_channels: int, use_instead: str) -> None:
+    """Raise ValueError unless the loaded backbone's UNet takes `in_channels` inputs and predicts
+    noise: the load-time check of methods bound to their own models (instruct_pix2pix, inpaint),
+    for a Hub id or folder that spec validation could not judge."""
+    if backbone.unet_in_channels != in_channels:
+        raise ValueError(
+            f"{method} cannot run on backbone {backbone.name!r}: its UNet takes "
+            f"{backbone.unet_in_channels} input channels; {use_instead}"
+        )
+    if backbone.scheduler.config.prediction_type != "epsilon":
+        raise ValueError(f"{method} needs an epsilon-prediction backbone; {backbone.name!r} is not")
+
 def load_backbone(
     name: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", seed: int = 0
 ) -> Backbone:

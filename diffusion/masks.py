@@ -53,6 +53,15 @@ class MaskError(ValueError):
     """A mask cannot be made: bad dataset mask, no object word, or a model that cannot be loaded."""
 
 
+def require_dataset_masks(method: str, samples: Sequence[Sample]) -> None:
+    """Raise `MaskError` naming the samples without `meta["mask"]`, for a method run with `mask: dataset`."""
+    if missing := [s.id for s in samples if s.meta.get("mask") is None]:
+        raise MaskError(
+            f"{method} with mask: dataset needs each sample's meta['mask']; samples {missing} have none "
+            "(this dataset gives no edit masks: use `mask: diffedit` in the invert params)"
+        )
+
+
 def prompt_words(prompt: str | None) -> list[str]:
     """The lower-cased words of a prompt, punctuation dropped."""
     return _WORD.findall((prompt or "").lower())

@@ -42,7 +42,7 @@ from editsweep.diffusion.blending import blend_outside, upsample_mask
 from editsweep.diffusion.ddim import Schedule, ddim_sample, encoding_start, make_schedule
 from editsweep.diffusion.diffedit_mask import MAP_KEYS, DiffEditMaskParams, binarise, diffedit_maps
 from editsweep.diffusion.inputs import forked, images_tensor, source_prompts, target_prompts
-from editsweep.diffusion.masks import MaskError, dataset_mask
+from editsweep.diffusion.masks import dataset_mask, require_dataset_masks
 from editsweep.methods.base import EncodesInput, State, register_method
 
 
@@ -84,12 +84,7 @@ class BlendedLatentDiffusion(EncodesInput):
         seeds: Sequence[int] | None = None,
     ) -> State:
         if params.mask == "dataset":
-            missing = [s.id for s in samples if s.meta.get("mask") is None]
-            if missing:
-                raise MaskError(
-                    f"blended_latent with mask: dataset needs each sample's meta['mask']; samples {missing} have "
-                    "none (this dataset gives no edit masks: use `mask: diffedit` in the invert params)"
-                )
+            require_dataset_masks(self.name, samples)
         return super().invert(backbone, samples, params, generators, seeds)
 
     def edit(

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
+from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone, require_unet
 from editsweep.diffusion.blending import upsample_mask
 from editsweep.diffusion.ddim import make_schedule
 from editsweep.diffusion.diffedit_mask import DiffEditMaskParams, binarise, diffedit_maps
@@ -42,7 +42,7 @@ from editsweep.diffusion.inpaint import (
     strength_start,
 )
 from editsweep.diffusion.inputs import images_tensor, source_prompts, target_prompts
-from editsweep.diffusion.masks import MaskError, dataset_mask
+from editsweep.diffusion.masks import dataset_mask, require_dataset_masks
 from editsweep.methods.base import Method, Params, State, register_method
 
 INPAINTING_WEIGHTS = (
@@ -106,18 +106,9 @@ class Inpaint(Method):
         generators: Sequence[torch.Generator],
         seeds: Sequence[int] | None = None,
     ) -> State:
-        if backbone.unet_in_channels != UNET_IN_CHANNELS:
-            raise ValueError(
-                f"{self.name} cannot run on backbone {backbone.name!r}: its UNet takes "
-                f"{backbone.unet_in_channels} input channels; {self._use_instead()}"
-            )
-        if backbone.scheduler.config.prediction_type != "epsilon":
-            raise ValueError(f"{self.name} needs an epsilon-prediction backbone; {backbone.name!r} is not")
-        if params.mask == "dataset" and (missing := [s.id for s in samples if s.meta.get("mask") is None]):
-            raise MaskError(
-                f"inpaint with mask: dataset needs each sample's meta['mask']; samples {missing} have none "
-                "(this dataset gives no edit masks: use `mask: diffedit` in the invert params)"
-            )
+        require_unet(backbone, self.name, UNET_IN_CHANNELS, self._use_instead())
+        if params.mask == "dataset":
+            require_dataset_masks(self.name, samples)
         images = images_tensor(samples, backbone.device).float()
         clean = backbone.encode_images(images)
         size = tuple(clean.shape[-2:])

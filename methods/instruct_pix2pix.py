@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, field_validator
 
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
+from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone, require_unet
 from editsweep.diffusion.ddim import make_schedule
 from editsweep.diffusion.inputs import images_tensor
 from editsweep.diffusion.instruct_pix2pix import UNET_IN_CHANNELS, image_conditioning, ip2p_sample
@@ -122,13 +122,7 @@ class InstructPix2Pix(Method):
         generators: Sequence[torch.Generator],
         seeds: Sequence[int] | None = None,
     ) -> State:
-        if backbone.unet_in_channels != UNET_IN_CHANNELS:
-            raise ValueError(
-                f"{self.name} cannot run on backbone {backbone.name!r}: its UNet takes "
-                f"{backbone.unet_in_channels} input channels; {self._use_instead()}"
-            )
-        if backbone.scheduler.config.prediction_type != "epsilon":
-            raise ValueError(f"{self.name} needs an epsilon-prediction backbone; {backbone.name!r} is not")
+        require_unet(backbone, self.name, UNET_IN_CHANNELS, self._use_instead())
         image_latents = image_conditioning(backbone, images_tensor(samples, backbone.device))
         shape = (backbone.unet.config.out_channels, *image_latents.shape[2:])
         noise = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators])
