@@ -188,11 +188,11 @@ def _dry_run(spec: SweepSpec, out: str) -> int:
     from editsweep.bench.plan import plan
     from editsweep.bench.store import RunStore
 
-    if spec.searches:  # its round 0: the searched parameters at low and high
-        from editsweep.bench.adaptive import round_spec
+    if spec.searches:  # its round 0: low and high, or a spread search's evenly spaced values
+        from editsweep.bench.adaptive import initial_values, is_integer, round_spec
 
-        spec = round_spec(spec, {i: [s.low, s.high] for i, s in spec.searches.items()})
-        print("adaptive: round 0 (low, high) only; later rounds depend on its rows")
+        spec = round_spec(spec, {i: initial_values(s, is_integer(spec, i)) for i, s in spec.searches.items()})
+        print("adaptive: round 0 only; later rounds depend on its rows")
     tasks, units = plan(spec, RunStore(out).completed_task_keys())
     per_method: Counter[str] = Counter()
     groups: dict[str, set[str]] = defaultdict(set)

@@ -73,30 +73,67 @@ class DatasetSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    """An adaptive target search on one numeric parameter of a method entry (bench/adaptive.py).
+    """An adaptive search on one numeric parameter of a method entry (bench/adaptive.py), of one of two kinds.
 
-    Finds the value of `param` (`invert.<name>` or `edit.<name>`) in [low, high] whose mean `metric`
-    over the entry's rows is within `tolerance` of `target`, in at most `max_rounds` rounds
-    (round 0 runs low and high, each later round one more value, rounded to `decimals`).
+    A target search (`target`, `tolerance`) finds the value of `param` (`invert.<name>` or
+    `edit.<name>`) in [low, high] whose mean `metric` over the entry's rows is within `tolerance` of
+    `target` (round 0 runs low and high, each later round one more value). A spread search
+    (`points`, `along`) finds `points` values whose (mean `metric`, mean `along`) points lie evenly
+    along the trade-off curve, by arc length with both metrics scaled to their range: round 0 runs
+    `points` values evenly spaced in [low, high], each later round one value per position not
+    yet within `tolerance` (a fraction of the even spacing, default 0.25) of its goal. Either stops
+    after `max_rounds` rounds; values are rounded to `decimals`.
     """
 
     param: str = Field(pattern=r"^(invert|edit)\.[A-Za-z_][A-Za-z0-9_]*$", description="invert.<name> or edit.<name>")
     metric: str = Field(min_length=1, description="a per-image score the spec's metrics produce")
-    target: float = Field(allow_inf_nan=False)
-    tolerance: float = Field(gt=0, allow_inf_nan=False)
+    target: float | None = Field(None, allow_inf_nan=False, description="target search: the mean metric to reach")
+    points: int | None = Field(None, ge=3, le=50, description="spread search: values to place along the curve")
+    along: str | None = Field(None, min_length=1, description="spread search: the curve's second metric")
+    tolerance: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="target: distance in metric units (required); spread: fraction of the spacing (< 0.5, default 0.25)",
+    )  # fmt: skip
     low: float = Field(allow_inf_nan=False)
     high: float = Field(allow_inf_nan=False)
-    max_rounds: int = Field(5, ge=1, le=50, description="rounds including round 0 (the endpoints)")
+    max_rounds: int = Field(5, ge=1, le=50, description="rounds including round 0")
     method: Literal["interpolate", "bisect"] = Field(
-        "interpolate", description="next value: linear interpolation in the bracket (regula falsi) or its midpoint"
+        "interpolate", description="target search's next value: linear interpolation in the bracket (regula falsi) or its midpoint"
     )
     decimals: int = Field(3, ge=0, le=8, description="values are rounded to this, so task keys are stable")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spread_tolerance(cls, data: Any) -> Any:
+        """A spread search's tolerance defaults to a quarter of the spacing."""
+        if isinstance(data, dict) and data.get("points") is not None and data.get("tolerance") is None:
+            return {**data, "tolerance": 0.25}
+        return data
 
     @model_validator(mode="after")
     def _ordered(self) -> SearchSpec:
         if not self.low < self.high:
             raise ValueError(f"low must be below high, got low={self.low} high={self.high}")
+        if (self.target is None) == (self.points is None):
+            raise ValueError("give either target (a target search) or points (a spread search along the curve)")
+        if self.target is not None:
+            if self.tolerance is None:
+                raise ValueError("a target search needs tolerance (distance from target, in the metric's units)")
+            if self.along is not None:
+                raise ValueError("along belongs to a spread search (points); a target search has one metric")
+        else:
+            if self.along is None:
+                raise ValueError("a spread search needs along: the trade-off curve's second metric")
+            if self.along == self.metric:
+                raise ValueError(f"along must differ from metric (both {self.metric!r})")
+            if self.tolerance >= 0.5:
+                raise ValueError(f"a spread search's tolerance is a fraction of the spacing below 0.5, got {self.tolerance}")
         return self
+
+    @property
+    def spread(self) -> bool:
+        """Whether this is a spread search (`points` along the curve) rather than a target search."""
+        return self.points is not None
 
     @property
     def kind(self) -> str:
@@ -542,7 +579,7 @@ def _check_registered(spec: SweepSpec) -> list[str]:
 def _check_search(spec: SweepSpec, entry: MethodSpec, cls: type, where: str) -> list[str]:
     """A search's parameter is a numeric parameter of the entry's method, not a grid axis, and the
     entry has no grid axes (its points pool one value's rows); low and high are valid values of it;
-    its metric is a score the spec's metrics produce."""
+    its metric (and `along`) are scores the spec's metrics produce."""
     search = entry.search
     model = cls.InvertParams if search.kind == "invert" else cls.EditParams
     grid = entry.invert if search.kind == "invert" else entry.edit
@@ -569,11 +606,13 @@ def _check_search(spec: SweepSpec, entry: MethodSpec, cls: type, where: str) -> 
     produced = {
         score for name in spec.metrics if name in SCORERS for score in get_scorer_class(name).metric_infos()
     }
-    if search.metric not in produced:
-        problems.append(
-            f"{where}.search.metric: {search.metric!r} is not a per-image score of this spec's metrics; "
-            f"they produce: {', '.join(sorted(produced)) or '(none)'}"
-        )
+    for key in ("metric", "along"):
+        name = getattr(search, key)
+        if name is not None and name not in produced:
+            problems.append(
+                f"{where}.search.{key}: {name!r} is not a per-image score of this spec's metrics; "
+                f"they produce: {', '.join(sorted(produced)) or '(none)'}"
+            )
     return problems
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs as pafs
 
+from editsweep.bench.adaptive import SEARCH_FILE
 from editsweep.bench.store import RunStore
 from editsweep.reports.aggregate import aggregate, summary_metrics
 from editsweep.reports.breakdown import write_protocol_tables
@@ -89,7 +90,7 @@ def build_report(
     mlflow_root = store.root if local else str(out)
     spec = _sweep_spec(store)
     summary, set_figures, notes = add_set_metrics(aggregate(results), results, spec, out, reference_stats)
-    notes += pooled_instance_notes(results)
+    notes += pooled_instance_notes(results) + search_notes(store)
     metrics = summary_metrics(summary)
     if not metrics:
         notes.append(f"no scores: none of the {len(results)} tasks has an ok row with scores")
@@ -188,6 +189,16 @@ def _matched_comparison(
     result = matched_comparison(results, summary, options)
     notes += result.notes
     return list(write_matched(result, out, results))
+
+
+def search_notes(store: RunStore) -> list[str]:
+    """One note per adaptive search of the run (bench/adaptive.py's `search.json`): its outcome."""
+    if store.fs.get_file_info(store.path(SEARCH_FILE)).type == pafs.FileType.NotFound:
+        return []
+    return [
+        f"search methods[{r['entry']}] {r['method']} {r['search']['param']}: {r['outcome']['message']}"
+        for r in store.read_json(SEARCH_FILE)["searches"]
+    ]
 
 
 def pooled_instance_notes(results: pd.DataFrame) -> list[str]:
