@@ -23,6 +23,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     prompt_tuning,
     sdedit,
     style_diffusion,
+    text2live,
     timestep_injection,
     vae_roundtrip,
 )
