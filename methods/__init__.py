@@ -8,6 +8,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     ddim_edit,
     ddim_p2p,
     diffedit,
+    diffusion_clip,
     direct_inversion,
     edict,
     imagic,
