@@ -2,9 +2,11 @@
 
 The model loads through the project's CLIP loading (`bench/metrics/clip_t.py`): an open_clip
 architecture with a pretrained tag from the Hugging Face cache (failing fast offline, naming the
-file and how to fetch it), a local open_clip folder (`open_clip_config.json` + weights), the toy
-CLIP shipped in `toy/weights/clip` (`toy`), or `random`: seeded random weights of the toy CLIP's
-small architecture, for fast offline tests. Method weights load from safetensors only.
+file and how to fetch it), an open_clip Hub repo (`hf-hub:org/name`) or local folder
+(`open_clip_config.json` + `open_clip_model.safetensors`), the toy CLIP shipped in
+`toy/weights/clip` (`toy`), or `random`: seeded random weights of the toy CLIP's small
+architecture, for fast offline tests. Method weights load from safetensors only. `ClipParams` is
+the base of a method's parameters that names its CLIP, checked when the spec is validated.
 
 `ClipGuide` keeps the preprocessing differentiable (resize and normalise on the tensor), so a loss
 on `image_embeddings` back-propagates to the pixels. Losses:
@@ -17,6 +19,7 @@ on `image_embeddings` back-propagates to the pixels. Losses:
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -25,8 +28,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from editsweep.core.hub import hf_cache_dir, hf_offline
+from editsweep.core.params import Params
 
 CLIP_PRESETS = ("toy", "random")
+_HUB = "hf-hub:"
+_LOCAL = "local-dir:"
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_FOLDER_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
 RANDOM_SEED = 0
 _CACHE_SIZE = 2
 _cache: OrderedDict[tuple[str, str, str], ClipGuide] = OrderedDict()
@@ -100,6 +111,46 @@ def directional_distance(
     return 1 - F.cosine_similarity(edit - source, target_text - source_text, dim=-1, eps=1e-8)
 
 
+class ClipParams(Params):
+    """The CLIP of a method's losses, checked when the spec is validated (recorded in `weights`).
+
+    `clip`: an open_clip architecture name (weights of `clip_tag` from the HF cache), `hf-hub:org/name`
+    (an open_clip repo with open_clip_config.json + open_clip_model.safetensors), an absolute path to
+    such a folder, `toy` (the shipped toy CLIP) or `random` (seeded random weights, toy-sized)."""
+
+    clip: str = Field("ViT-B-32", description="open_clip name, hf-hub:org/name, absolute folder, toy or random")
+    clip_tag: str = Field("openai", description="open_clip pretrained tag of an architecture name in `clip`")
+
+    @model_validator(mode="after")
+    def _known_clip(self) -> ClipParams:
+        problem = clip_problem(self.clip, self.clip_tag)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def clip_problem(clip: str, tag: str) -> str | None:
+    """Why `clip` / `tag` cannot name a CLIP model, or None (no file is read)."""
+    if clip in CLIP_PRESETS or (clip.startswith(_HUB) and _REPO_ID.fullmatch(clip.removeprefix(_HUB))):
+        return None
+    if _is_local(clip):
+        path = clip.removeprefix(_LOCAL)
+        if not Path(path).expanduser().is_absolute():
+            return f"clip {clip!r}: give a local open_clip folder as an absolute path"
+        return None
+    import open_clip
+
+    if clip not in open_clip.list_models():
+        return (
+            f"unknown clip {clip!r}: use an open_clip architecture name (e.g. ViT-B-32, ViT-B-16), "
+            f"hf-hub:org/name, an absolute open_clip folder, or one of {', '.join(CLIP_PRESETS)}"
+        )
+    tags = open_clip.list_pretrained_tags_by_model(clip)
+    if tag not in tags:
+        return f"clip_tag {tag!r} is not a pretrained tag of {clip} (known: {', '.join(tags) or 'none'})"
+    return None
+
+
 def clip_source(clip: str, tag: str) -> str:
     """What rows record for a CLIP choice (`random` marks random weights, as every weights source)."""
     if clip == "toy":
@@ -107,17 +158,19 @@ def clip_source(clip: str, tag: str) -> str:
     if clip == "random":
         return "tiny-clip:random"
     if _is_local(clip):
-        return f"local-dir:{clip}"
+        return f"{_LOCAL}{clip.removeprefix(_LOCAL)}"
+    if clip.startswith(_HUB):
+        return clip
     return f"{clip}:{tag}"
 
 
 def _is_local(clip: str) -> bool:
-    return clip.startswith(("/", "./", "~", "local-dir:"))
+    return clip.startswith(("/", "./", "~", _LOCAL))
 
 
 def load_clip_guide(clip: str, tag: str, device: torch.device, who: str) -> ClipGuide:
-    """The CLIP model `clip` (open_clip name with `tag`, a local folder, `toy` or `random`), frozen in
-    eval mode on `device`; kept per process for the next groups (the last two asked for).
+    """The CLIP model `clip` (see `ClipParams`), frozen in eval mode on `device`; kept per process
+    for the next groups (the last two asked for).
 
     `who` names the method in error messages. Raises `ClipGuideError` when the weights are missing
     (offline: at once) or are not safetensors."""
@@ -134,6 +187,25 @@ def load_clip_guide(clip: str, tag: str, device: torch.device, who: str) -> Clip
     return guide
 
 
+def _hub_folder(repo_id: str, who: str) -> Path:
+    """The local snapshot of an open_clip Hub repo's config and safetensors weights (downloaded unless offline)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, allow_patterns=list(_FOLDER_FILES), cache_dir=hf_cache_dir(), local_files_only=hf_offline()
+            )
+        )
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise ClipGuideError(
+            f"{who}: CLIP hf-hub:{repo_id} is not in the HF cache {hf_cache_dir()} and cannot be downloaded ({exc}); "
+            f"on a connected machine run `hf download {repo_id} {' '.join(_FOLDER_FILES)}` with the same "
+            "HF_HOME/HF_HUB_CACHE, or copy both files into a folder and set `clip:` to its absolute path"
+        ) from exc
+
+
 def _load(clip: str, tag: str, device: torch.device, who: str) -> ClipGuide:
     import open_clip
 
@@ -148,10 +220,12 @@ def _load(clip: str, tag: str, device: torch.device, who: str) -> ClipGuide:
     )
 
     folder = None
-    if clip in ("toy", "random"):
+    if clip in CLIP_PRESETS:
         folder = toy_clip_dir()
     elif _is_local(clip):
-        folder = Path(clip.removeprefix("local-dir:")).expanduser()
+        folder = Path(clip.removeprefix(_LOCAL)).expanduser()
+    elif clip.startswith(_HUB):
+        folder = _hub_folder(clip.removeprefix(_HUB), who)
     try:
         if clip == "random":
             config = json.loads((folder / "open_clip_config.json").read_text())
@@ -161,18 +235,17 @@ def _load(clip: str, tag: str, device: torch.device, who: str) -> ClipGuide:
             set_model_preprocess_cfg(model, {**config["preprocess_cfg"], "size": config["model_cfg"]["vision_cfg"]["image_size"]})
             tokenizer_name = f"local-dir:{folder}"
         elif folder is not None:
-            if not (folder / "open_clip_model.safetensors").is_file():
+            missing = [name for name in _FOLDER_FILES if not (folder / name).is_file()]
+            if missing:
                 raise ClipGuideError(
-                    f"{who}: CLIP folder {folder} has no open_clip_model.safetensors (with open_clip_config.json); "
-                    "method weights load from safetensors only"
+                    f"{who}: CLIP folder {folder} has no {' or '.join(missing)} (method weights load from "
+                    "safetensors only: an open_clip folder holds open_clip_config.json + open_clip_model.safetensors)"
                 )
             model, _, tokenizer_name = load_local_clip("", str(folder), {}, scorer=f"{who} (CLIP)")
         else:
-            if clip not in open_clip.list_models():
-                raise ClipGuideError(
-                    f"{who}: unknown CLIP {clip!r}: use an open_clip architecture name (e.g. ViT-B-32, ViT-B-16) "
-                    f"with `clip_tag`, a local open_clip folder, or one of {CLIP_PRESETS}"
-                )
+            problem = clip_problem(clip, tag)
+            if problem:
+                raise ClipGuideError(f"{who}: {problem}")
             checkpoint = resolve_pretrained_checkpoint(clip, tag, scorer=f"{who} (CLIP)")
             if not checkpoint.endswith(".safetensors"):
                 raise ClipGuideError(

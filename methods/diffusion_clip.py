@@ -47,8 +47,8 @@ from diffusers import UNet2DConditionModel
 from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.backbone import Backbone
-from editsweep.diffusion.clip_guidance import ClipGuide, clip_source, load_clip_guide
+from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
+from editsweep.diffusion.clip_guidance import ClipGuide, ClipParams, clip_source, load_clip_guide
 from editsweep.diffusion.ddim import Schedule, ddim_invert, ddim_move, to_epsilon
 from editsweep.diffusion.inputs import images_tensor, source_prompts
 from editsweep.methods.base import Method, Params, State, register_method
@@ -57,15 +57,12 @@ CACHE_SIZE = 2  # fine-tuned copies kept per method instance (one SD UNet in flo
 Direction = tuple[str, str]
 
 
-class DiffusionClipParams(Params):
+class DiffusionClipParams(ClipParams):
     """Inversion and fine-tuning: shared by every edit point of a group."""
 
     clip: str = Field(
-        "ViT-B-16",
-        description="CLIP of the directional loss: open_clip name (with clip_tag, from the HF cache), a local "
-        "open_clip folder, `toy` (the shipped toy CLIP) or `random` (tiny random weights, tests)",
+        "ViT-B-16", description="CLIP of the directional loss (the paper's ViT-B/16): see diffusion/clip_guidance.py ClipParams"
     )
-    clip_tag: str = Field("openai", description="open_clip pretrained tag of `clip`")
     t0: int = Field(500, ge=1, le=999, description="return step: inversion to t0, generation from it")
     inversion_steps: int = Field(40, ge=2, le=1000, description="DDIM steps of the inversion over [0, t0]")
     train_steps: int = Field(6, ge=2, le=1000, description="DDIM steps of each generation during fine-tuning")
@@ -179,6 +176,16 @@ class DiffusionClip(Method):
         """The CLIP of the directional loss."""
         return {"clip": clip_source(invert_params.clip, invert_params.clip_tag)}
 
+    @classmethod
+    def refuse_backbone(cls, backbone: str) -> str | None:
+        channels = KNOWN_UNET_IN_CHANNELS.get(backbone)
+        if channels is not None and channels != 4:
+            return (
+                f"{cls.name} cannot run on backbone {backbone!r} (a UNet with {channels} input channels): "
+                "it inverts and regenerates with a text-to-image model's UNet (4 input channels)"
+            )
+        return None
+
     def invert(
         self,
         backbone: Backbone,
@@ -187,6 +194,11 @@ class DiffusionClip(Method):
         generators: Sequence[torch.Generator],
         seeds: Sequence[int] | None = None,
     ) -> State:
+        if backbone.unet_in_channels != 4:
+            raise ValueError(
+                f"{self.name} cannot run on backbone {backbone.name!r}: its UNet takes {backbone.unet_in_channels} "
+                "input channels; use a text-to-image backbone (tiny, toy, SD 1.x/2.x)"
+            )
         load_clip_guide(params.clip, params.clip_tag, backbone.device, self.name)  # fail the group early
         images = images_tensor(samples, backbone.device)
         latents = backbone.encode_images(images)

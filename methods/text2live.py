@@ -38,6 +38,7 @@ from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import Backbone
 from editsweep.diffusion.clip_guidance import (
     ClipGuide,
+    ClipParams,
     clip_source,
     cosine_distance,
     directional_distance,
@@ -50,15 +51,12 @@ from editsweep.methods.base import Method, Params, State, register_method
 GREEN = (0.0, 177 / 255, 64 / 255)  # chroma-key green, as the screen loss composites over
 
 
-class Text2LiveParams(Params):
+class Text2LiveParams(ClipParams):
     """Training of the edit layer (per image): everything here changes the layer."""
 
     clip: str = Field(
-        "ViT-B-32",
-        description="CLIP of the losses: open_clip name (with clip_tag, from the HF cache), a local open_clip "
-        "folder, `toy` (the shipped toy CLIP) or `random` (tiny random weights, tests)",
+        "ViT-B-32", description="CLIP of the losses (the paper's ViT-B/32): see diffusion/clip_guidance.py ClipParams"
     )
-    clip_tag: str = Field("openai", description="open_clip pretrained tag of `clip`")
     steps: int = Field(1000, ge=0, le=100_000, description="Adam steps on the generator")
     learning_rate: float = Field(2.5e-3, gt=0, le=1, description="Adam learning rate")
     width: int = Field(32, ge=4, le=256, description="channels of the generator's first level (doubling per level)")

@@ -129,3 +129,7 @@ def test_params_defaults_and_checks():
     cls = get_method_class("diffusion_clip")
     assert cls.model_sources(p) == {"clip": "ViT-B-16:openai"}
     assert cls.model_sources(DiffusionClipParams(clip="toy")) == {"clip": "toy:clip"}
+    with pytest.raises(ValidationError, match="unknown clip"):
+        DiffusionClipParams(clip="ViT-Q-99")
+    assert "4 input channels" in cls.refuse_backbone("tiny-ip2p")
+    assert cls.refuse_backbone("tiny") is None
