@@ -232,7 +232,8 @@ def _load(clip: str, tag: str, device: torch.device, who: str) -> ClipGuide:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_SEED)
                 model = open_clip.CLIP(**config["model_cfg"])
-            set_model_preprocess_cfg(model, {**config["preprocess_cfg"], "size": config["model_cfg"]["vision_cfg"]["image_size"]})
+            size = config["model_cfg"]["vision_cfg"]["image_size"]
+            set_model_preprocess_cfg(model, {**config["preprocess_cfg"], "size": size})
             tokenizer_name = f"local-dir:{folder}"
         elif folder is not None:
             missing = [name for name in _FOLDER_FILES if not (folder / name).is_file()]

@@ -61,7 +61,8 @@ class DiffusionClipParams(ClipParams):
     """Inversion and fine-tuning: shared by every edit point of a group."""
 
     clip: str = Field(
-        "ViT-B-16", description="CLIP of the directional loss (the paper's ViT-B/16): see diffusion/clip_guidance.py ClipParams"
+        "ViT-B-16",
+        description="CLIP of the directional loss (the paper's ViT-B/16): see diffusion/clip_guidance.py ClipParams",
     )
     t0: int = Field(500, ge=1, le=999, description="return step: inversion to t0, generation from it")
     inversion_steps: int = Field(40, ge=2, le=1000, description="DDIM steps of the inversion over [0, t0]")
@@ -141,7 +142,8 @@ def finetune_direction(
     with torch.enable_grad():
         for _ in range(params.iterations):
             for b in range(noised.shape[0]):
-                edited = decode_with_grad(backbone, generate(backbone, unet, noised[b : b + 1], schedule, cond[b : b + 1]))
+                latents = generate(backbone, unet, noised[b : b + 1], schedule, cond[b : b + 1])
+                edited = decode_with_grad(backbone, latents)
                 source = images[b : b + 1]
                 loss = params.clip_loss_weight * direction_loss(guide, edited, source, text_direction).mean()
                 loss = loss + params.l1_loss_weight * (edited - source).abs().mean()

@@ -85,7 +85,9 @@ class Text2LiveParams(ClipParams):
 class Text2LiveEditParams(Params):
     """Compositing only: a sweep over opacity shares the trained layer."""
 
-    opacity: float = Field(1.0, ge=0, le=1, description="alpha multiplier: 0 returns the input, 1 the paper's composite")
+    opacity: float = Field(
+        1.0, ge=0, le=1, description="alpha multiplier: 0 returns the input, 1 the paper's composite"
+    )
 
 
 class EditLayerGenerator(nn.Module):
@@ -110,7 +112,8 @@ class EditLayerGenerator(nn.Module):
             x = block(x if k == 0 else F.avg_pool2d(x, 2))
             skips.append(x)
         for block, skip in zip(self.up, reversed(skips[:-1])):
-            x = block(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
+            up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([up, skip], 1))
         out = torch.sigmoid(self.out(x))
         return out[:, :3], out[:, 3:]
 

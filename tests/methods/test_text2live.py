@@ -13,6 +13,7 @@ from editsweep.methods.base import get_method_class
 from editsweep.methods.text2live import Text2LiveEditParams, Text2LiveParams, composite, train_edit_layer
 
 CPU = torch.device("cpu")
+OPACITY_0_AND_1 = [Text2LiveEditParams(opacity=0.0), Text2LiveEditParams()]
 SMALL = {"width": 8, "depth": 2, "crops": 2, "crop_scale": 0.8, "learning_rate": 1e-2}
 
 
@@ -38,7 +39,7 @@ def test_zero_opacity_returns_the_input_exactly(method, colour_edits, generators
     state = method.invert(Device, colour_edits, params, generators(2))
     assert state["alpha"].shape == (2, 1, 32, 32) and state["colours"].shape == (2, 3, 32, 32)
     assert (state["alpha"] > 0).all()  # a layer that would change the image...
-    zero, full = method.edit(Device, state, colour_edits, params, [Text2LiveEditParams(opacity=0.0), Text2LiveEditParams()], generators(2))
+    zero, full = method.edit(Device, state, colour_edits, params, OPACITY_0_AND_1, generators(2))
     inputs = images_tensor(colour_edits, CPU)
     assert torch.equal(zero, inputs)  # ... and at opacity 0 the input, bit for bit
     assert not torch.allclose(full, inputs, atol=1e-3)
@@ -48,9 +49,11 @@ def test_zero_opacity_returns_the_input_exactly(method, colour_edits, generators
 def test_training_lowers_the_loss_on_random_clip(colour_edits):
     guide = load_clip_guide("random", "openai", CPU, "test")
     image = images_tensor(colour_edits[:1], CPU).contiguous()
-    texts = guide.text_embeddings([colour_edits[0].target_prompt, colour_edits[0].source_prompt, "purple over a green screen"])
+    sample = colour_edits[0]
+    texts = guide.text_embeddings([sample.target_prompt, sample.source_prompt, "purple over a green screen"])
     losses: list[float] = []
-    train_edit_layer(guide, image, texts, Text2LiveParams(clip="random", steps=15, **SMALL), torch.Generator().manual_seed(0), losses)
+    params = Text2LiveParams(clip="random", steps=15, **SMALL)
+    train_edit_layer(guide, image, texts, params, torch.Generator().manual_seed(0), losses)
     assert len(losses) == 15
     assert sum(losses[-3:]) / 3 < losses[0]
 
@@ -61,7 +64,7 @@ def test_a_colour_edit_moves_the_toy_clip_score_towards_the_target(method, colou
     sample = colour_edits[:1]
     params = Text2LiveParams(clip="toy", steps=20, **{**SMALL, "width": 16, "crops": 4})
     state = method.invert(Device, sample, params, generators(1))
-    before, after = method.edit(Device, state, sample, params, [Text2LiveEditParams(opacity=0.0), Text2LiveEditParams()], generators(1))
+    before, after = method.edit(Device, state, sample, params, OPACITY_0_AND_1, generators(1))
     guide = load_clip_guide("toy", "openai", CPU, "test")
     text = guide.text_embeddings([sample[0].target_prompt])
     with torch.no_grad():
@@ -78,7 +81,9 @@ def test_a_sample_trains_the_same_alone_and_in_a_batch(method, colour_edits, gen
 
 def test_params_defaults_and_checks():
     p = Text2LiveParams()
-    assert (p.clip, p.learning_rate, p.lambda_structure, p.lambda_sparsity, p.gamma) == ("ViT-B-32", 2.5e-3, 2.0, 5e-2, 2.0)
+    assert (p.clip, p.learning_rate, p.lambda_structure, p.lambda_sparsity, p.gamma) == (
+        "ViT-B-32", 2.5e-3, 2.0, 5e-2, 2.0
+    )
     with pytest.raises(ValidationError, match="placeholder"):
         Text2LiveParams(screen_text="{object} over a green screen")
     with pytest.raises(ValidationError):
@@ -93,7 +98,8 @@ def test_missing_clip_weights_offline_name_the_model(monkeypatch):
         load_clip_guide("ViT-B-32", "openai", CPU, "text2live")
     with pytest.raises(ClipGuideError, match="unknown clip 'no-such-clip'"):
         load_clip_guide("no-such-clip", "openai", CPU, "text2live")
-    with pytest.raises(ClipGuideError, match=r"hf-hub:org/clip-model is not in the HF cache.*hf download org/clip-model"):
+    not_cached = r"hf-hub:org/clip-model is not in the HF cache.*hf download org/clip-model"
+    with pytest.raises(ClipGuideError, match=not_cached):
         load_clip_guide("hf-hub:org/clip-model", "openai", CPU, "text2live")
 
 
