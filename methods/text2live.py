@@ -20,7 +20,8 @@ Differences from the paper and its code, and why:
   input images (G always sees the input itself); crops only, no perspective augmentation;
 - Adam instead of MADGRAD (not in torch), the paper's learning rate;
 - G is a small conv U-Net written here (the paper's generator is a U-Net too; no library ships an
-  image-to-RGBA U-Net of this size: diffusers' UNet2DModel expects a timestep and is far larger).
+  image-to-RGBA U-Net of this size: diffusers' UNet2DModel expects a timestep and is far larger);
+  the batch's generators run as one network of grouped convolutions, so a batch trains at once.
 Weights of the losses and the learning rate follow the paper's image setting (lambda_g 1,
 lambda_s 1, lambda_structure 2, lambda_r 5e-2 with gamma 2, lr 2.5e-3).
 """
@@ -44,7 +45,7 @@ from editsweep.diffusion.clip_guidance import (
     directional_distance,
     load_clip_guide,
 )
-from editsweep.diffusion.inputs import images_tensor, source_prompts, target_prompts
+from editsweep.diffusion.inputs import images_tensor
 from editsweep.diffusion.ledits import sample_concepts
 from editsweep.methods.base import Method, Params, State, register_method
 
@@ -91,36 +92,64 @@ class Text2LiveEditParams(Params):
 
 
 class EditLayerGenerator(nn.Module):
-    """A conv U-Net from an RGB image (B, 3, H, W) to an RGBA edit layer: colours and alpha in (0, 1)."""
+    """`copies` independent conv U-Nets, run as one network of grouped convolutions: copy b maps
+    RGB image b (of B = copies) to its RGBA edit layer, colours and alpha in (0, 1).
 
-    def __init__(self, width: int, depth: int) -> None:
+    Grouped convolutions keep the images' generators apart (no weight or activation is shared), so
+    a batch trains every image's generator in one pass; Adam being elementwise, the summed per-image
+    losses give each copy the updates it would get alone."""
+
+    def __init__(self, width: int, depth: int, copies: int = 1) -> None:
         super().__init__()
+        self.copies = copies
         channels = [width * 2**i for i in range(depth)]
         self.down = nn.ModuleList()
         previous = 3
         for c in channels:
-            self.down.append(_block(previous, c))
+            self.down.append(_block(previous, c, copies))
             previous = c
-        self.up = nn.ModuleList(_block(channels[i + 1] + channels[i], channels[i]) for i in reversed(range(depth - 1)))
-        self.out = nn.Conv2d(channels[0], 4, 1)
+        self.up = nn.ModuleList(
+            _block(channels[i + 1] + channels[i], channels[i], copies) for i in reversed(range(depth - 1))
+        )
+        self.out = nn.Conv2d(copies * channels[0], copies * 4, 1, groups=copies)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @classmethod
+    def stacked(cls, singles: Sequence[EditLayerGenerator]) -> EditLayerGenerator:
+        """One grouped network holding the weights of single-copy generators, in order."""
+        first = singles[0]
+        width, depth = first.out.in_channels, len(first.down)
+        grouped = cls(width, depth, copies=len(singles)).to(first.out.weight.device)
+        states = [g.state_dict() for g in singles]
+        grouped.load_state_dict({k: torch.cat([st[k] for st in states]) for k in states[0]})
+        return grouped
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(colours (B, 3, H, W), alpha (B, 1, H, W)) for any H, W (skips are resized to meet)."""
+        if images.shape[0] != self.copies:
+            raise ValueError(f"{self.copies} generators got {images.shape[0]} images")
         skips = []
-        x = image * 2 - 1
+        x = (images * 2 - 1).reshape(1, -1, *images.shape[-2:])
         for k, block in enumerate(self.down):
             x = block(x if k == 0 else F.avg_pool2d(x, 2))
             skips.append(x)
         for block, skip in zip(self.up, reversed(skips[:-1])):
             up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([up, skip], 1))
-        out = torch.sigmoid(self.out(x))
+            x = block(_cat_per_copy(up, skip, self.copies))
+        out = torch.sigmoid(self.out(x)).reshape(self.copies, 4, *images.shape[-2:])
         return out[:, :3], out[:, 3:]
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
+def _cat_per_copy(a: torch.Tensor, b: torch.Tensor, copies: int) -> torch.Tensor:
+    """Concatenate the channels of two grouped activations (1, copies * c, h, w) copy by copy."""
+    return torch.cat([a.unflatten(1, (copies, -1)), b.unflatten(1, (copies, -1))], 2).flatten(1, 2)
+
+
+def _block(cin: int, cout: int, copies: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(cout, cout, 3, padding=1), nn.LeakyReLU(0.2)
+        nn.Conv2d(copies * cin, copies * cout, 3, padding=1, groups=copies),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(copies * cout, copies * cout, 3, padding=1, groups=copies),
+        nn.LeakyReLU(0.2),
     )
 
 
@@ -135,8 +164,11 @@ def self_similarity(tokens: torch.Tensor) -> torch.Tensor:
     return t @ t.transpose(1, 2)
 
 
-def random_crops(images: torch.Tensor, n: int, min_scale: float, generator: torch.Generator) -> list[torch.Tensor]:
-    """`n` random square crop boxes applied alike to every image of `images` (K, 3, H, W): n tensors."""
+def random_crops(
+    images: torch.Tensor, n: int, min_scale: float, size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """`n` random square crops, the same boxes for every image of `images` (K, 3, H, W), each resized
+    (bicubic) to `size`: (n, K, 3, size, size)."""
     h, w = images.shape[-2:]
     side_min = max(1, round(min_scale * min(h, w)))
     crops = []
@@ -144,43 +176,48 @@ def random_crops(images: torch.Tensor, n: int, min_scale: float, generator: torc
         side = int(torch.randint(side_min, min(h, w) + 1, (), generator=generator))
         top = int(torch.randint(0, h - side + 1, (), generator=generator))
         left = int(torch.randint(0, w - side + 1, (), generator=generator))
-        crops.append(images[..., top : top + side, left : left + side])
-    return crops
+        crop = images[..., top : top + side, left : left + side]
+        crops.append(F.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False))
+    return torch.stack(crops)
 
 
 def text2live_losses(
     guide: ClipGuide,
-    image: torch.Tensor,
+    images: torch.Tensor,
     colours: torch.Tensor,
     alpha: torch.Tensor,
     texts: torch.Tensor,
     params: Text2LiveParams,
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
 ) -> dict[str, torch.Tensor]:
-    """The paper's four loss terms (scalars) for one image (1, 3, H, W) and its layer.
+    """The paper's four loss terms per image (B,) for images (B, 3, H, W) and their layers.
 
-    `texts` holds the normalised embeddings of (target, source, screen) prompts (3, d)."""
-    target, source, screen_text = texts[0:1], texts[1:2], texts[2:3]
-    output = composite(image, colours, alpha)
-    green = torch.tensor(GREEN, device=image.device).view(1, 3, 1, 1)
+    `texts` (B, 3, d) holds each image's normalised (target, source, screen) prompt embeddings;
+    each image's crops come from its own generator, and every CLIP call covers the whole batch."""
+    batch = images.shape[0]
+    output = composite(images, colours, alpha)
+    green = torch.tensor(GREEN, device=images.device).view(1, 3, 1, 1)
     screen = alpha * colours + (1 - alpha) * green
-    stacked = torch.cat([output, image, screen])
-    crops = random_crops(stacked, params.crops, params.crop_scale, generator)
-    emb = torch.stack([guide.image_embeddings(c) for c in crops])  # (crops, 3, d)
-    out_e, in_e, screen_e = emb[:, 0], emb[:, 1], emb[:, 2]
+    views = torch.stack([output, images, screen], 1)  # (B, 3 views, 3, H, W)
+    crops = torch.stack(
+        [random_crops(v, params.crops, params.crop_scale, guide.image_size, g) for v, g in zip(views, generators)]
+    )  # (B, crops, 3 views, 3, S, S)
+    emb = guide.image_embeddings(crops.flatten(0, 2)).unflatten(0, (batch, params.crops, 3))
+    out_e, in_e, screen_e = emb[:, :, 0], emb[:, :, 1], emb[:, :, 2]
+    target, source, screen_text = (texts[:, None, k] for k in range(3))
     composition = cosine_distance(out_e, target) + directional_distance(out_e, in_e, target, source)
-    tokens = guide.image_tokens(torch.cat([image, output]))
-    sim = self_similarity(tokens)
+    sim = self_similarity(guide.image_tokens(torch.cat([images, output]))).unflatten(0, (2, batch))
+    sparsity = params.gamma * alpha.abs().flatten(1).mean(1) + (2 * torch.sigmoid(5 * alpha) - 1).flatten(1).mean(1)
     return {
-        "composition": composition.mean(),
-        "screen": cosine_distance(screen_e, screen_text).mean(),
-        "structure": (sim[0] - sim[1]).pow(2).mean(),
-        "sparsity": params.gamma * alpha.abs().mean() + (2 * torch.sigmoid(5 * alpha) - 1).mean(),
+        "composition": composition.mean(1),
+        "screen": cosine_distance(screen_e, screen_text).mean(1),
+        "structure": (sim[0] - sim[1]).pow(2).flatten(1).mean(1),
+        "sparsity": sparsity,
     }
 
 
 def total_loss(terms: dict[str, torch.Tensor], params: Text2LiveParams) -> torch.Tensor:
-    """The weighted sum of `text2live_losses`' terms."""
+    """The weighted sum of `text2live_losses`' terms, per image."""
     return (
         params.lambda_composition * terms["composition"]
         + params.lambda_screen * terms["screen"]
@@ -189,34 +226,37 @@ def total_loss(terms: dict[str, torch.Tensor], params: Text2LiveParams) -> torch
     )
 
 
-def train_edit_layer(
+def train_edit_layers(
     guide: ClipGuide,
-    image: torch.Tensor,
+    images: torch.Tensor,
     texts: torch.Tensor,
     params: Text2LiveParams,
-    generator: torch.Generator,
-    losses: list[float] | None = None,
+    generators: Sequence[torch.Generator],
+    losses: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train a fresh generator on one image (1, 3, H, W); its layer (colours, alpha) after training.
+    """Train a fresh generator per image (B, 3, H, W), all at once; their layers (colours, alpha).
 
-    The generator's initial weights and the crops come from `generator` (the sample's), so the
-    result does not depend on other samples. `losses`, when given, receives the total loss of every step."""
-    seed = int(torch.randint(0, 2**62, (), generator=generator))
-    with torch.random.fork_rng(devices=[image.device] if image.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        net = EditLayerGenerator(params.width, params.depth).to(image.device)
+    Each generator's initial weights and crops come from its sample's generator, so a result does
+    not depend on the other samples. `losses`, when given, receives each step's per-image losses (B,)."""
+    singles = []
+    for g in generators:
+        seed = int(torch.randint(0, 2**62, (), generator=g))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            singles.append(EditLayerGenerator(params.width, params.depth))
+    net = EditLayerGenerator.stacked(singles).to(images.device)
     optimizer = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
     with torch.enable_grad():
         for _ in range(params.steps):
-            colours, alpha = net(image)
-            loss = total_loss(text2live_losses(guide, image, colours, alpha, texts, params, generator), params)
+            colours, alpha = net(images)
+            per_image = total_loss(text2live_losses(guide, images, colours, alpha, texts, params, generators), params)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            per_image.sum().backward()
             optimizer.step()
             if losses is not None:
-                losses.append(float(loss.detach()))
+                losses.append(per_image.detach().cpu())
     with torch.no_grad():
-        return net(image)
+        return net(images)
 
 
 def screen_prompt(sample: Sample, template: str) -> str:
@@ -248,14 +288,9 @@ class Text2Live(Method):
     ) -> State:
         images = images_tensor(samples, backbone.device).float().contiguous()
         guide = load_clip_guide(params.clip, params.clip_tag, backbone.device, self.name)
-        layers = []
-        for b, (sample, generator) in enumerate(zip(samples, generators)):
-            texts = guide.text_embeddings(
-                [target_prompts([sample])[0], source_prompts([sample])[0], screen_prompt(sample, params.screen_text)]
-            )
-            layers.append(train_edit_layer(guide, images[b : b + 1], texts, params, generator))
-        colours = torch.cat([c for c, _ in layers])
-        alpha = torch.cat([a for _, a in layers])
+        prompts = [[s.target_prompt, s.source_prompt or "", screen_prompt(s, params.screen_text)] for s in samples]
+        texts = torch.stack([guide.text_embeddings(p) for p in prompts])
+        colours, alpha = train_edit_layers(guide, images, texts, params, generators)
         return {"images": images, "colours": colours, "alpha": alpha}
 
     def edit(

@@ -10,7 +10,7 @@ from editsweep.datasets.shapes import ShapesDataset
 from editsweep.diffusion.clip_guidance import ClipGuideError, load_clip_guide
 from editsweep.diffusion.inputs import images_tensor
 from editsweep.methods.base import get_method_class
-from editsweep.methods.text2live import Text2LiveEditParams, Text2LiveParams, composite, train_edit_layer
+from editsweep.methods.text2live import EditLayerGenerator, Text2LiveEditParams, Text2LiveParams, composite, train_edit_layers
 
 CPU = torch.device("cpu")
 OPACITY_0_AND_1 = [Text2LiveEditParams(opacity=0.0), Text2LiveEditParams()]
@@ -51,10 +51,10 @@ def test_training_lowers_the_loss_on_random_clip(colour_edits):
     image = images_tensor(colour_edits[:1], CPU).contiguous()
     sample = colour_edits[0]
     texts = guide.text_embeddings([sample.target_prompt, sample.source_prompt, "purple over a green screen"])
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
     params = Text2LiveParams(clip="random", steps=15, **SMALL)
-    train_edit_layer(guide, image, texts, params, torch.Generator().manual_seed(0), losses)
-    assert len(losses) == 15
+    train_edit_layers(guide, image, texts[None], params, [torch.Generator().manual_seed(0)], losses)
+    assert len(losses) == 15 and losses[0].shape == (1,)
     assert sum(losses[-3:]) / 3 < losses[0]
 
 
@@ -76,7 +76,21 @@ def test_a_sample_trains_the_same_alone_and_in_a_batch(method, colour_edits, gen
     params = Text2LiveParams(clip="random", steps=2, **SMALL)
     both = method.invert(Device, colour_edits, params, generators(2))
     alone = method.invert(Device, colour_edits[1:], params, generators(2)[1:])
-    assert torch.allclose(both["alpha"][1:], alone["alpha"], atol=1e-6)
+    # Float-level: grouped and single convolutions sum in other orders, and Adam's normalised first
+    # steps turn gradient differences of ~1e-7 into weight differences of up to ~lr * 1e-2.
+    assert (both["alpha"][1:] - alone["alpha"]).abs().max() < 1e-3
+    assert (both["colours"][1:] - alone["colours"]).abs().max() < 1e-3
+
+
+def test_grouped_generators_equal_single_ones():
+    torch.manual_seed(0)
+    singles = [EditLayerGenerator(4, 3) for _ in range(3)]
+    grouped = EditLayerGenerator.stacked(singles)
+    images = torch.rand(3, 3, 20, 28)
+    colours, alpha = grouped(images)
+    for b, single in enumerate(singles):
+        c, a = single(images[b : b + 1])
+        assert torch.allclose(colours[b : b + 1], c, atol=1e-6) and torch.allclose(alpha[b : b + 1], a, atol=1e-6)
 
 
 def test_params_defaults_and_checks():
