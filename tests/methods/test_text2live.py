@@ -10,7 +10,13 @@ from editsweep.datasets.shapes import ShapesDataset
 from editsweep.diffusion.clip_guidance import ClipGuideError, load_clip_guide
 from editsweep.diffusion.inputs import images_tensor
 from editsweep.methods.base import get_method_class
-from editsweep.methods.text2live import EditLayerGenerator, Text2LiveEditParams, Text2LiveParams, composite, train_edit_layers
+from editsweep.methods.text2live import (
+    EditLayerGenerator,
+    Text2LiveEditParams,
+    Text2LiveParams,
+    composite,
+    train_edit_layers,
+)
 
 CPU = torch.device("cpu")
 OPACITY_0_AND_1 = [Text2LiveEditParams(opacity=0.0), Text2LiveEditParams()]
