@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from editsweep.datasets.shapes import ShapesDataset
-from editsweep.diffusion.clip_guidance import ClipGuideError, load_clip_guide
+from editsweep.diffusion.clip_guidance import load_clip_guide
 from editsweep.diffusion.inputs import images_tensor
 from editsweep.methods.base import get_method_class
 from editsweep.methods.text2live import (
@@ -110,36 +110,3 @@ def test_params_defaults_and_checks():
         Text2LiveEditParams(opacity=1.5)
     assert get_method_class("text2live").model_sources(Text2LiveParams(clip="random")) == {"clip": "tiny-clip:random"}
     assert get_method_class("text2live").model_sources(p) == {"clip": "ViT-B-32:openai"}
-
-
-def test_missing_clip_weights_offline_name_the_model(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ClipGuideError, match=r"text2live \(CLIP\) weights for open_clip ViT-B-32:openai.*hf download"):
-        load_clip_guide("ViT-B-32", "openai", CPU, "text2live")
-    with pytest.raises(ClipGuideError, match="unknown clip 'no-such-clip'"):
-        load_clip_guide("no-such-clip", "openai", CPU, "text2live")
-    not_cached = r"hf-hub:org/clip-model is not in the HF cache.*hf download org/clip-model"
-    with pytest.raises(ClipGuideError, match=not_cached):
-        load_clip_guide("hf-hub:org/clip-model", "openai", CPU, "text2live")
-
-
-def test_a_folder_without_safetensors_is_refused(tmp_path):
-    (tmp_path / "open_clip_config.json").write_text("{}")
-    (tmp_path / "open_clip_pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(ClipGuideError, match="no open_clip_model.safetensors"):
-        load_clip_guide(str(tmp_path), "openai", CPU, "text2live")
-
-
-@pytest.mark.parametrize(
-    ("clip", "tag", "message"),
-    [
-        ("no-such-clip", "openai", "unknown clip 'no-such-clip'"),
-        ("ViT-B-32", "no-such-tag", "clip_tag 'no-such-tag' is not a pretrained tag of ViT-B-32"),
-        ("relative/folder/x", "openai", "unknown clip"),
-        ("./clip", "openai", "absolute path"),
-    ],
-)
-def test_a_bad_clip_is_refused_when_the_params_are_validated(clip, tag, message):
-    with pytest.raises(ValidationError, match=message):
-        Text2LiveParams(clip=clip, clip_tag=tag)
-    assert Text2LiveParams(clip="hf-hub:timm/vit_base_patch32_clip_224.openai").clip.startswith("hf-hub:")
