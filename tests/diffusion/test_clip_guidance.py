@@ -36,7 +36,8 @@ def test_presets_load_small_models_once_and_keep_gradients():
 
 def test_distances():
     a, b = torch.eye(3)[:2], torch.eye(3)[1:]
-    assert torch.allclose(cosine_distance(a, a), torch.zeros(2)) and torch.allclose(cosine_distance(a, b), torch.ones(2))
+    assert torch.allclose(cosine_distance(a, a), torch.zeros(2))
+    assert torch.allclose(cosine_distance(a, b), torch.ones(2))
     src, txt_src = torch.zeros(1, 3), torch.zeros(1, 3)
     along, against = torch.tensor([[1.0, 0, 0]]), torch.tensor([[-1.0, 0, 0]])
     assert directional_distance(along, src, along, txt_src).item() == pytest.approx(0.0)
