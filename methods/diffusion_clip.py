@@ -70,8 +70,8 @@ class DiffusionClipParams(ClipParams):
     iterations: int = Field(5, ge=0, le=1000, description="passes over the direction's images (0: no fine-tuning)")
     learning_rate: float = Field(8e-6, gt=0, le=1e-2, description="Adam learning rate of the UNet copy")
     lr_gamma: float = Field(1.3, gt=0, le=10, description="learning rate factor after every iteration")
-    clip_loss_weight: float = Field(3.0, ge=0, description="weight of the directional CLIP loss")
-    l1_loss_weight: float = Field(1.0, ge=0, description="weight of the L1 distance to the input image")
+    clip_loss_weight: float = Field(3.0, ge=0, le=1000, description="weight of the directional CLIP loss")
+    l1_loss_weight: float = Field(1.0, ge=0, le=1000, description="weight of the L1 distance to the input image")
 
 
 class DiffusionClipEditParams(Params):

@@ -64,11 +64,11 @@ class Text2LiveParams(ClipParams):
     depth: int = Field(3, ge=1, le=6, description="levels of the generator U-Net")
     crops: int = Field(8, ge=1, le=64, description="random crops per step for the CLIP losses")
     crop_scale: float = Field(0.6, gt=0, le=1, description="smallest crop side as a fraction of the image side")
-    lambda_composition: float = Field(1.0, ge=0, description="lambda_g: composition loss (cosine + directional)")
-    lambda_screen: float = Field(1.0, ge=0, description="lambda_s: green-screen loss")
-    lambda_structure: float = Field(2.0, ge=0, description="structure loss (token self-similarity)")
-    lambda_sparsity: float = Field(5e-2, ge=0, description="lambda_r: alpha sparsity regulariser")
-    gamma: float = Field(2.0, ge=0, description="weight of ||alpha||_1 against the L0 term in the regulariser")
+    lambda_composition: float = Field(1.0, ge=0, le=1000, description="lambda_g: composition loss (cosine + directional)")
+    lambda_screen: float = Field(1.0, ge=0, le=1000, description="lambda_s: green-screen loss")
+    lambda_structure: float = Field(2.0, ge=0, le=1000, description="structure loss (token self-similarity)")
+    lambda_sparsity: float = Field(5e-2, ge=0, le=1000, description="lambda_r: alpha sparsity regulariser")
+    gamma: float = Field(2.0, ge=0, le=1000, description="weight of ||alpha||_1 against the L0 term in the regulariser")
     screen_text: str = Field(
         "{edit} over a green screen", description="T_screen; {edit} is the sample's edit words"
     )
