@@ -133,3 +133,11 @@ def test_params_defaults_and_checks():
         DiffusionClipParams(clip="ViT-Q-99")
     assert "4 input channels" in cls.refuse_backbone("tiny-ip2p")
     assert cls.refuse_backbone("tiny") is None
+
+
+def test_listed_with_its_parameters(capsys):
+    from editsweep.bench.cli import main
+
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "diffusion_clip:" in out and "t0=500" in out and "inversion_steps=40" in out

@@ -110,3 +110,11 @@ def test_params_defaults_and_checks():
         Text2LiveEditParams(opacity=1.5)
     assert get_method_class("text2live").model_sources(Text2LiveParams(clip="random")) == {"clip": "tiny-clip:random"}
     assert get_method_class("text2live").model_sources(p) == {"clip": "ViT-B-32:openai"}
+
+
+def test_listed_with_its_parameters(capsys):
+    from editsweep.bench.cli import main
+
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "text2live:" in out and "lambda_structure=2.0" in out and "opacity=1.0" in out
