@@ -8,6 +8,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     ddim_edit,
     ddim_p2p,
     diffedit,
+    diffusion_clip,
     direct_inversion,
     edict,
     imagic,
@@ -23,6 +24,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     prompt_tuning,
     sdedit,
     style_diffusion,
+    text2live,
     timestep_injection,
     vae_roundtrip,
 )

@@ -143,3 +143,14 @@ def test_pie_bench_controlnet_spec_plans_one_group_per_image(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pie-bench-controlnet: 24 tasks in 3 groups" in out
     assert "  controlnet: 24 tasks, 3 groups" in out
+
+
+def test_pie_bench_clip_editing_spec_plans_both_methods(tmp_path, capsys):
+    """Text2Live: one group per image (its layer), two opacities in it; DiffusionCLIP: one group per
+    (image, t0), one edit point in each."""
+    path = with_root("pie-bench-clip-editing.yaml", pie_folder(tmp_path / "pie", 3), tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "pie-bench-clip-editing: 12 tasks in 9 groups" in out
+    assert "  text2live: 6 tasks, 3 groups" in out
+    assert "  diffusion_clip: 6 tasks, 6 groups" in out
