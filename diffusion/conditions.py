@@ -12,18 +12,23 @@ map repeated on three channels, as the reference code's `HWC3`). Built in:
 
 Depth, segmentation and the other annotators need models of their own and are not built in; a spec
 can register one from a plugin file (`imports:`) with `register_condition`, the way methods register.
-It receives the method's parameters (methods/controlnet.py) and reads what it needs from them.
+It receives the method's parameters (`ConditionParams` or a subclass: methods/controlnet.py,
+methods/t2i_adapter.py) and reads what it needs from them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator, model_validator
 from scipy import ndimage
 
+from editsweep.core.params import Params
 from editsweep.core.registry import Registry
+from editsweep.datasets.base import Sample
 
 # cv2.Canny's sector bounds: tan(22.5 deg) and tan(67.5 deg).
 _TAN_22_5 = np.tan(np.pi / 8)
@@ -43,6 +48,34 @@ class Condition:
 
 CONDITIONS: Registry[type[Condition]] = Registry("condition")
 register_condition = CONDITIONS.register
+
+
+class ConditionParams(Params):
+    """Which extractor makes the condition image, and its settings (the invert params of the
+    condition-guided methods, which subclass it to add their model)."""
+
+    condition: str = Field("canny", description="condition extractor: canny, gray, image, or one from a plugin")
+    low_threshold: float = Field(100.0, ge=0, le=1020, description="canny: candidate edge gradient (L1, 8-bit)")
+    high_threshold: float = Field(200.0, ge=0, le=1020, description="canny: strong edge gradient (L1, 8-bit)")
+
+    @field_validator("condition")
+    @classmethod
+    def _known_condition(cls, value: str) -> str:
+        if value not in CONDITIONS:
+            raise ValueError(f"unknown condition {value!r}; known conditions: {', '.join(sorted(CONDITIONS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered_thresholds(self) -> ConditionParams:
+        if self.low_threshold > self.high_threshold:
+            raise ValueError(f"low_threshold {self.low_threshold} is above high_threshold {self.high_threshold}")
+        return self
+
+
+def extract_condition(samples: Sequence[Sample], params: ConditionParams) -> torch.Tensor:
+    """The condition images (B, 3, H, W) in [0, 1] of the samples' 8-bit RGB images."""
+    images = np.stack([np.asarray(s.image.convert("RGB")) for s in samples])
+    return CONDITIONS[params.condition].extract(images, params)
 
 
 def _three_channels(maps: np.ndarray) -> torch.Tensor:
