@@ -23,6 +23,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     prompt_tuning,
     sdedit,
     style_diffusion,
+    t2i_adapter,
     timestep_injection,
     vae_roundtrip,
 )

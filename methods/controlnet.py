@@ -69,7 +69,8 @@ def group_points(edit_params: Sequence[Params], *fields: str) -> dict[tuple, lis
 
 def per_row(points: Sequence[Params], field: str, batch: int) -> torch.Tensor:
     """One value of `field` per row of the points' samples stacked point after point."""
-    return torch.tensor([float(getattr(p, field)) for p in points]).repeat_interleave(batch)
+    values = [float(getattr(p, field)) for p in points]
+    return torch.tensor(values, dtype=torch.float64).repeat_interleave(batch)  # float64: step fractions exact
 
 
 @register_method

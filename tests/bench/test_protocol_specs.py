@@ -143,3 +143,12 @@ def test_pie_bench_controlnet_spec_plans_one_group_per_image(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pie-bench-controlnet: 24 tasks in 3 groups" in out
     assert "  controlnet: 24 tasks, 3 groups" in out
+
+
+def test_pie_bench_t2i_adapter_spec_plans_one_group_per_image(tmp_path, capsys):
+    """No inversion: one group per image (the condition and noise), 3 scales x 2 step fractions in it."""
+    path = with_root("pie-bench-t2i-adapter.yaml", pie_folder(tmp_path / "pie", 3), tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "pie-bench-t2i-adapter: 18 tasks in 3 groups" in out
+    assert "  t2i_adapter: 18 tasks, 3 groups" in out
