@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
-from editsweep.diffusion.conditions import ConditionParams, extract_condition
+from editsweep.diffusion.conditions import ConditionParams, condition_sources, extract_condition
 from editsweep.diffusion.controlnet import DEFAULT_CONTROLNET, PRESETS, controlnet_sample, load_controlnet
 from editsweep.diffusion.ddim import draw_noise, make_schedule
 from editsweep.diffusion.inputs import target_prompts
@@ -85,7 +85,7 @@ class ControlNet(Method):
     def model_sources(cls, invert_params: Params) -> dict[str, str]:
         """The ControlNet (`tiny`: random, built from the backbone's UNet)."""
         name = invert_params.controlnet
-        return {"controlnet": f"{name}:random" if name in PRESETS else name}
+        return {"controlnet": f"{name}:random" if name in PRESETS else name, **condition_sources(invert_params)}
 
     @classmethod
     def refuse_backbone(cls, backbone: str) -> str | None:

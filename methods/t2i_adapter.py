@@ -25,7 +25,7 @@ from pydantic import Field
 
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import Backbone
-from editsweep.diffusion.conditions import ConditionParams, extract_condition
+from editsweep.diffusion.conditions import ConditionParams, condition_sources, extract_condition
 from editsweep.diffusion.ddim import draw_noise, make_schedule
 from editsweep.diffusion.inputs import target_prompts
 from editsweep.diffusion.t2i_adapter import DEFAULT_ADAPTER, PRESETS, adapter_input, adapter_sample, load_adapter
@@ -60,7 +60,7 @@ class T2IAdapterMethod(Method):
     def model_sources(cls, invert_params: Params) -> dict[str, str]:
         """The adapter (`tiny`: random, sized to the backbone's UNet)."""
         name = invert_params.adapter
-        return {"adapter": f"{name}:random" if name in PRESETS else name}
+        return {"adapter": f"{name}:random" if name in PRESETS else name, **condition_sources(invert_params)}
 
     @classmethod
     def refuse_backbone(cls, backbone: str) -> str | None:

@@ -11,6 +11,7 @@ from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import load_backbone
 from editsweep.diffusion.ddim import ddim_sample, make_schedule
 from editsweep.methods.base import METHODS, get_method_class
+from editsweep.methods.controlnet import ControlNetParams
 from editsweep.methods.t2i_adapter import T2IAdapterEditParams, T2IAdapterParams
 
 TINY = T2IAdapterParams(adapter="tiny")
@@ -108,3 +109,15 @@ def test_instruction_backbones_are_refused_before_loading():
         load_spec(spec("tiny-ip2p"))
     for backbone in ("tiny", "toy", "CompVis/stable-diffusion-v1-4", "someone/unknown-model"):
         load_spec(spec(backbone))
+
+
+def test_a_depth_condition_feeds_the_adapter_and_is_recorded(backbone, method, samples, generators):
+    params = T2IAdapterParams(adapter="tiny", condition="depth", depth_model="tiny")
+    state = method.invert(backbone, samples, params, generators(2))
+    assert state["condition"].shape == (2, 3, 64, 64) and torch.equal(state["condition"][:, 0], state["condition"][:, 1])
+    (image,) = method.edit(backbone, state, samples, params, [T2IAdapterEditParams(steps=2)], generators(2))
+    assert image.shape == (2, 3, 64, 64)
+    assert get_method_class("t2i_adapter").model_sources(params) == {"adapter": "tiny:random", "depth": "tiny:random"}
+    assert get_method_class("controlnet").model_sources(
+        ControlNetParams(controlnet="tiny", condition="segmentation", segmentation_model="tiny")
+    ) == {"controlnet": "tiny:random", "segmentation": "tiny:random"}
