@@ -5,6 +5,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     controlnet,
     copy_input,
     cycle_diffusion,
+    cyclenet,
     ddim_edit,
     ddim_p2p,
     diffedit,
