@@ -46,3 +46,5 @@ def test_quick_spec_runs_offline(path, tmp_path):
     if path.stem == "t2i-adapter":
         assert rows["weights"].str.contains("adapter=tiny:random").all()
         assert rows["weights"].str.contains("depth=tiny:random").any()
+    if path.stem == "cyclenet":
+        assert rows["weights"].str.contains("cyclenet=tiny:random").all()
