@@ -43,7 +43,9 @@ class T2IAdapterEditParams(Params):
     """The sampler, the text guidance and how strongly and how long the adapter acts."""
 
     adapter_conditioning_scale: float = Field(1.0, ge=0, le=10, description="scale of the adapter's features")
-    adapter_conditioning_factor: float = Field(1.0, ge=0, le=1, description="fraction of the first steps with the adapter")
+    adapter_conditioning_factor: float = Field(
+        1.0, ge=0, le=1, description="fraction of the first steps with the adapter"
+    )
     guidance: float = Field(7.5, ge=0, le=100, description="text guidance")
     steps: int = Field(50, ge=1, le=1000, description="DDIM steps")
 

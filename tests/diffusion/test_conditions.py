@@ -96,7 +96,8 @@ def test_segmentation_paints_transformers_labels_with_the_ade20k_palette():
     from editsweep.diffusion.ade20k import ADE20K_PALETTE
     from editsweep.diffusion.conditions import ConditionParams, load_extractor
 
-    seg = CONDITIONS["segmentation"].extract(PIXELS, ConditionParams(condition="segmentation", segmentation_model="tiny"))
+    params = ConditionParams(condition="segmentation", segmentation_model="tiny")
+    seg = CONDITIONS["segmentation"].extract(PIXELS, params)
     assert seg.shape == (2, 3, 32, 32)
     processor, model = load_extractor("segmentation", "tiny")
     with torch.no_grad():

@@ -114,7 +114,8 @@ def test_instruction_backbones_are_refused_before_loading():
 def test_a_depth_condition_feeds_the_adapter_and_is_recorded(backbone, method, samples, generators):
     params = T2IAdapterParams(adapter="tiny", condition="depth", depth_model="tiny")
     state = method.invert(backbone, samples, params, generators(2))
-    assert state["condition"].shape == (2, 3, 64, 64) and torch.equal(state["condition"][:, 0], state["condition"][:, 1])
+    assert state["condition"].shape == (2, 3, 64, 64)
+    assert torch.equal(state["condition"][:, 0], state["condition"][:, 1])
     (image,) = method.edit(backbone, state, samples, params, [T2IAdapterEditParams(steps=2)], generators(2))
     assert image.shape == (2, 3, 64, 64)
     assert get_method_class("t2i_adapter").model_sources(params) == {"adapter": "tiny:random", "depth": "tiny:random"}
