@@ -1,5 +1,6 @@
 """Condition extractors for ControlNet (Zhang et al. 2023, "Adding Conditional Control to Text-to-Image
-Diffusion Models"): named functions from input images to the condition image a ControlNet takes.
+Diffusion Models") and T2I-Adapter (Mou et al. 2024): named functions from input images to the
+condition image such a model takes.
 
 An extractor is a registered class with a `name` and `extract(images, params)`: images (B, H, W, 3)
 uint8 RGB arrays in, a (B, 3, H, W) float tensor in [0, 1] out (ControlNet's condition images: the
@@ -19,11 +20,10 @@ map repeated on three channels, as the reference code's `HWC3`). Built in:
   (diffusion/ade20k.py) that ControlNet's segmentation annotator uses.
 
 Both models come from a Hub id or local folder (safetensors only, with the image processor's config),
-or the offline preset `tiny` (a seeded random model of a few thousand parameters, for tests); each is
-loaded once per worker and runs on the worker's GPU when it has one. Other annotators need models of
-their own; a spec can register one from a plugin file (`imports:`) with `register_condition`, the way
-methods register.
-It receives the method's parameters (`ConditionParams` or a subclass: methods/controlnet.py,
+or the offline preset `tiny` (a seeded random model of ~0.1 M parameters reading 32 px, for tests);
+each is loaded once per worker and runs on the worker's GPU when it has one. Other annotators need
+models of their own; a spec can register one from a plugin file (`imports:`) with
+`register_condition`, the way methods register. An extractor receives the method's parameters (`ConditionParams` or a subclass: methods/controlnet.py,
 methods/t2i_adapter.py) and reads what it needs from them.
 """
 
@@ -228,7 +228,7 @@ def load_extractor(kind: str, name: str) -> tuple[Any, torch.nn.Module]:
 
 
 def _build_tiny(kind: str, seed: int = 0) -> tuple[Any, torch.nn.Module]:
-    """A seeded random DPT or UperNet with a few thousand parameters and a 32 px processor (tests)."""
+    """A seeded random DPT (0.12 M parameters) or UperNet (0.06 M) with a 32 px processor (tests)."""
     from transformers import (
         ConvNextConfig,
         DPTConfig,
