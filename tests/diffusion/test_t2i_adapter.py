@@ -111,3 +111,27 @@ def test_missing_weights_offline_name_the_model_and_how_to_fetch_it(backbone, mo
     (tmp_path / "empty").mkdir()
     with pytest.raises(AdapterLoadError, match="needs config.json and diffusion_pytorch_model.safetensors"):
         load_adapter(str(tmp_path / "empty"), backbone)
+
+
+@pytest.mark.parametrize(("steps", "factor"), [(10, 0.7), (10, 0.3), (7, 0.5), (50, 0.29)])
+def test_the_factor_keeps_the_adapter_on_the_sdxl_pipelines_steps(backbone, adapter, inputs, monkeypatch, steps,
+                                                                   factor):
+    """`StableDiffusionXLAdapterPipeline`: the adapter on steps `i < int(steps * factor)` (Python floats:
+    0.7 * 10 = 7.000000000000001 gives 7 steps; float32 0.7 would give 6)."""
+    import editsweep.diffusion.t2i_adapter as module
+
+    seen: list[bool] = []
+    original = module.predict_noise_adapter
+
+    def spy(backbone, latents, t, features, cond, uncond, guidance, scale, alpha=None):
+        seen.append(features is not None and bool(scale.any()))
+        return original(backbone, latents, t, features, cond, uncond, guidance, scale, alpha)
+
+    monkeypatch.setattr(module, "predict_noise_adapter", spy)
+    condition, noise = inputs
+    one = torch.ones(1, dtype=torch.float64)
+    adapter_sample(
+        backbone, adapter, noise[:1], make_schedule(backbone, steps), condition[:1], backbone.encode_text(PROMPTS[:1]),
+        backbone.encode_text([""]), one, one, factor * one,
+    )
+    assert seen == [i < int(steps * factor) for i in range(steps)]
