@@ -76,7 +76,9 @@ class ConditionParams(Params):
     """Which extractor makes the condition image, and its settings (the invert params of the
     condition-guided methods, which subclass it to add their model)."""
 
-    condition: str = Field("canny", description="condition extractor: canny, gray, image, or one from a plugin")
+    condition: str = Field(
+        "canny", description="condition extractor: canny, gray, image, depth, segmentation, or one from a plugin"
+    )
     low_threshold: float = Field(100.0, ge=0, le=1020, description="canny: candidate edge gradient (L1, 8-bit)")
     high_threshold: float = Field(200.0, ge=0, le=1020, description="canny: strong edge gradient (L1, 8-bit)")
     depth_model: str = Field(

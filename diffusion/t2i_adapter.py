@@ -13,7 +13,8 @@ adapter pipeline's (`pipeline_stable_diffusion_xl_adapter.py`), the paper's "ear
 points). DDIM (eta 0) as diffusion/ddim.py. tests/diffusion/test_t2i_adapter.py compares with the pipeline.
 
 `load_adapter` takes a Hub id or local folder (diffusers `T2IAdapter`, safetensors only; e.g.
-`TencentARC/t2iadapter_canny_sd15v2`, whose Canny adapter reads 1 channel) or the offline preset
+`TencentARC/t2iadapter_canny_sd15v2`, whose Canny adapter reads 1 channel; `..._depth_sd15v2`,
+`..._seg_sd14v1` for the depth and segmentation conditions) or the offline preset
 `tiny`: a seeded random `full_adapter` sized to the backbone's UNet blocks and VAE factor, reading
 3 channels. Each adapter is loaded once per (name, backbone, device, dtype) in a worker.
 """
