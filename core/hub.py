@@ -6,7 +6,13 @@ so that every loader - backbone, image encoder, scorers - agrees on whether it m
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def hf_offline() -> bool:
@@ -26,3 +32,24 @@ def hf_cache_dir() -> str:
     if os.environ.get("HF_HOME"):
         return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
     return hf_constants.HF_HUB_CACHE
+
+
+def load_cache_first(
+    source: str,
+    load: Callable[[str, bool], T],
+    missing: Callable[[bool], str],
+    error: type[Exception] = RuntimeError,
+) -> T:
+    """`load(path_or_id, local_files_only)` of a local folder or Hub id: the cache first (instant;
+    offline a network attempt only adds retries), then the Hub when allowed. When neither works it
+    raises `error` with `missing(is_folder)`, a message naming the model and how to provide it."""
+    local = Path(source).expanduser()
+    src = str(local) if local.exists() else source
+    with contextlib.suppress(OSError, ValueError):
+        return load(src, True)
+    if local.exists() or hf_offline():
+        raise error(missing(local.exists()))
+    try:
+        return load(src, False)
+    except (OSError, ValueError) as err:
+        raise error(f"{missing(False)}\ncause: {err}") from err

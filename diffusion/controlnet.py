@@ -21,16 +21,14 @@ changes the output. Each ControlNet is loaded once per (name, backbone, device, 
 
 from __future__ import annotations
 
-import contextlib
 import math
-from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel
 
-from editsweep.core.hub import hf_offline
+from editsweep.core.hub import load_cache_first
 from editsweep.diffusion.backbone import Backbone
-from editsweep.diffusion.ddim import Schedule, ddim_move, to_epsilon
+from editsweep.diffusion.ddim import Schedule, ddim_loop, to_epsilon
 
 PRESETS = ("tiny",)
 DEFAULT_CONTROLNET = "lllyasviel/sd-controlnet-canny"
@@ -96,23 +94,13 @@ def _build_tiny(backbone: Backbone, seed: int) -> ControlNetModel:
 
 def _load_pretrained(source: str, dtype: torch.dtype) -> ControlNetModel:
     """A ControlNet from `source` (local folder or Hub id), safetensors only, cache first."""
-    local = Path(source).expanduser()
-    src = str(local) if local.exists() else source
 
-    def load(local_only: bool) -> ControlNetModel:
+    def load(src: str, local_only: bool) -> ControlNetModel:
         return ControlNetModel.from_pretrained(
             src, use_safetensors=True, torch_dtype=dtype, local_files_only=local_only
         )
 
-    # The cache first: instant, and offline a network attempt only adds retries.
-    with contextlib.suppress(OSError, ValueError):
-        return load(local_only=True)
-    if local.exists() or hf_offline():
-        raise ControlNetLoadError(_missing_message(source, local.exists()))
-    try:
-        return load(local_only=False)
-    except (OSError, ValueError) as err:
-        raise ControlNetLoadError(f"{_missing_message(source, False)}\ncause: {err}") from err
+    return load_cache_first(source, load, lambda is_folder: _missing_message(source, is_folder), ControlNetLoadError)
 
 
 def _missing_message(source: str, is_folder: bool) -> str:
@@ -201,13 +189,12 @@ def controlnet_sample(
 ) -> torch.Tensor:
     """Denoise pure-noise latents to x_0 with DDIM (eta 0), guided by the text (per-row `guidance`)
     and the condition images (per-row `scale`, active in each row's [start, end] step fraction)."""
-    x = latents.float()
-    for i in range(schedule.steps):
-        a_from, a_to = schedule.alphas[i].item(), schedule.alphas[i + 1].item()
+
+    def predict(i: int, x: torch.Tensor, alpha: float) -> torch.Tensor:
         row_scale = scale.float() * keep(i, schedule.steps, start.float(), end.float())
-        eps = predict_noise_controlnet(
+        return predict_noise_controlnet(
             backbone, controlnet, x, schedule.timesteps[i], condition, cond, uncond, guidance, row_scale,
-            guess_mode, a_from,
+            guess_mode, alpha,
         )
-        x = ddim_move(x, eps, a_from, a_to)
-    return x
+
+    return ddim_loop(latents, schedule, predict)

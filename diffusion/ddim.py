@@ -186,6 +186,26 @@ def ddim_sample(
     return x
 
 
+def ddim_loop(
+    latents: torch.Tensor, schedule: Schedule, predict: Callable[[int, torch.Tensor, float], torch.Tensor]
+) -> torch.Tensor:
+    """Denoise pure-noise latents to x_0 with DDIM (eta 0), `predict(i, x, alpha)` giving step i's
+    noise (the loops of the condition-guided methods, whose predictions need more than the text)."""
+    x = latents.float()
+    for i in range(schedule.steps):
+        a_from, a_to = schedule.alphas[i].item(), schedule.alphas[i + 1].item()
+        x = ddim_move(x, predict(i, x, a_from), a_from, a_to)
+    return x
+
+
+def draw_noise(backbone: Backbone, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Initial latents (B, C, h, w) of pure noise, one draw per sample from its own generator (so every
+    edit point of a sample starts from the same noise), on the backbone's device."""
+    side = backbone.resolution // backbone.vae_scale_factor
+    shape = (backbone.unet.config.in_channels, side, side)
+    return torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators]).to(backbone.device)
+
+
 def invert_source(backbone: Backbone, samples: Sequence[Sample], steps: int) -> torch.Tensor:
     """The DDIM inversion trajectory (steps + 1, B, C, h, w) of the samples with their source
     prompts at guidance 1: the starting point of DDIM, Null-text, Negative-prompt and Direct inversion."""

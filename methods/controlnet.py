@@ -19,43 +19,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
-from editsweep.diffusion.conditions import CONDITIONS
+from editsweep.diffusion.conditions import ConditionParams, condition_sources, extract_condition
 from editsweep.diffusion.controlnet import DEFAULT_CONTROLNET, PRESETS, controlnet_sample, load_controlnet
-from editsweep.diffusion.ddim import make_schedule
+from editsweep.diffusion.ddim import draw_noise, make_schedule
 from editsweep.diffusion.inputs import target_prompts
 from editsweep.methods.base import Method, Params, State, register_method
 
 UNET_IN_CHANNELS = 4
 
 
-class ControlNetParams(Params):
+class ControlNetParams(ConditionParams):
     """Which ControlNet, and the condition it reads (changes what `invert` prepares)."""
 
     controlnet: str = Field(
         DEFAULT_CONTROLNET, description="ControlNet weights: Hub id, local folder, or 'tiny' (random, offline)"
     )
-    condition: str = Field("canny", description="condition extractor: canny, gray, image, or one from a plugin")
-    low_threshold: float = Field(100.0, ge=0, le=1020, description="canny: candidate edge gradient (L1, 8-bit)")
-    high_threshold: float = Field(200.0, ge=0, le=1020, description="canny: strong edge gradient (L1, 8-bit)")
-
-    @field_validator("condition")
-    @classmethod
-    def _known_condition(cls, value: str) -> str:
-        if value not in CONDITIONS:
-            raise ValueError(f"unknown condition {value!r}; known conditions: {', '.join(sorted(CONDITIONS))}")
-        return value
-
-    @model_validator(mode="after")
-    def _ordered_thresholds(self) -> ControlNetParams:
-        if self.low_threshold > self.high_threshold:
-            raise ValueError(f"low_threshold {self.low_threshold} is above high_threshold {self.high_threshold}")
-        return self
 
 
 class ControlNetEditParams(Params):
@@ -75,10 +58,19 @@ class ControlNetEditParams(Params):
         return self
 
 
-def extract_condition(samples: Sequence[Sample], params: ControlNetParams) -> torch.Tensor:
-    """The condition images (B, 3, H, W) in [0, 1] of the samples' 8-bit RGB images."""
-    images = np.stack([np.asarray(s.image.convert("RGB")) for s in samples])
-    return CONDITIONS[params.condition].extract(images, params)
+def group_points(edit_params: Sequence[Params], *fields: str) -> dict[tuple, list[int]]:
+    """The indices of the edit points, grouped by their values of `fields` (those that must be equal
+    within one batched sampling loop, e.g. the step count)."""
+    groups: dict[tuple, list[int]] = {}
+    for k, p in enumerate(edit_params):
+        groups.setdefault(tuple(getattr(p, f) for f in fields), []).append(k)
+    return groups
+
+
+def per_row(points: Sequence[Params], field: str, batch: int) -> torch.Tensor:
+    """One value of `field` per row of the points' samples stacked point after point."""
+    values = [float(getattr(p, field)) for p in points]
+    return torch.tensor(values, dtype=torch.float64).repeat_interleave(batch)  # float64: step fractions exact
 
 
 @register_method
@@ -93,7 +85,7 @@ class ControlNet(Method):
     def model_sources(cls, invert_params: Params) -> dict[str, str]:
         """The ControlNet (`tiny`: random, built from the backbone's UNet)."""
         name = invert_params.controlnet
-        return {"controlnet": f"{name}:random" if name in PRESETS else name}
+        return {"controlnet": f"{name}:random" if name in PRESETS else name, **condition_sources(invert_params)}
 
     @classmethod
     def refuse_backbone(cls, backbone: str) -> str | None:
@@ -115,10 +107,7 @@ class ControlNet(Method):
     ) -> State:
         load_controlnet(params.controlnet, backbone)  # fails the group early when it cannot load or fit
         condition = extract_condition(samples, params).to(backbone.device)
-        side = backbone.resolution // backbone.vae_scale_factor
-        shape = (backbone.unet.config.in_channels, side, side)
-        noise = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators])
-        return {"condition": condition, "noise": noise.to(backbone.device)}
+        return {"condition": condition, "noise": draw_noise(backbone, generators)}
 
     def edit(
         self,
@@ -134,16 +123,9 @@ class ControlNet(Method):
         noise, condition = state["noise"].float(), state["condition"]
         cond, uncond = backbone.encode_text(target_prompts(samples)), backbone.encode_text([""] * batch)
         results: list[torch.Tensor | None] = [None] * len(edit_params)
-        groups: dict[tuple[int, bool], list[int]] = {}
-        for k, p in enumerate(edit_params):
-            groups.setdefault((p.steps, p.guess_mode), []).append(k)
-        for (steps, guess_mode), indices in groups.items():
+        for (steps, guess_mode), indices in group_points(edit_params, "steps", "guess_mode").items():
             points = [edit_params[k] for k in indices]
             n = len(indices)
-
-            def per_row(field: str, points: list[ControlNetEditParams] = points) -> torch.Tensor:
-                return torch.tensor([getattr(p, field) for p in points]).repeat_interleave(batch)
-
             latents = controlnet_sample(
                 backbone,
                 controlnet,
@@ -152,10 +134,10 @@ class ControlNet(Method):
                 condition.repeat(n, 1, 1, 1),
                 cond.repeat(n, 1, 1),
                 uncond.repeat(n, 1, 1),
-                per_row("guidance"),
-                per_row("conditioning_scale"),
-                per_row("control_start"),
-                per_row("control_end"),
+                per_row(points, "guidance", batch),
+                per_row(points, "conditioning_scale", batch),
+                per_row(points, "control_start", batch),
+                per_row(points, "control_end", batch),
                 guess_mode,
             )
             for k, images in zip(indices, backbone.decode(latents).split(batch)):

@@ -154,3 +154,19 @@ def test_pie_bench_clip_editing_spec_plans_both_methods(tmp_path, capsys):
     assert "pie-bench-clip-editing: 12 tasks in 9 groups" in out
     assert "  text2live: 6 tasks, 3 groups" in out
     assert "  diffusion_clip: 6 tasks, 6 groups" in out
+def test_pie_bench_t2i_adapter_spec_plans_one_group_per_image(tmp_path, capsys):
+    """No inversion: one group per image (the condition and noise), 3 scales x 2 step fractions in it."""
+    path = with_root("pie-bench-t2i-adapter.yaml", pie_folder(tmp_path / "pie", 3), tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "pie-bench-t2i-adapter: 18 tasks in 3 groups" in out
+    assert "  t2i_adapter: 18 tasks, 3 groups" in out
+
+
+def test_pie_bench_cyclenet_spec_plans_one_group_per_image(tmp_path, capsys):
+    """The input's latent and condition once per image, the three strengths in its group."""
+    path = with_root("pie-bench-cyclenet.yaml", pie_folder(tmp_path / "pie", 3), tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "pie-bench-cyclenet: 9 tasks in 3 groups" in out
+    assert "  cyclenet: 9 tasks, 3 groups" in out

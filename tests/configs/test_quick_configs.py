@@ -45,3 +45,8 @@ def test_quick_spec_runs_offline(path, tmp_path):
         assert rows["weights"].str.contains("controlnet=tiny:random").all()
     if path.stem == "clip-editing":
         assert rows["weights"].str.contains("clip=tiny-clip:random").all()
+    if path.stem == "t2i-adapter":
+        assert rows["weights"].str.contains("adapter=tiny:random").all()
+        assert rows["weights"].str.contains("depth=tiny:random").any()
+    if path.stem == "cyclenet":
+        assert rows["weights"].str.contains("cyclenet=tiny:random").all()

@@ -1,10 +1,12 @@
 """Condition extractors (diffusion/conditions.py): Canny equals OpenCV's `cv2.Canny` (the reference
-ControlNet annotator) on pinned outputs, `gray` equals PIL's luminance, and the registry's errors."""
+ControlNet annotator) on pinned outputs, `gray` equals PIL's luminance, `depth` and `segmentation`
+equal transformers' own post-processing of their (tiny random) models, loading, and the errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from editsweep.diffusion.conditions import CONDITIONS, canny
@@ -62,5 +64,70 @@ def test_extractors_give_three_channel_maps_in_unit_range():
 
 
 def test_unknown_extractor_lists_the_known_ones():
-    with pytest.raises(KeyError, match="unknown condition 'depth'; known conditions: canny, gray, image"):
-        CONDITIONS["depth"]
+    with pytest.raises(KeyError, match="unknown condition 'normals'; known conditions: canny, depth, gray, image, seg"):
+        CONDITIONS["normals"]
+
+
+# depth and segmentation: the models' outputs post-processed as transformers' own post-processing does
+
+PIXELS = np.stack([image(), image()[::-1]])
+
+
+def test_depth_equals_transformers_post_processing_scaled_to_unit_range():
+    """On the tiny random DPT: transformers' `post_process_depth_estimation` (bicubic to the image size)
+    min-max scaled per image, as diffusers' ControlNet depth docs do (measured difference 0.0)."""
+    from editsweep.diffusion.conditions import ConditionParams, load_extractor
+
+    params = ConditionParams(condition="depth", depth_model="tiny")
+    depth = CONDITIONS["depth"].extract(PIXELS, params)
+    assert depth.shape == (2, 3, 32, 32)
+    assert torch.equal(depth[:, 0], depth[:, 2])
+    processor, model = load_extractor("depth", "tiny")
+    assert load_extractor("depth", "tiny")[1] is model  # loaded once
+    with torch.no_grad():
+        outputs = model(pixel_values=processor(images=list(PIXELS), return_tensors="pt").pixel_values)
+    for b, post in enumerate(processor.post_process_depth_estimation(outputs, target_sizes=[(32, 32)] * 2)):
+        d = post["predicted_depth"]
+        torch.testing.assert_close(depth[b, 0], (d - d.min()) / (d.max() - d.min()), rtol=0, atol=1e-5)
+    assert depth.amin(dim=(1, 2, 3)).tolist() == [0.0, 0.0] and depth.amax(dim=(1, 2, 3)).tolist() == [1.0, 1.0]
+
+
+def test_segmentation_paints_transformers_labels_with_the_ade20k_palette():
+    from editsweep.diffusion.ade20k import ADE20K_PALETTE
+    from editsweep.diffusion.conditions import ConditionParams, load_extractor
+
+    params = ConditionParams(condition="segmentation", segmentation_model="tiny")
+    seg = CONDITIONS["segmentation"].extract(PIXELS, params)
+    assert seg.shape == (2, 3, 32, 32)
+    processor, model = load_extractor("segmentation", "tiny")
+    with torch.no_grad():
+        outputs = model(pixel_values=processor(images=list(PIXELS), return_tensors="pt").pixel_values)
+    labels = processor.post_process_semantic_segmentation(outputs, target_sizes=[(32, 32)] * 2)
+    palette = torch.tensor(ADE20K_PALETTE) / 255.0
+    for b in range(2):
+        torch.testing.assert_close(seg[b], palette[labels[b]].permute(2, 0, 1), rtol=0, atol=0)
+    assert len(torch.unique(seg.flatten(2).permute(0, 2, 1).reshape(-1, 3), dim=0)) > 1
+
+
+@pytest.mark.parametrize("kind", ["depth", "segmentation"])
+def test_extractor_models_load_from_a_folder_or_fail_with_the_fix(kind, tmp_path, monkeypatch):
+    from editsweep.diffusion.conditions import ConditionParams, ExtractorLoadError, _build_tiny, condition_sources
+
+    processor, model = _build_tiny(kind)
+    model.save_pretrained(tmp_path / kind, safe_serialization=True)
+    processor.save_pretrained(tmp_path / kind)
+    params = ConditionParams(condition=kind, **{f"{kind}_model": str(tmp_path / kind)})
+    tiny = ConditionParams(condition=kind, **{f"{kind}_model": "tiny"})
+    torch.testing.assert_close(CONDITIONS[kind].extract(PIXELS, params), CONDITIONS[kind].extract(PIXELS, tiny))
+    assert condition_sources(tiny) == {kind: "tiny:random"}
+    assert condition_sources(params) == {kind: str(tmp_path / kind)}
+    assert condition_sources(ConditionParams()) == {}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    default = ConditionParams(condition=kind)
+    name = default.depth_model if kind == "depth" else default.segmentation_model
+    with pytest.raises(ExtractorLoadError, match=f"huggingface-cli download {name}"):
+        CONDITIONS[kind].extract(PIXELS, default)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExtractorLoadError, match="needs config.json, model.safetensors and preprocessor_config"):
+        CONDITIONS[kind].extract(PIXELS, ConditionParams(condition=kind, **{f"{kind}_model": str(tmp_path / "empty")}))

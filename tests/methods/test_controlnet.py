@@ -92,8 +92,8 @@ def test_params_defaults_and_checks():
     cls = get_method_class("controlnet")
     assert cls.model_sources(TINY) == {"controlnet": "tiny:random"}
     assert cls.model_sources(p) == {"controlnet": "lllyasviel/sd-controlnet-canny"}
-    with pytest.raises(ValueError, match="unknown condition 'depth'"):
-        ControlNetParams(condition="depth")
+    with pytest.raises(ValueError, match="unknown condition 'normals'"):
+        ControlNetParams(condition="normals")
     with pytest.raises(ValueError, match="low_threshold 300.0 is above high_threshold 200.0"):
         ControlNetParams(low_threshold=300)
     with pytest.raises(ValueError, match="control_start 0.8 is after control_end 0.5"):
