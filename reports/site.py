@@ -137,6 +137,18 @@ def write_site(
 # ---------------------------------------------------------------- data
 
 
+def unique_run_names(names: Sequence[str]) -> list[str]:
+    """`names` with repeats made unique by a suffix ("run", "run" -> "run", "run-2"), order kept."""
+    out: list[str] = []
+    for name in names:
+        candidate, i = name, 1
+        while candidate in out:
+            i += 1
+            candidate = f"{name}-{i}"
+        out.append(candidate)
+    return out
+
+
 def leaderboard_frame(runs: Sequence[SiteRun], n_boot: int = 200) -> pd.DataFrame:
     """The leaderboard's rows: each run's summary (edit type "all") and, for runs whose rows carry
     `labels['edit_type']`, the same points aggregated over each edit type's images.
