@@ -207,7 +207,13 @@ def _matched_frames(runs: Sequence[SiteRun]) -> dict[str, pd.DataFrame]:
 
 
 def _e(value: Any) -> str:
+    """Text for HTML (attributes too)."""
     return html.escape(str(value), quote=True)
+
+
+def _h(value: Any) -> str:
+    """Text for a plotly label: plotly reads <, > and & as entities but shows &quot; literally."""
+    return html.escape(str(value), quote=False)
 
 
 def _page(title: str, body: str, plotly: bool = False, depth: int = 0) -> str:
@@ -362,9 +368,9 @@ def tradeoff_figure(runs: Sequence[SiteRun], x: str, y: str, dataset: str, sever
             curve = curve.sort_values(f"{x}_mean")
             name = " / ".join(str(k) for k in ((run.name,) if several else ()) + key if k)
             hover = [
-                f"<b>{_e(name)}</b> {_e(p['label'])}<br>{_e(_params_text(p)).replace(chr(10), '<br>')}<br>"
-                f"{_e(metric_info(x).display)}: {_e(format_ci(p[f'{x}_mean'], p[f'{x}_ci_low'], p[f'{x}_ci_high']))}<br>"
-                f"{_e(metric_info(y).display)}: {_e(format_ci(p[f'{y}_mean'], p[f'{y}_ci_low'], p[f'{y}_ci_high']))}<br>n={p['n']}"
+                f"<b>{_h(name)}</b> {_h(p['label'])}<br>{_h(_params_text(p)).replace(chr(10), '<br>')}<br>"
+                f"{_h(metric_info(x).display)}: {_h(format_ci(p[f'{x}_mean'], p[f'{x}_ci_low'], p[f'{x}_ci_high']))}<br>"
+                f"{_h(metric_info(y).display)}: {_h(format_ci(p[f'{y}_mean'], p[f'{y}_ci_low'], p[f'{y}_ci_high']))}<br>n={p['n']}"
                 for _, p in curve.iterrows()
             ]
             fig.add_trace(
@@ -399,7 +405,7 @@ def tradeoff_figure(runs: Sequence[SiteRun], x: str, y: str, dataset: str, sever
     note = weights_note(points)
     title = f"{dataset}: {metric_info(y).display} vs {metric_info(x).display} (error bars: bootstrap CI)"
     fig.update_layout(
-        title={"text": f"{_e(note)}<br>{_e(title)}" if note else _e(title), "font": {"color": "darkred" if note else "black"}},
+        title={"text": f"{_h(note)}<br>{_h(title)}" if note else _h(title), "font": {"color": "darkred" if note else "black"}},
         xaxis_title=axis_label(x),
         yaxis_title=axis_label(y),
         legend={"orientation": "h", "y": -0.2},
@@ -481,11 +487,11 @@ def _comparison_body(runs: Sequence[SiteRun], matched: dict[str, pd.DataFrame], 
                 )
             curve = curve.sort_values(["x", "y"])
             fig.add_trace(go.Scatter(x=curve["x"], y=curve["y"], mode="lines+markers", name=name, line={"color": colour},
-                                     hovertemplate=f"{_e(name)}<br>x=%{{x:.4g}}<br>y=%{{y:.4g}}<extra></extra>"))
+                                     hovertemplate=f"{_h(name)}<br>x=%{{x:.4g}}<br>y=%{{y:.4g}}<extra></extra>"))
         for level in result.levels.get(dataset, []):
             fig.add_vline(x=level, line={"dash": "dot", "color": "grey"})
         title = f"{f'{run}: ' if several else ''}{dataset}: {metric_info(metric).display} at matched {metric_info(result.options.fidelity).display}"
-        fig.update_layout(title=_e(title + f" (bands: {result.options.ci:.0%} bootstrap CI; dotted: levels)"),
+        fig.update_layout(title=_h(title + f" (bands: {result.options.ci:.0%} bootstrap CI; dotted: levels)"),
                           xaxis_title=axis_label(result.options.fidelity), yaxis_title=axis_label(metric))
         figures.append(_figure_html(fig, f"matched-{i}", height=460))
     columns = [*(["run"] if several else []), "dataset", "metric", "level", "a", "b", "diff", "ci", "p_holm", "value_a", "value_b"]
