@@ -164,8 +164,7 @@ def build_report(
     site_index = None
     if site is not False:
         site_dir = out / "site" if site is True else Path(site)
-        pairs = [(x, y), *([GROUND_TRUTH_PAIR] if all(m in metrics for m in GROUND_TRUTH_PAIR) else [])]
-        site_index = write_site([site_run], site_dir, pairs=pairs)
+        site_index = write_site([site_run], site_dir, pairs=[(x, y), GROUND_TRUTH_PAIR])  # a pair without scores is left out
         log_folder(uri, run_id, site_dir, "report/site")
     return ReportResult(
         out,

@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from PIL import Image
 from plotly.offline import get_plotlyjs
 
 from editsweep.bench.store import RunStore
@@ -53,6 +52,9 @@ from editsweep.reports.matched import MatchedResult
 from editsweep.reports.plots import axis_label, weights_note
 
 ALL_EDIT_TYPES = "all"
+# The trade-off plots: editability against fidelity, and where there is ground truth (shapes),
+# attribute accuracy against PSNR outside the edit mask (as reports/report.py's tradeoff.png).
+DEFAULT_PAIRS = (("lpips", "clip_t"), ("outside_psnr", "attr_acc"))
 THUMBNAIL_PX = 256  # longest side of a gallery image in the site
 
 
@@ -82,14 +84,14 @@ class SiteRun:
 def write_site(
     runs: Sequence[SiteRun],
     out: str | Path,
-    pairs: Sequence[tuple[str, str]] = (("lpips", "clip_t"),),
+    pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS,
     max_samples: int = 200,
     points_per_method: int = 4,
     n_boot: int = 200,
 ) -> Path:
     """Write the site of `runs` into `out` (created; files of an earlier site are overwritten).
 
-    `pairs` are the trade-off plots' (x, y) metrics (a pair with no scores is skipped). The
+    `pairs` are the trade-off plots' (x, y) metrics (a pair without scores in a dataset is skipped). The
     gallery has the first `max_samples` samples of each run (by dataset and id) and, per method,
     at most `points_per_method` sweep points spread evenly over its sweep. Edit-type rows of the
     leaderboard are aggregated with `n_boot` bootstrap resamples (the "all" rows are the report's
@@ -129,8 +131,14 @@ def write_site(
         _provenance_section(runs),
     ]
     (out / "index.html").write_text(_page(title, "".join(body), plotly=True), encoding="utf-8")
-    comparison = [_header(runs, f"Matched-fidelity comparison: {', '.join(names)}"), _nav(), _comparison_body(runs, matched, several)]
-    (out / "comparison.html").write_text(_page("Matched-fidelity comparison", "".join(comparison), plotly=True), encoding="utf-8")
+    comparison = [
+        _header(runs, f"Matched-fidelity comparison: {', '.join(names)}"),
+        _nav(),
+        _comparison_body(runs, matched, several),
+    ]
+    (out / "comparison.html").write_text(
+        _page("Matched-fidelity comparison", "".join(comparison), plotly=True), encoding="utf-8"
+    )
     return out / "index.html"
 
 
@@ -220,8 +228,8 @@ def _page(title: str, body: str, plotly: bool = False, depth: int = 0) -> str:
     up = "../" * depth
     scripts = f'<script src="{up}plotly.min.js"></script>' if plotly else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
         f'<link rel="stylesheet" href="{up}site.css">{scripts}</head>\n<body>{body}'
         f'<script src="{up}site.js"></script></body></html>\n'
     )
@@ -233,7 +241,9 @@ def _header(runs: Sequence[SiteRun], title: str) -> str:
     if rows["random_weights"].eq(True).any():
         warnings.append("Some rows used RANDOM weights: their scores are not comparable to published numbers.")
     if uses_toy_weights(rows["weights"]):
-        warnings.append("Rows used TOY weights (models trained on the toy world, toy/): not comparable to published numbers.")
+        warnings.append(
+            "Rows used TOY weights (models trained on the toy world, toy/): not comparable to published numbers."
+        )
     links = " ".join(
         f'<a class="mlflow" href="{_e(r.mlflow_url)}">MLflow run{f" ({_e(r.name)})" if len(runs) > 1 else ""}</a>'
         for r in runs
@@ -290,21 +300,50 @@ def _filters(frame: pd.DataFrame, keys: Sequence[tuple[str, str]], target: str, 
 
 def _leaderboard_section(board: pd.DataFrame, metrics: list[str], several: bool) -> str:
     show_backbone = board["backbone"].nunique() > 1
-    keys = [*([("run", "Run")] if several else []), ("dataset", "Dataset"), ("edit_type", "Edit type"), ("method", "Method")]
-    columns = [*(["run"] if several else []), "dataset", "edit_type", "method", *(["backbone"] if show_backbone else []), "label", "n"]
-    names = {"run": "run", "dataset": "dataset", "edit_type": "edit type", "method": "method", "backbone": "backbone", "label": "point", "n": "n"}
+    keys = [
+        *([("run", "Run")] if several else []),
+        ("dataset", "Dataset"),
+        ("edit_type", "Edit type"),
+        ("method", "Method"),
+    ]
+    columns = [
+        *(["run"] if several else []),
+        "dataset",
+        "edit_type",
+        "method",
+        *(["backbone"] if show_backbone else []),
+        "label",
+        "n",
+    ]
+    names = {
+        "run": "run",
+        "dataset": "dataset",
+        "edit_type": "edit type",
+        "method": "method",
+        "backbone": "backbone",
+        "label": "point",
+        "n": "n",
+    }
     head = [f'<th data-type="{"num" if c == "n" else "text"}">{_e(names[c])}</th>' for c in columns]
     head += [f'<th data-type="num" data-metric="{_e(m)}">{_e(_metric_header(m))}</th>' for m in metrics]
     head += ['<th data-type="num">edit s</th>', '<th data-type="num">errors</th>']
     best = _best_cells(board, metrics)
     rows = []
     for idx, point in board.iterrows():
-        attrs = "".join(f' data-{c.replace("_", "-")}="{_e(point[c])}"' for c in ("run", "dataset", "edit_type", "method"))
+        attrs = "".join(
+            f' data-{c.replace("_", "-")}="{_e(point[c])}"' for c in ("run", "dataset", "edit_type", "method")
+        )
         cells = [f'<td data-sort="{_e(point["n"]) if c == "n" else _e(point[c])}">{_e(point[c])}</td>' for c in columns]
-        cells[columns.index("label")] = f'<td data-sort="{_e(point["label"])}" title="{_e(_params_text(point))}">{_e(point["label"])}</td>'
+        cells[columns.index("label")] = (
+            f'<td data-sort="{_e(point["label"])}" title="{_e(_params_text(point))}">{_e(point["label"])}</td>'
+        )
         for m in metrics:
             mean = point.get(f"{m}_mean", np.nan)
-            text = format_ci(mean, point.get(f"{m}_ci_low", np.nan), point.get(f"{m}_ci_high", np.nan)) if pd.notna(mean) else "–"
+            text = (
+                format_ci(mean, point.get(f"{m}_ci_low", np.nan), point.get(f"{m}_ci_high", np.nan))
+                if pd.notna(mean)
+                else "–"
+            )
             cls = ' class="best"' if (idx, m) in best else ""
             cells.append(f'<td{cls} data-sort="{_num(mean)}">{_e(text)}</td>')
         edit_s = point["time_edit_s"]
@@ -315,10 +354,10 @@ def _leaderboard_section(board: pd.DataFrame, metrics: list[str], several: bool)
     return (
         '<section id="leaderboard"><h2>Leaderboard</h2>'
         "<p>One row per sweep point; cells: mean ± half-width of the bootstrap CI over images; best per dataset "
-        "and edit type in bold. Click a column header to sort (again to reverse). Edit type \"all\": every image "
+        'and edit type in bold. Click a column header to sort (again to reverse). Edit type "all": every image '
         "of the point. Hover a point for its parameters.</p>"
         f'{filters}<table id="leaderboard-table" class="sortable filterable"><thead><tr>{"".join(head)}</tr></thead>'
-        f'<tbody>{"".join(rows)}</tbody></table></section>'
+        f"<tbody>{''.join(rows)}</tbody></table></section>"
     )
 
 
@@ -392,20 +431,29 @@ def tradeoff_figure(runs: Sequence[SiteRun], x: str, y: str, dataset: str, sever
         return None
     points = pd.concat(frames, ignore_index=True)
     front = pareto_front(
-        points, f"{x}_mean", f"{y}_mean",
+        points,
+        f"{x}_mean",
+        f"{y}_mean",
         x_lower_better=metric_info(x).higher_is_better is False,
         y_higher_better=metric_info(y).higher_is_better is not False,
     )
     fig.add_trace(
         go.Scatter(
-            x=front[f"{x}_mean"], y=front[f"{y}_mean"], mode="lines", name="Pareto front (all points)",
-            line={"color": "rgba(128,128,128,0.35)", "width": 10}, hoverinfo="skip",
+            x=front[f"{x}_mean"],
+            y=front[f"{y}_mean"],
+            mode="lines",
+            name="Pareto front (all points)",
+            line={"color": "rgba(128,128,128,0.35)", "width": 10},
+            hoverinfo="skip",
         )
     )
     note = weights_note(points)
     title = f"{dataset}: {metric_info(y).display} vs {metric_info(x).display} (error bars: bootstrap CI)"
     fig.update_layout(
-        title={"text": f"{_h(note)}<br>{_h(title)}" if note else _h(title), "font": {"color": "darkred" if note else "black"}},
+        title={
+            "text": f"{_h(note)}<br>{_h(title)}" if note else _h(title),
+            "font": {"color": "darkred" if note else "black"},
+        },
         xaxis_title=axis_label(x),
         yaxis_title=axis_label(y),
         legend={"orientation": "h", "y": -0.2},
@@ -443,15 +491,25 @@ def _matched_value_table(values: pd.DataFrame, several: bool, table_id: str) -> 
     head = "".join(f'<th data-type="{"num" if c in ("level", "value") else "text"}">{_e(c)}</th>' for c in columns)
     rows = []
     for _, r in values.iterrows():
-        value = "not reached" if not np.isfinite(r["value"]) else (
-            format_ci(r["value"], r["ci_low"], r["ci_high"]) if np.isfinite(r["ci_low"]) else f"{r['value']:.4g}"
+        value = (
+            "not reached"
+            if not np.isfinite(r["value"])
+            else (format_ci(r["value"], r["ci_low"], r["ci_high"]) if np.isfinite(r["ci_low"]) else f"{r['value']:.4g}")
         )
-        cells = [*([r["run"]] if several else []), r["dataset"], metric_info(r["metric"]).display, f"{r['level']:g}", r["curve"]]
+        cells = [
+            *([r["run"]] if several else []),
+            r["dataset"],
+            metric_info(r["metric"]).display,
+            f"{r['level']:g}",
+            r["curve"],
+        ]
         sort = [*([r["run"]] if several else []), r["dataset"], r["metric"], _num(r["level"]), r["curve"]]
         tds = "".join(f'<td data-sort="{_e(s)}">{_e(c)}</td>' for s, c in zip(sort, cells))
         attrs = f' data-dataset="{_e(r["dataset"])}" data-run="{_e(r["run"])}"'
         rows.append(f'<tr{attrs}>{tds}<td data-sort="{_num(r["value"])}">{_e(value)}</td></tr>')
-    return f'<table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return (
+        f'<table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
 
 
 def _matched_section(matched: dict[str, pd.DataFrame], several: bool) -> str:
@@ -460,9 +518,9 @@ def _matched_section(matched: dict[str, pd.DataFrame], several: bool) -> str:
         return '<section id="matched"><h2>Matched fidelity</h2><p>No matched-fidelity comparison in this report (see the notes in provenance).</p></section>'
     return (
         '<section id="matched"><h2>Matched fidelity</h2><p>Each method\'s editability read off its curve at fixed '
-        'fidelity levels (linear interpolation, no extrapolation). Differences between methods with paired CIs and '
+        "fidelity levels (linear interpolation, no extrapolation). Differences between methods with paired CIs and "
         'p-values: <a href="comparison.html">the comparison page</a>.</p>'
-        f'{_matched_value_table(values, several, "matched-values")}</section>'
+        f"{_matched_value_table(values, several, 'matched-values')}</section>"
     )
 
 
@@ -471,39 +529,93 @@ def _comparison_body(runs: Sequence[SiteRun], matched: dict[str, pd.DataFrame], 
     if pairs.empty and matched["values"].empty:
         return '<section id="comparison"><p>No matched-fidelity comparison in this report.</p></section>'
     figures = []
-    for i, ((run, dataset, metric), curves) in enumerate(matched["curves"].groupby(["run", "dataset", "metric"], sort=False)):
+    for i, ((run, dataset, metric), curves) in enumerate(
+        matched["curves"].groupby(["run", "dataset", "metric"], sort=False)
+    ):
         result = next(r.matched for r in runs if r.name == run)
         fig = go.Figure()
         bands = matched["bands"]
-        bands = bands[(bands["run"] == run) & (bands["dataset"] == dataset) & (bands["metric"] == metric)] if len(bands) else bands
+        bands = (
+            bands[(bands["run"] == run) & (bands["dataset"] == dataset) & (bands["metric"] == metric)]
+            if len(bands)
+            else bands
+        )
         for j, (name, curve) in enumerate(curves.groupby("curve", sort=False)):
             colour = _COLOURS[j % len(_COLOURS)]
             band = bands[bands["curve"] == name] if len(bands) else bands
             if len(band):
-                fig.add_trace(go.Scatter(x=band["x"], y=band["high"], mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip"))
                 fig.add_trace(
-                    go.Scatter(x=band["x"], y=band["low"], mode="lines", line={"width": 0}, fill="tonexty",
-                               fillcolor=_rgba(colour, 0.2), showlegend=False, hoverinfo="skip")
+                    go.Scatter(
+                        x=band["x"], y=band["high"], mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip"
+                    )
+                )
+                fig.add_trace(
+                    go.Scatter(
+                        x=band["x"],
+                        y=band["low"],
+                        mode="lines",
+                        line={"width": 0},
+                        fill="tonexty",
+                        fillcolor=_rgba(colour, 0.2),
+                        showlegend=False,
+                        hoverinfo="skip",
+                    )
                 )
             curve = curve.sort_values(["x", "y"])
-            fig.add_trace(go.Scatter(x=curve["x"], y=curve["y"], mode="lines+markers", name=name, line={"color": colour},
-                                     hovertemplate=f"{_h(name)}<br>x=%{{x:.4g}}<br>y=%{{y:.4g}}<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=curve["x"],
+                    y=curve["y"],
+                    mode="lines+markers",
+                    name=name,
+                    line={"color": colour},
+                    hovertemplate=f"{_h(name)}<br>x=%{{x:.4g}}<br>y=%{{y:.4g}}<extra></extra>",
+                )
+            )
         for level in result.levels.get(dataset, []):
             fig.add_vline(x=level, line={"dash": "dot", "color": "grey"})
         title = f"{f'{run}: ' if several else ''}{dataset}: {metric_info(metric).display} at matched {metric_info(result.options.fidelity).display}"
-        fig.update_layout(title=_h(title + f" (bands: {result.options.ci:.0%} bootstrap CI; dotted: levels)"),
-                          xaxis_title=axis_label(result.options.fidelity), yaxis_title=axis_label(metric))
+        fig.update_layout(
+            title=_h(title + f" (bands: {result.options.ci:.0%} bootstrap CI; dotted: levels)"),
+            xaxis_title=axis_label(result.options.fidelity),
+            yaxis_title=axis_label(metric),
+        )
         figures.append(_figure_html(fig, f"matched-{i}", height=460))
-    columns = [*(["run"] if several else []), "dataset", "metric", "level", "a", "b", "diff", "ci", "p_holm", "value_a", "value_b"]
-    heads = {"diff": "A − B", "ci": "CI", "p_holm": "Holm p", "value_a": "A value", "value_b": "B value", "a": "A", "b": "B"}
+    columns = [
+        *(["run"] if several else []),
+        "dataset",
+        "metric",
+        "level",
+        "a",
+        "b",
+        "diff",
+        "ci",
+        "p_holm",
+        "value_a",
+        "value_b",
+    ]
+    heads = {
+        "diff": "A − B",
+        "ci": "CI",
+        "p_holm": "Holm p",
+        "value_a": "A value",
+        "value_b": "B value",
+        "a": "A",
+        "b": "B",
+    }
     numeric = {"level", "diff", "p_holm", "value_a", "value_b"}
     head = "".join(f'<th data-type="{"num" if c in numeric else "text"}">{_e(heads.get(c, c))}</th>' for c in columns)
     rows = []
     for _, r in pairs.iterrows():
         finite = np.isfinite(r["diff"])
         shown = {
-            "run": r["run"], "dataset": r["dataset"], "metric": metric_info(r["metric"]).display, "level": f"{r['level']:g}",
-            "a": r["a"], "b": r["b"], "diff": f"{r['diff']:+.4g}" if finite else "not reached",
+            "run": r["run"],
+            "dataset": r["dataset"],
+            "metric": metric_info(r["metric"]).display,
+            "level": f"{r['level']:g}",
+            "a": r["a"],
+            "b": r["b"],
+            "diff": f"{r['diff']:+.4g}" if finite else "not reached",
             "ci": f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]" if np.isfinite(r["ci_low"]) else "–",
             "p_holm": "–" if not np.isfinite(r["p_holm"]) else f"{r['p_holm']:.2g}",
             "value_a": f"{r['value_a']:.4g}" if np.isfinite(r["value_a"]) else "not reached",
@@ -519,11 +631,22 @@ def _comparison_body(runs: Sequence[SiteRun], matched: dict[str, pd.DataFrame], 
         f"over samples ({options.n_boot} resamples); p: two-sided bootstrap p, Holm-adjusted over the pairs of each "
         "level. Method (reports/matched.py).</p>"
         f'{"".join(figures)}<table id="comparison-table" class="sortable"><thead><tr>{head}</tr></thead>'
-        f'<tbody>{"".join(rows)}</tbody></table></section>'
+        f"<tbody>{''.join(rows)}</tbody></table></section>"
     )
 
 
-_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_COLOURS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
@@ -576,34 +699,55 @@ def _chosen_points(summary: pd.DataFrame, dataset: str, per_method: int) -> pd.D
     return pd.concat(chosen) if chosen else summary.iloc[:0]
 
 
-def _write_samples(runs: Sequence[SiteRun], out: Path, max_samples: int, per_method: int, several: bool) -> list[_Sample]:
+def _write_samples(
+    runs: Sequence[SiteRun], out: Path, max_samples: int, per_method: int, several: bool
+) -> list[_Sample]:
     samples = []
     for run in runs:
         results = run.results.assign(backbone=run.results["backbone"].fillna(""), edit_type=_edit_types(run.results))
         ok = results[results["status"].eq("ok")]
-        keys = ok[["dataset", "sample_id"]].drop_duplicates().sort_values(["dataset", "sample_id"], key=lambda s: s.map(_natural))
-        for dataset, sample_id in keys.head(max_samples).itertuples(index=False):
-            rows = ok[ok["dataset"].eq(dataset) & ok["sample_id"].eq(sample_id)]
+        by_sample = ok.groupby(["dataset", "sample_id"], sort=False)
+        keys = sorted(by_sample.groups, key=lambda k: (_natural(k[0]), _natural(k[1])))
+        for dataset, sample_id in keys[:max_samples]:
+            rows = by_sample.get_group((dataset, sample_id))
             first = rows.sort_values("seed").iloc[0]
             page = f"samples/{_slug(*([run.name] if several else []), str(dataset), str(sample_id))}.html"
             inputs = rows["input_path"].dropna() if "input_path" in rows else pd.Series(dtype=str)
             thumb = _copy_image(run.store, inputs.iloc[0], out) if len(inputs) else None
-            sample = _Sample(run.name, str(dataset), str(sample_id), str(first["edit_type"] or ""), str(first["target_prompt"]), page, thumb)
+            sample = _Sample(
+                run.name,
+                str(dataset),
+                str(sample_id),
+                str(first["edit_type"] or ""),
+                str(first["target_prompt"]),
+                page,
+                thumb,
+            )
             cells = []
             for _, point in _chosen_points(run.summary, dataset, per_method).iterrows():
                 match = rows[np.logical_and.reduce([rows[k].eq(point[k]).to_numpy() for k in POINT_KEYS])]
                 image_row = match.sort_values("seed").iloc[0] if len(match) else None
-                cells.append((point, image_row, _copy_image(run.store, image_row["image_path"], out) if image_row is not None else None))
+                cells.append(
+                    (
+                        point,
+                        image_row,
+                        _copy_image(run.store, image_row["image_path"], out) if image_row is not None else None,
+                    )
+                )
             (out / page).write_text(_sample_page(runs, run, sample, first, cells, several), encoding="utf-8")
             samples.append(sample)
     return samples
 
 
-def _sample_page(runs: Sequence[SiteRun], run: SiteRun, sample: _Sample, first: pd.Series, cells: list, several: bool) -> str:
+def _sample_page(
+    runs: Sequence[SiteRun], run: SiteRun, sample: _Sample, first: pd.Series, cells: list, several: bool
+) -> str:
     metrics = summary_metrics(run.summary)
     figures = []
     if sample.thumbnail:
-        figures.append(f'<figure class="input"><img src="../{_e(sample.thumbnail)}" alt="input"><figcaption>input</figcaption></figure>')
+        figures.append(
+            f'<figure class="input"><img src="../{_e(sample.thumbnail)}" alt="input"><figcaption>input</figcaption></figure>'
+        )
     for point, row, image in cells:
         caption = f"{point['method']} {point['label']}"
         if image is None:
@@ -632,9 +776,7 @@ def _sample_page(runs: Sequence[SiteRun], run: SiteRun, sample: _Sample, first: 
     facts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in filter(None, info))
     title = f"{sample.dataset} / {sample.sample_id}"
     body = (
-        _header(runs, f"Sample {title}")
-        + _nav(depth=1)
-        + f'<section id="sample"><table class="facts">{facts}</table>'
+        _header(runs, f"Sample {title}") + _nav(depth=1) + f'<section id="sample"><table class="facts">{facts}</table>'
         "<p>Each method's edit (lowest seed) at points spread over its sweep; hover an edit for its parameters.</p>"
         f'<div class="gallery">{"".join(figures)}</div></section>'
     )
@@ -659,10 +801,21 @@ def _samples_section(samples: list[_Sample], several: bool) -> str:
         cells = [*([_e(s.run)] if several else []), _e(s.dataset), link, _e(s.edit_type), _e(s.prompt), thumb]
         sort = [*([s.run] if several else []), s.dataset, s.sample_id, s.edit_type, s.prompt, ""]
         tds = "".join(f'<td data-sort="{_e(k)}">{c}</td>' for k, c in zip(sort, cells))
-        rows.append(f'<tr data-run="{_e(s.run)}" data-dataset="{_e(s.dataset)}" data-edit-type="{_e(s.edit_type)}">{tds}</tr>')
-    frame = pd.DataFrame({"run": [s.run for s in samples], "dataset": [s.dataset for s in samples],
-                          "edit_type": [s.edit_type or None for s in samples]})
-    keys = [*([("run", "Run")] if several else []), ("dataset", "Dataset"), *([("edit_type", "Edit type")] if frame["edit_type"].notna().any() else [])]
+        rows.append(
+            f'<tr data-run="{_e(s.run)}" data-dataset="{_e(s.dataset)}" data-edit-type="{_e(s.edit_type)}">{tds}</tr>'
+        )
+    frame = pd.DataFrame(
+        {
+            "run": [s.run for s in samples],
+            "dataset": [s.dataset for s in samples],
+            "edit_type": [s.edit_type or None for s in samples],
+        }
+    )
+    keys = [
+        *([("run", "Run")] if several else []),
+        ("dataset", "Dataset"),
+        *([("edit_type", "Edit type")] if frame["edit_type"].notna().any() else []),
+    ]
     return (
         '<section id="samples"><h2>Gallery</h2><p>One page per sample: the input and every method\'s edits with their scores.</p>'
         f'{_filters(frame, keys, "samples", {})}<table id="samples-table" class="sortable filterable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></section>'
@@ -685,7 +838,10 @@ def _provenance_section(runs: Sequence[SiteRun]) -> str:
             ("toy weights", "yes" if uses_toy_weights(summary["weights"]) else "no"),
             ("weights", "; ".join(weights) or "–"),
             ("tasks", f"{len(run.results)} ({int(run.results['status'].ne('ok').sum())} failed)"),
-            *((k, run.manifest.get(k)) for k in ("started_at", "finished_at", "git_commit", "python", "platform", "host")),
+            *(
+                (k, run.manifest.get(k))
+                for k in ("started_at", "finished_at", "git_commit", "python", "platform", "host")
+            ),
         ]
         table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v if v is not None else '–')}</td></tr>" for k, v in facts)
         if run.mlflow_url:

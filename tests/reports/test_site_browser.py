@@ -22,7 +22,10 @@ from editsweep.reports.site import SiteRun, write_site
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (uv sync installs it)")
 
-CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).is_file()), None)
+CHROMIUM = next(
+    (p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).is_file()),
+    None,
+)
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium found: apt-get install chromium (.ci/run does), or set CHROMIUM=/path"
 )
@@ -80,7 +83,10 @@ def page(browser):
 
 def _screenshot(page, name: str, tmp_path: Path) -> None:
     """Write a full-page screenshot to tmp_path and to $EDITSWEEP_SITE_SCREENSHOTS when set."""
-    folders = [tmp_path, *([Path(os.environ["EDITSWEEP_SITE_SCREENSHOTS"])] if os.environ.get("EDITSWEEP_SITE_SCREENSHOTS") else [])]
+    folders = [
+        tmp_path,
+        *([Path(os.environ["EDITSWEEP_SITE_SCREENSHOTS"])] if os.environ.get("EDITSWEEP_SITE_SCREENSHOTS") else []),
+    ]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
