@@ -743,11 +743,7 @@ def _sample_page(
     runs: Sequence[SiteRun], run: SiteRun, sample: _Sample, first: pd.Series, cells: list, several: bool
 ) -> str:
     metrics = summary_metrics(run.summary)
-    figures = []
-    if sample.thumbnail:
-        figures.append(
-            f'<figure class="input"><img src="../{_e(sample.thumbnail)}" alt="input"><figcaption>input</figcaption></figure>'
-        )
+    rows: dict[str, list[str]] = {}  # one gallery row per method (and backbone)
     for point, row, image in cells:
         caption = f"{point['method']} {point['label']}"
         if image is None:
@@ -761,7 +757,8 @@ def _sample_page(
             if m in scores
         )
         seed = f" (seed {row['seed']})" if row is not None else ""
-        figures.append(
+        curve = " / ".join(k for k in (point["method"], point["backbone"]) if k)
+        rows.setdefault(curve, []).append(
             f'<figure class="edit" data-method="{_e(point["method"])}" title="{_e(_params_text(point))}">{body}'
             f'<figcaption>{_e(caption)}{_e(seed)}</figcaption><table class="scores">{table}</table></figure>'
         )
@@ -774,11 +771,21 @@ def _sample_page(
         ("target prompt", first["target_prompt"]),
     ]
     facts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in filter(None, info))
+    source = (
+        f'<figure class="input"><img src="../{_e(sample.thumbnail)}" alt="input"><figcaption>input</figcaption></figure>'
+        if sample.thumbnail
+        else '<div class="missing">no input image stored</div>'
+    )
+    galleries = "".join(
+        f'<h3>{_e(curve)}</h3><div class="gallery">{"".join(figures)}</div>' for curve, figures in rows.items()
+    )
     title = f"{sample.dataset} / {sample.sample_id}"
     body = (
-        _header(runs, f"Sample {title}") + _nav(depth=1) + f'<section id="sample"><table class="facts">{facts}</table>'
+        _header(runs, f"Sample {title}")
+        + _nav(depth=1)
+        + f'<section id="sample"><div class="gallery">{source}<table class="facts">{facts}</table></div>'
         "<p>Each method's edit (lowest seed) at points spread over its sweep; hover an edit for its parameters.</p>"
-        f'<div class="gallery">{"".join(figures)}</div></section>'
+        f"{galleries}</section>"
     )
     return _page(f"Sample {title}", body, depth=1)
 
@@ -870,7 +877,7 @@ table.sortable thead th { cursor: pointer; background: #f0f0f0; user-select: non
 th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
 td.best { font-weight: bold; }
 .filters label { margin-right: 1em; } .count { color: #666; }
-.gallery { display: flex; flex-wrap: wrap; gap: 12px; }
+.gallery { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
 figure { margin: 0; width: 260px; } figure img { width: 256px; height: auto; image-rendering: pixelated; border: 1px solid #999; }
 figcaption { font-size: 0.85em; margin: 2px 0; } .missing { width: 256px; height: 256px; background: #ddd; display: flex; align-items: center; justify-content: center; }
 img.thumb { width: 48px; image-rendering: pixelated; } pre.spec { background: #f7f7f7; padding: 0.5em; overflow-x: auto; }
