@@ -49,7 +49,7 @@ from editsweep.reports.aggregate import (
 )
 from editsweep.reports.leaderboard import format_ci
 from editsweep.reports.matched import MatchedResult
-from editsweep.reports.plots import axis_label, weights_note
+from editsweep.reports.plots import axis_label, weights_note, zoomed_view
 
 ALL_EDIT_TYPES = "all"
 # The trade-off plots: editability against fidelity, and where there is ground truth (shapes),
@@ -386,13 +386,22 @@ def _params_text(point: pd.Series) -> str:
 
 
 def _figure_html(fig: go.Figure, div_id: str, height: int = 520) -> str:
-    fig.update_layout(height=height, margin={"l": 70, "r": 20, "t": 80, "b": 60}, font={"size": 13})
+    fig.update_layout(height=height, margin={"l": 70, "r": 20, "t": 110, "b": 60}, font={"size": 13})
     return f'<div class="figure">{fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, default_height=f"{height}px", config={"displaylogo": False})}</div>'
 
 
-def tradeoff_figure(runs: Sequence[SiteRun], x: str, y: str, dataset: str, several: bool) -> go.Figure | None:
+def curve_name(run: str, method: str, backbone: str, several: bool) -> str:
+    """A trade-off curve's legend name: "[run / ]method[ / backbone]"."""
+    return " / ".join(str(k) for k in ((run,) if several else ()) + (method, backbone) if k)
+
+
+def tradeoff_figure(
+    runs: Sequence[SiteRun], x: str, y: str, dataset: str, several: bool, colours: dict[str, str] | None = None
+) -> go.Figure | None:
     """Plotly figure of y against x in `dataset`: a curve per (run, method, backbone) with CI error
-    bars, the points' labels, hover text with the parameters, and the Pareto front. None when no
+    bars, the points' labels, hover text with the parameters, and the Pareto front. `colours` maps
+    curve names (`curve_name`) to colours, so a curve keeps its colour across figures. An axis is
+    zoomed on most points when a far outlier would squeeze them (`plots.zoomed_view`). None when no
     point has both scores."""
     fig = go.Figure()
     frames = []
@@ -405,7 +414,8 @@ def tradeoff_figure(runs: Sequence[SiteRun], x: str, y: str, dataset: str, sever
         frames.append(points)
         for key, curve in points.groupby(["method", "backbone"], sort=False):
             curve = curve.sort_values(f"{x}_mean")
-            name = " / ".join(str(k) for k in ((run.name,) if several else ()) + key if k)
+            name = curve_name(run.name, *key, several)
+            colour = (colours or {}).get(name)
             hover = [
                 f"<b>{_h(name)}</b> {_h(p['label'])}<br>{_h(_params_text(p)).replace(chr(10), '<br>')}<br>"
                 f"{_h(metric_info(x).display)}: {_h(format_ci(p[f'{x}_mean'], p[f'{x}_ci_low'], p[f'{x}_ci_high']))}<br>"
@@ -420,11 +430,13 @@ def tradeoff_figure(runs: Sequence[SiteRun], x: str, y: str, dataset: str, sever
                     name=name,
                     text=curve["label"],
                     textposition="top center",
-                    textfont={"size": 10},
+                    textfont={"size": 11, "color": colour},
                     hovertext=hover,
                     hoverinfo="text",
                     error_x=_error_bars(curve, x),
                     error_y=_error_bars(curve, y),
+                    line={"color": colour},
+                    marker={"color": colour},
                 )
             )
     if not frames or all(f.empty for f in frames):
@@ -449,9 +461,16 @@ def tradeoff_figure(runs: Sequence[SiteRun], x: str, y: str, dataset: str, sever
     )
     note = weights_note(points)
     title = f"{dataset}: {metric_info(y).display} vs {metric_info(x).display} (error bars: bootstrap CI)"
+    views = {"xaxis": zoomed_view(points, x), "yaxis": zoomed_view(points, y)}
+    for axis, view in views.items():
+        if view is not None:  # a far outlier (e.g. `copy` at LPIPS 0) would squeeze the other curves
+            fig.update_layout({axis: {"range": list(view)}})
+    zoom = any(v is not None for v in views.values())
     fig.update_layout(
         title={
-            "text": f"{_h(note)}<br>{_h(title)}" if note else _h(title),
+            "text": (f"{_h(note)}<br>" if note else "")
+            + _h(title)
+            + ("<br>zoomed on most points: double-click the plot to see all" if zoom else ""),
             "font": {"color": "darkred" if note else "black"},
         },
         xaxis_title=axis_label(x),
@@ -471,10 +490,16 @@ def _error_bars(curve: pd.DataFrame, metric: str) -> dict[str, Any]:
 
 def _tradeoff_section(runs: Sequence[SiteRun], pairs: Sequence[tuple[str, str]], several: bool) -> str:
     datasets = list(dict.fromkeys(d for r in runs for d in r.summary["dataset"]))
+    names = dict.fromkeys(
+        curve_name(r.name, m, b, several)
+        for r in runs
+        for m, b in r.summary[["method", "backbone"]].itertuples(index=False)
+    )
+    colours = {name: _COLOURS[i % len(_COLOURS)] for i, name in enumerate(names)}
     figures = []
     for i, (x, y) in enumerate(pairs):
         for j, dataset in enumerate(datasets):
-            fig = tradeoff_figure(runs, x, y, dataset, several)
+            fig = tradeoff_figure(runs, x, y, dataset, several, colours)
             if fig is not None:
                 figures.append(_figure_html(fig, f"tradeoff-{i}-{j}"))
     text = "".join(figures) or "<p>No trade-off plot: no point has scores for both metrics of a pair.</p>"
