@@ -390,17 +390,28 @@ def _figure_html(fig: go.Figure, div_id: str, height: int = 520) -> str:
     return f'<div class="figure">{fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, default_height=f"{height}px", config={"displaylogo": False})}</div>'
 
 
+def method_colours(runs: Sequence[SiteRun]) -> dict[tuple[str, str], str]:
+    """A colour per (run, method), in order of appearance: the same in every plot of the site."""
+    keys = dict.fromkeys((r.name, m) for r in runs for m in r.summary["method"])
+    return {key: _COLOURS[i % len(_COLOURS)] for i, key in enumerate(keys)}
+
+
 def curve_name(run: str, method: str, backbone: str, several: bool) -> str:
     """A trade-off curve's legend name: "[run / ]method[ / backbone]"."""
     return " / ".join(str(k) for k in ((run,) if several else ()) + (method, backbone) if k)
 
 
 def tradeoff_figure(
-    runs: Sequence[SiteRun], x: str, y: str, dataset: str, several: bool, colours: dict[str, str] | None = None
+    runs: Sequence[SiteRun],
+    x: str,
+    y: str,
+    dataset: str,
+    several: bool,
+    colours: dict[tuple[str, str], str] | None = None,
 ) -> go.Figure | None:
     """Plotly figure of y against x in `dataset`: a curve per (run, method, backbone) with CI error
     bars, the points' labels, hover text with the parameters, and the Pareto front. `colours` maps
-    curve names (`curve_name`) to colours, so a curve keeps its colour across figures. An axis is
+    (run, method) to a colour (`method_colours`), so a method keeps its colour across figures. An axis is
     zoomed on most points when a far outlier would squeeze them (`plots.zoomed_view`). None when no
     point has both scores."""
     fig = go.Figure()
@@ -415,7 +426,7 @@ def tradeoff_figure(
         for key, curve in points.groupby(["method", "backbone"], sort=False):
             curve = curve.sort_values(f"{x}_mean")
             name = curve_name(run.name, *key, several)
-            colour = (colours or {}).get(name)
+            colour = (colours or {}).get((run.name, key[0]))
             hover = [
                 f"<b>{_h(name)}</b> {_h(p['label'])}<br>{_h(_params_text(p)).replace(chr(10), '<br>')}<br>"
                 f"{_h(metric_info(x).display)}: {_h(format_ci(p[f'{x}_mean'], p[f'{x}_ci_low'], p[f'{x}_ci_high']))}<br>"
@@ -490,12 +501,7 @@ def _error_bars(curve: pd.DataFrame, metric: str) -> dict[str, Any]:
 
 def _tradeoff_section(runs: Sequence[SiteRun], pairs: Sequence[tuple[str, str]], several: bool) -> str:
     datasets = list(dict.fromkeys(d for r in runs for d in r.summary["dataset"]))
-    names = dict.fromkeys(
-        curve_name(r.name, m, b, several)
-        for r in runs
-        for m, b in r.summary[["method", "backbone"]].itertuples(index=False)
-    )
-    colours = {name: _COLOURS[i % len(_COLOURS)] for i, name in enumerate(names)}
+    colours = method_colours(runs)
     figures = []
     for i, (x, y) in enumerate(pairs):
         for j, dataset in enumerate(datasets):
@@ -554,6 +560,7 @@ def _comparison_body(runs: Sequence[SiteRun], matched: dict[str, pd.DataFrame], 
     if pairs.empty and matched["values"].empty:
         return '<section id="comparison"><p>No matched-fidelity comparison in this report.</p></section>'
     figures = []
+    colours = method_colours(runs)
     for i, ((run, dataset, metric), curves) in enumerate(
         matched["curves"].groupby(["run", "dataset", "metric"], sort=False)
     ):
@@ -566,7 +573,8 @@ def _comparison_body(runs: Sequence[SiteRun], matched: dict[str, pd.DataFrame], 
             else bands
         )
         for j, (name, curve) in enumerate(curves.groupby("curve", sort=False)):
-            colour = _COLOURS[j % len(_COLOURS)]
+            # matched.py names a curve by its method, "method (backbone, dtype)" when it has several
+            colour = colours.get((run, name.split(" (")[0]), _COLOURS[j % len(_COLOURS)])
             band = bands[bands["curve"] == name] if len(bands) else bands
             if len(band):
                 fig.add_trace(
