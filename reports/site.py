@@ -89,7 +89,7 @@ def write_site(
     points_per_method: int = 4,
     n_boot: int = 200,
 ) -> Path:
-    """Write the site of `runs` into `out` (created; files of an earlier site are overwritten).
+    """Write the site of `runs` into `out` (created; an earlier site's pages, images and data there are replaced).
 
     `pairs` are the trade-off plots' (x, y) metrics (a pair without scores in a dataset is skipped). The
     gallery has the first `max_samples` samples of each run (by dataset and id) and, per method,
@@ -105,8 +105,10 @@ def write_site(
     if max_samples < 0 or points_per_method < 1:
         raise SiteError(f"max_samples must be >= 0 and points_per_method >= 1 (got {max_samples}, {points_per_method})")
     out = Path(out)
-    for folder in ("samples", "images", "data"):
+    for folder, pattern in (("samples", "*.html"), ("images", "*.png"), ("data", "*.json")):
         (out / folder).mkdir(parents=True, exist_ok=True)
+        for stale in (out / folder).glob(pattern):  # an earlier site's pages and images, e.g. of other samples
+            stale.unlink()
     (out / "plotly.min.js").write_text(get_plotlyjs(), encoding="utf-8")
     (out / "site.js").write_text(SITE_JS, encoding="utf-8")
     (out / "site.css").write_text(SITE_CSS, encoding="utf-8")
@@ -354,7 +356,7 @@ def _leaderboard_section(board: pd.DataFrame, metrics: list[str], several: bool)
     return (
         '<section id="leaderboard"><h2>Leaderboard</h2>'
         "<p>One row per sweep point; cells: mean ± half-width of the bootstrap CI over images; best per dataset "
-        'and edit type in bold. Click a column header to sort (again to reverse). Edit type "all": every image '
+        'and edit type (over all runs) in bold. Click a column header to sort (again to reverse). Edit type "all": every image '
         "of the point. Hover a point for its parameters.</p>"
         f'{filters}<table id="leaderboard-table" class="sortable filterable"><thead><tr>{"".join(head)}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></section>"
@@ -362,9 +364,9 @@ def _leaderboard_section(board: pd.DataFrame, metrics: list[str], several: bool)
 
 
 def _best_cells(board: pd.DataFrame, metrics: list[str]) -> set[tuple[int, str]]:
-    """(row index, metric) of the best mean per (run, dataset, edit type), by the metric's direction."""
+    """(row index, metric) of the best mean per (dataset, edit type) over all runs, by the metric's direction."""
     best = set()
-    for _, group in board.groupby(["run", "dataset", "edit_type"], sort=False):
+    for _, group in board.groupby(["dataset", "edit_type"], sort=False):
         for m in metrics:
             higher = metric_info(m).higher_is_better
             means = group.get(f"{m}_mean")
@@ -909,6 +911,7 @@ th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-al
 table.sortable thead th { cursor: pointer; background: #f0f0f0; user-select: none; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
 td.best { font-weight: bold; }
+#leaderboard { overflow-x: auto; } #leaderboard-table td { white-space: nowrap; }
 .filters label { margin-right: 1em; } .count { color: #666; }
 .gallery { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
 figure { margin: 0; width: 260px; } figure img { width: 256px; height: auto; image-rendering: pixelated; border: 1px solid #999; }
