@@ -148,9 +148,12 @@ def test_write_site_errors_and_mlflow_link(labelled_run_factory, tmp_path):
     run = SiteRun("r", store, results, aggregate(results, n_boot=50), mlflow_url="http://mlflow.example:5000/#/runs/x")
     with pytest.raises(SiteError, match="repeat"):
         write_site([run, run], tmp_path)
+    write_site([run], tmp_path / "site")
     index = write_site([run], tmp_path / "site", max_samples=1, points_per_method=2).read_text()
     assert 'class="mlflow" href="http://mlflow.example:5000/#/runs/x"' in index
-    sample = next((tmp_path / "site" / "samples").glob("*.html")).read_text()
+    pages = list((tmp_path / "site" / "samples").glob("*.html"))
+    assert len(pages) == 1  # the earlier site's other sample pages are gone
+    sample = pages[0].read_text()
     assert sample.count('<figure class="edit"') == 4  # two points per method
     assert unique_run_names(["a", "b", "a", "a"]) == ["a", "b", "a-2", "a-3"]
 
