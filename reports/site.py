@@ -694,16 +694,19 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 @dataclass
 class _Sample:
+    """One gallery page: which sample, what the samples table shows of it, and where its page is."""
+
     run: str
     dataset: str
     sample_id: str
     edit_type: str
     prompt: str
     page: str  # relative to the site root
-    thumbnail: str | None
+    thumbnail: str | None  # the input's copy, relative to the site root
 
 
 def _slug(*parts: str) -> str:
+    """A file name from `parts`: readable characters kept, a hash of all of them for uniqueness."""
     text = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)).strip("._")[:80]
     return f"{text}-{zlib.crc32('/'.join(parts).encode()):08x}"
 
