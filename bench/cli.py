@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     report = sub.add_parser("report", help="aggregate a run directory into curves, leaderboard and MLflow")
-    report.add_argument("run_dir", help="run directory or URI written by `editsweep run`")
+    report.add_argument(
+        "run_dir", nargs="+", help="run directory or URI written by `editsweep run`; several: one site across them"
+    )
     report.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite in RUN_DIR)"
     )
@@ -47,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument(
         "--report-dir", help="local folder for the report (default: RUN_DIR/report; for a URI, ./<run name>-report)"
     )
+    report.add_argument(
+        "--site",
+        help="folder for the static site (default: REPORT_DIR/site); required with several run dirs: the site across them",
+    )
+    report.add_argument("--no-site", action="store_true", help="do not write the static site")
 
     ref = sub.add_parser(
         "reference-stats", help="Inception feature stats of reference images (per-class wnid folders) for SFID/CSFID"
@@ -218,16 +225,33 @@ def _status(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from editsweep.reports.report import build_report
+    from editsweep.reports.site import unique_run_names, write_site
 
-    _print_report(
-        build_report(
-            args.run_dir,
+    several = len(args.run_dir) > 1
+    if several and args.report_dir:
+        raise SystemExit("--report-dir names one report folder: with several run dirs, leave it out")
+    if several and (not args.site or args.no_site):
+        raise SystemExit("several run dirs make one site across them: give --site DIR (and no --no-site)")
+    if args.site and args.no_site:
+        raise SystemExit("--site and --no-site contradict each other: give one")
+    own_site = False if args.no_site else (args.site if args.site and not several else True)
+    results = []
+    for run_dir in args.run_dir:
+        result = build_report(
+            run_dir,
             args.tracking_uri,
             args.experiment,
             reference_stats=args.reference_stats,
             report_dir=args.report_dir,
+            site=own_site,
         )
-    )
+        _print_report(result)
+        results.append(result)
+    if several:
+        runs = [r.site_run for r in results]
+        for run, name in zip(runs, unique_run_names([r.name for r in runs]), strict=True):
+            run.name = name
+        print(f"site across {len(runs)} runs: {write_site(runs, args.site)}")
     return 0
 
 
@@ -273,6 +297,8 @@ def _print_report(result: ReportResult) -> None:
     print(
         f"report: {result.report_dir} ({', '.join(files)}); MLflow run {result.mlflow_run_id} at {result.tracking_uri}"
     )
+    if result.site_index is not None:
+        print(f"  site: {result.site_index}")
     for note in result.notes:
         print(f"  note: {note}")
 

@@ -58,7 +58,7 @@ def tradeoff_plot(summary: pd.DataFrame, path: str | Path, x: str = "lpips", y: 
 
     Each curve runs through its method's sweep points ordered by x, with error bars from the
     bootstrap CIs and the point labels in the curve's colour, moved apart by adjustText where they
-    would overlap. A point far from all others (see `_view`) is marked by an arrowhead at the edge
+    would overlap. A point far from all others (see `zoomed_view`) is marked by an arrowhead at the edge
     of a view zoomed on the rest, with its values. The wide grey band is the Pareto
     front over all points (directions from `metric_info`; unknown ones count as higher-better).
     Raises ValueError when x or y has no finite mean in `summary`.
@@ -146,7 +146,7 @@ def _draw_tradeoff(
         label="Pareto front (all points)",
         zorder=0,
     )
-    xlim, ylim = _view(points, x), _view(points, y)
+    xlim, ylim = zoomed_view(points, x), zoomed_view(points, y)
     if xlim:
         ax.set_xlim(xlim)
     if ylim:
@@ -171,7 +171,7 @@ def _draw_tradeoff(
     return texts, targets
 
 
-def _view(points: pd.DataFrame, metric: str) -> tuple[float, float] | None:
+def zoomed_view(points: pd.DataFrame, metric: str) -> tuple[float, float] | None:
     """Axis limits that leave out far outliers, or None when every point fits a readable scale.
 
     A point is far when its mean lies more than 10 median absolute deviations from the median

@@ -21,10 +21,11 @@ from editsweep.bench.store import RunStore
 from editsweep.reports.aggregate import aggregate, summary_metrics
 from editsweep.reports.breakdown import write_protocol_tables
 from editsweep.reports.leaderboard import leaderboard_markdown
-from editsweep.reports.matched import MatchedOptions, matched_comparison, matched_eligible, write_matched
+from editsweep.reports.matched import MatchedOptions, MatchedResult, matched_comparison, matched_eligible, write_matched
 from editsweep.reports.plots import image_grid, tradeoff_panels
 from editsweep.reports.set_metrics import add_set_metrics
-from editsweep.reports.tracking import log_to_mlflow, resolve_tracking_uri
+from editsweep.reports.site import SiteRun, write_site
+from editsweep.reports.tracking import log_folder, log_to_mlflow, mlflow_run_url, resolve_tracking_uri
 
 
 class ReportError(RuntimeError):
@@ -48,6 +49,8 @@ class ReportResult:
     notes: list[str] = field(default_factory=list)
     set_figures: list[Path] = field(default_factory=list)  # CSFID-LPIPS curve when features were stored
     matched_files: list[Path] = field(default_factory=list)  # matched.md, .csv, .png (reports/matched.py)
+    site_index: Path | None = None  # the static site's index.html (reports/site.py), None when not written
+    site_run: SiteRun | None = None  # what the site shows of this run, for a site across runs
 
 
 def build_report(
@@ -59,6 +62,7 @@ def build_report(
     y: str = "clip_t",
     reference_stats: str | None = None,
     report_dir: str | Path | None = None,
+    site: bool | str | Path = True,
 ) -> ReportResult:
     """Build the report of the run in `run_dir` and log it to MLflow (see `log_to_mlflow`).
 
@@ -70,6 +74,9 @@ def build_report(
     `reference_stats` param in the spec), with a CSFID-LPIPS curve (`set_metrics.add_set_metrics`).
     The files go to `report_dir`: default `<run_dir>/report`, or `./<run name>-report` for a run
     dir on an object store, whose default MLflow database is then `<report_dir>/mlflow.db`.
+    `site`: write the static site (`reports/site.py`) to `<report_dir>/site` (True), to the given
+    folder, or not at all (False); it is logged to the MLflow run under `report/site` and links to
+    the run when the tracking URI is an http(s) server.
     Raises ReportError when the run dir does not exist or has no result rows.
     """
     store = RunStore(run_dir)
@@ -118,7 +125,7 @@ def build_report(
 
     leaderboard_md = out / "leaderboard.md"
     text = leaderboard_markdown(summary, metrics, sort_by=y if y in metrics else (metrics[0] if metrics else None))
-    matched_files = _matched_comparison(results, summary, matched_options(spec, summary, x, y), out, notes)
+    matched_files, matched = _matched_comparison(results, summary, matched_options(spec, summary, x, y), out, notes)
     if notes:
         text += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
     leaderboard_md.write_text(text)
@@ -143,8 +150,36 @@ def build_report(
     run_id = log_to_mlflow(
         store.root if local else store.uri, summary, artifacts, params, tracking_uri=uri, experiment=experiment
     )
+    manifest = store.latest_manifest()
+    site_run = SiteRun(
+        name=store.root.rstrip("/").rsplit("/", 1)[-1],
+        store=store,
+        results=results,
+        summary=summary,
+        spec=spec,
+        manifest=manifest.model_dump() if manifest is not None else {},
+        matched=matched,
+        mlflow_url=mlflow_run_url(uri, run_id),
+        notes=notes,
+    )
+    site_index = None
+    if site is not False:
+        site_dir = out / "site" if site is True else Path(site)
+        site_index = write_site([site_run], site_dir, pairs=[(x, y), GROUND_TRUTH_PAIR])  # a pair without scores is left out
+        log_folder(uri, run_id, site_dir, "report/site")
     return ReportResult(
-        out, summary_csv, leaderboard_md, tradeoff_png, grid_png, run_id, uri, notes, set_figures, matched_files
+        out,
+        summary_csv,
+        leaderboard_md,
+        tradeoff_png,
+        grid_png,
+        run_id,
+        uri,
+        notes,
+        set_figures,
+        matched_files,
+        site_index,
+        site_run,
     )
 
 
@@ -177,18 +212,19 @@ def matched_options(spec: dict[str, Any], summary: pd.DataFrame, x: str, y: str)
 
 def _matched_comparison(
     results: pd.DataFrame, summary: pd.DataFrame, options: MatchedOptions, out: Path, notes: list[str]
-) -> list[Path]:
-    """Write matched.md/.csv/.png when `matched_eligible`; else, for a run of several methods, a note."""
+) -> tuple[list[Path], MatchedResult | None]:
+    """Write matched.md/.csv/.png when `matched_eligible` and return them with the result; else, for
+    a run of several methods, a note (and no files, no result)."""
     why_not = matched_eligible(results, options, summary)
     if why_not is not None:
         if results["method"].nunique() > 1:
             notes.append(f"matched-fidelity comparison skipped: {why_not}")
         for name in ("matched.md", "matched.csv", "matched.png"):
             (out / name).unlink(missing_ok=True)
-        return []
+        return [], None
     result = matched_comparison(results, summary, options)
     notes += result.notes
-    return list(write_matched(result, out, results))
+    return list(write_matched(result, out, results)), result
 
 
 def search_notes(store: RunStore) -> list[str]:

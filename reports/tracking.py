@@ -135,3 +135,17 @@ def log_to_mlflow(
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def mlflow_run_url(tracking_uri: str, run_id: str) -> str | None:
+    """The web page of MLflow run `run_id` when `tracking_uri` is an http(s) tracking server, else None
+    (a SQLite file or folder has no page to link to)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    experiment_id = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def log_folder(tracking_uri: str, run_id: str, folder: str | Path, artifact_path: str) -> None:
+    """Log every file under `folder` to the (finished) MLflow run `run_id` under `artifact_path`."""
+    MlflowClient(tracking_uri=tracking_uri).log_artifacts(run_id, str(folder), artifact_path=artifact_path)

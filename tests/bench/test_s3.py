@@ -111,6 +111,8 @@ def test_a_run_on_s3_completes_resumes_and_reports(ray_session, s3, tmp_path, mo
     assert "2 tasks: 0 already done, 2 ok, 0 errors" in out and uri in out
     assert (tmp_path / "run-report" / "leaderboard.md").is_file()  # the default local report folder
     assert (tmp_path / "run-report" / "mlflow.db").is_file()
+    assert (tmp_path / "run-report" / "site" / "samples").is_dir()  # the site's gallery, images read from S3
+    assert len(list((tmp_path / "run-report" / "site" / "images").glob("*.png"))) == 4  # 2 inputs, 2 edits
 
     assert main(["run", str(spec), "--out", uri, "--quiet", "--no-report"]) == 0
     assert "2 tasks: 2 already done, 0 ok" in capsys.readouterr().out

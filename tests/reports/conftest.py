@@ -111,3 +111,21 @@ def mlflow_db_template(tmp_path_factory) -> str:
 def _no_tracking_env(monkeypatch) -> None:
     """Tests choose their tracking URI; a developer's MLFLOW_TRACKING_URI must not leak in."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def labelled_run(run_dir: str) -> RunStore:
+    """A run of `synthetic_rows` whose samples carry an edit type (s0, s2: color; s1, s3: shape)
+    and a stored input image, as the site's gallery and edit-type filter need."""
+    rows = synthetic_rows()
+    store = RunStore(run_dir)
+    for row in rows:
+        n = int(row["sample_id"][1:])
+        row["labels"] = {"edit_type": str(n % 2), "edit_type_name": ("color", "shape")[n % 2]}
+        row["input_path"] = store.write_input("toy", row["sample_id"], Image.new("RGB", (16, 16), (40 * n, 200, 90)))
+    return write_run(run_dir, rows)
+
+
+@pytest.fixture(scope="session")
+def labelled_run_factory(tmp_path_factory) -> Callable[[], RunStore]:
+    """A new `labelled_run` in its own folder per call."""
+    return lambda: labelled_run(str(tmp_path_factory.mktemp("labelled-run")))

@@ -56,7 +56,7 @@ def test_each_build_is_a_finished_mlflow_run_in_the_specs_experiment(reported):
         assert run.data.params["error_tasks"] == "1"
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
         names = ("summary.csv", "leaderboard.md", "tradeoff.png", "grid.png", "matched.md", "matched.csv", "matched.png")
-        assert artifacts == {f"report/{n}" for n in names}
+        assert artifacts == {f"report/{n}" for n in (*names, "site")}
 
 
 def test_missing_metric_skips_the_plot_with_a_note(run_factory, rows_factory, shared_uri):
