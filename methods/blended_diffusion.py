@@ -1,0 +1,366 @@
+"""`blended_diffusion`: Blended Diffusion (Avrahami, Lischinski, Fried, CVPR 2022), after its reference
+code `omriav/blended-diffusion` (`optimization/image_editor.py`, `optimization/arguments.py`).
+
+The paper samples a pixel-space, unconditional ImageNet ADM (guided-diffusion 256x256 uncond); the
+text enters only through CLIP guidance. editsweep's backbones are latent Stable Diffusion models, so
+this is the **latent adaptation**: the same algorithm on the backbone's latents, its UNet called
+with the empty prompt (unconditional, as the paper's model), the CLIP and background losses taken
+on the VAE decoder's pixels of the step's estimate and differentiated through the decoder. (Blended
+*Latent* Diffusion, `methods/blended_latent.py`, drops the CLIP guidance for the text-conditional
+UNet instead; this keeps it.) Per DDPM step t (the paper's Algorithm 2, the reference's `cond_fn`):
+
+1. x0_hat from the UNet's noise at x_t; x_in = x0_hat * sqrt(1 - a_t) + x_t * (1 - sqrt(1 - a_t))
+   (the reference's blend of the estimate and the noisy sample), decoded to pixels in [-1, 1];
+2. loss = `clip_lambda` * D_CLIP(x_in inside the mask, the target prompt) averaged over
+   `augmentations` views (`diffusion/clip_guidance.py`) + `range_lambda` * range loss of decoded
+   x0_hat + with `background_loss`: `l2_lambda` * MSE + `lpips_lambda` * LPIPS (VGG) of x_in and the
+   input outside the mask;
+3. the DDPM posterior mean of q(x_{t-1} | x_t, x0_hat) shifted by variance * (-grad loss) (guided
+   diffusion's `condition_mean`), plus noise (none at the last step);
+4. blending: outside the mask x_{t-1} is the input's latent noised afresh to level t-1 (the last
+   step: the input's latent itself).
+
+Sampling starts from the input noised to `strength` of the schedule (the reference skips 25 of 100
+respaced steps). `candidates` results are drawn per sample and edit point and the one closest to
+the prompt in CLIP (spherical distance of the masked result, unaugmented) is returned (the
+reference's ranking of 8 iterations x batch 4). `background: pixel` (the reference's
+`enforce_background`, on by default) pastes the input's pixels outside the mask into the decoded
+result, so the background is the input's bit for bit.
+
+Differences from the reference, beyond the latent space: the DDPM variance is the fixed posterior
+variance (diffusers' `DDPMScheduler` "fixed_small"; the ADM learns it); the background blend uses
+the level the step reaches (the paper's Algorithm 2; the code noises to the level the step starts
+from); the background loss compares both images masked (the code compares the masked estimate with
+the whole input); the ranking distance normalises the image as CLIP expects (the code skips it);
+augmentations are drawn per sample from its generator (`diffusion/clip_guidance.py`). `mask:
+full` edits the whole image (the reference without `--mask`); `mask: dataset` reads
+`meta["mask"]`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from editsweep.core.params import Params
+from editsweep.datasets.base import Sample
+from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
+from editsweep.diffusion.blending import blend_outside
+from editsweep.diffusion.clip_guidance import (
+    GuidanceClip,
+    GuidanceModelError,
+    augmentation_grids,
+    clip_loss,
+    clip_source,
+    load_guidance_clip,
+    range_loss,
+    spherical_distance,
+)
+from editsweep.diffusion.ddim import encoding_start, make_schedule, unet_epsilon
+from editsweep.diffusion.inputs import forked, images_tensor, target_prompts
+from editsweep.diffusion.masks import dataset_mask, require_dataset_masks
+from editsweep.methods.base import EncodesInput, State, register_method
+
+UNET_IN_CHANNELS = 4
+
+
+class BlendedDiffusionInvertParams(Params):
+    """The mask and the guidance models (recorded in each row's `weights`)."""
+
+    mask: Literal["dataset", "full"] = Field(
+        "dataset", description="the dataset's meta['mask'], or full: the whole image (the reference without a mask)"
+    )
+    clip_model: str = Field("ViT-B-16", description="open_clip architecture of the guidance CLIP (the paper's ViT-B/16)")
+    clip_weights: str = Field(
+        "pretrained",
+        min_length=1,
+        description="pretrained (OpenAI's, from the HF cache), toy, tiny (random), or an open_clip folder/.safetensors",
+    )
+    background_loss: bool = Field(False, description="add the background-preservation loss (the reference's flag, off)")
+    lpips_weights: str = Field(
+        "pretrained", min_length=1, description="LPIPS VGG backbone for the background loss: pretrained, random or a path"
+    )
+
+
+class BlendedDiffusionEditParams(Params):
+    """The reference's defaults: 100 DDPM steps, 25 skipped, lambdas 1000 / 50 / 1000 / 10000, 8 views."""
+
+    steps: int = Field(100, ge=1, le=1000, description="DDPM steps of a full schedule (the reference's respacing)")
+    strength: float = Field(0.75, gt=0, le=1, description="fraction of the schedule re-generated (25 of 100 skipped)")
+    clip_lambda: float = Field(1000.0, ge=0, le=1e6, description="CLIP guidance weight")
+    range_lambda: float = Field(50.0, ge=0, le=1e6, description="weight of the loss on pixels beyond [-1, 1]")
+    l2_lambda: float = Field(10000.0, ge=0, le=1e7, description="background MSE weight (with background_loss)")
+    lpips_lambda: float = Field(1000.0, ge=0, le=1e6, description="background LPIPS weight (with background_loss)")
+    augmentations: int = Field(8, ge=1, le=64, description="CLIP views per step: the image and n - 1 augmentations")
+    candidates: int = Field(32, ge=1, le=256, description="results drawn per edit; the best by CLIP is kept (8 x 4)")
+    background: Literal["pixel", "none"] = Field(
+        "pixel", description="pixel: the input's pixels outside the mask (the reference's enforce_background)"
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def load_lpips(weights: str, device: str) -> tuple[torch.nn.Module, str]:
+    """LPIPS (VGG) for the background loss, loaded as the `lpips` scorer loads it, frozen."""
+    from editsweep.bench.metrics.base import ScorerWeightsError
+    from editsweep.bench.metrics.lpips_distance import LpipsParams, LpipsScorer
+
+    try:
+        scorer = LpipsScorer(LpipsParams(net="vgg", weights=weights), torch.device(device))
+    except ScorerWeightsError as exc:
+        raise GuidanceModelError(f"{exc} (blended_diffusion's `lpips_weights`)") from exc
+    return scorer.model.requires_grad_(False), scorer.weights_source
+
+
+@register_method
+class BlendedDiffusion(EncodesInput):
+    """CLIP-guided DDPM inside the mask, the input's noised latent outside it, best of `candidates`."""
+
+    name = "blended_diffusion"
+    InvertParams = BlendedDiffusionInvertParams
+    EditParams = BlendedDiffusionEditParams
+
+    @classmethod
+    def model_sources(cls, invert_params: Params) -> dict[str, str]:
+        """The guidance CLIP, and LPIPS' backbone when the background loss is on."""
+        sources = {"guidance_clip": clip_source(invert_params.clip_model, invert_params.clip_weights)}
+        if invert_params.background_loss:
+            weights = invert_params.lpips_weights
+            sources["lpips"] = "vgg:random" if weights == "random" else f"vgg:{weights}"
+        return sources
+
+    @classmethod
+    def refuse_backbone(cls, backbone: str) -> str | None:
+        channels = KNOWN_UNET_IN_CHANNELS.get(backbone)
+        if channels is not None and channels != UNET_IN_CHANNELS:
+            return (
+                f"{cls.name} cannot run on backbone {backbone!r} (a UNet with {channels} input channels): "
+                "it needs a text-to-image model's UNet (4 input channels)"
+            )
+        return None
+
+    def invert(
+        self,
+        backbone: Backbone,
+        samples: Sequence[Sample],
+        params: BlendedDiffusionInvertParams,
+        generators: Sequence[torch.Generator],
+        seeds: Sequence[int] | None = None,
+    ) -> State:
+        if backbone.unet_in_channels != UNET_IN_CHANNELS:
+            raise ValueError(
+                f"{self.name} cannot run on backbone {backbone.name!r}: its UNet takes {backbone.unet_in_channels} "
+                "input channels; use a text-to-image backbone"
+            )
+        if params.mask == "dataset":
+            require_dataset_masks(self.name, samples)
+        load_guidance_clip(params.clip_model, params.clip_weights, str(backbone.device))  # fail the group early
+        if params.background_loss:
+            load_lpips(params.lpips_weights, str(backbone.device))
+        return super().invert(backbone, samples, params, generators, seeds)
+
+    def edit(
+        self,
+        backbone: Backbone,
+        state: State,
+        samples: Sequence[Sample],
+        invert_params: BlendedDiffusionInvertParams,
+        edit_params: Sequence[BlendedDiffusionEditParams],
+        generators: Sequence[torch.Generator],
+    ) -> list[torch.Tensor]:
+        clean = state["latents"].float()
+        inputs = images_tensor(samples, backbone.device).float()
+        pixel_mask, latent_mask = masks(samples, invert_params.mask, inputs, clean)
+        clip = load_guidance_clip(invert_params.clip_model, invert_params.clip_weights, str(backbone.device))
+        lpips = load_lpips(invert_params.lpips_weights, str(backbone.device))[0] if invert_params.background_loss else None
+        texts = clip.text_embeddings(target_prompts(samples))
+        guide = Guide(backbone, clip, lpips, inputs * 2 - 1, pixel_mask, texts)
+
+        # One sampling loop per group of points that draw the same numbers.
+        groups: dict[tuple, list[int]] = {}
+        for k, p in enumerate(edit_params):
+            groups.setdefault((p.steps, encoding_start(p.steps, p.strength), p.candidates, p.augmentations), []).append(k)
+        results: list[torch.Tensor | None] = [None] * len(edit_params)
+        for (steps, start, candidates, views), indices in groups.items():
+            points = [edit_params[k] for k in indices]
+            latents = guided_blended_sample(
+                backbone, guide, clean, latent_mask, steps, start, candidates, views, points, forked(generators)
+            )
+            images = decoded(backbone, latents)
+            for j, k in enumerate(indices):
+                chunk = images.view(len(indices), len(samples), candidates, *images.shape[1:])[j]
+                if edit_params[k].background == "pixel":
+                    inside = pixel_mask[:, None, None]
+                    chunk = inside * chunk + (1 - inside) * inputs[:, None]
+                results[k] = best_candidates(clip, chunk, pixel_mask, texts)
+        return results
+
+
+def masks(
+    samples: Sequence[Sample], kind: str, inputs: torch.Tensor, latents: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, W) pixel and (B, h, w) latent 0/1 masks (1 = edit): the dataset's, or everything."""
+    if kind == "full":
+        return torch.ones_like(inputs[:, 0]), torch.ones_like(latents[:, 0])
+    pixel = torch.stack([dataset_mask(s, tuple(inputs.shape[-2:])) for s in samples]).to(inputs.device)
+    latent = torch.stack([dataset_mask(s, tuple(latents.shape[-2:])) for s in samples]).to(latents.device)
+    return pixel, latent
+
+
+def decoded(backbone: Backbone, latents: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] of latents, decoded in chunks of the batch size the other calls use."""
+    return torch.cat([backbone.decode(chunk) for chunk in latents.split(16)])
+
+
+class Guide:
+    """The per-step guidance of Blended Diffusion: the noise prediction and -grad of the losses."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        clip: GuidanceClip,
+        lpips: torch.nn.Module | None,
+        inputs: torch.Tensor,
+        pixel_mask: torch.Tensor,
+        texts: torch.Tensor,
+    ) -> None:
+        self.backbone, self.clip, self.lpips = backbone, clip, lpips
+        self.inputs, self.pixel_mask, self.texts = inputs, pixel_mask, texts
+        self.uncond = backbone.encode_text([""])
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        alpha: float,
+        lambdas: dict[str, torch.Tensor],
+        grids: torch.Tensor,
+        rows_per_sample: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, -grad of the loss) at x (R, C, h, w); row r belongs to sample (r // rows_per_sample) % B.
+        `lambdas` are per-row weights (R,); `grids` the step's views (B, n, s, s, 2)."""
+        uncond = self.uncond.expand(len(x), -1, -1)
+        if not any(bool((w > 0).any()) for w in lambdas.values()):
+            with torch.no_grad():
+                return unet_epsilon(self.backbone, x, t, uncond, alpha), torch.zeros_like(x)
+        owner = torch.arange(len(x), device=x.device) // rows_per_sample % len(self.inputs)
+        with torch.enable_grad():
+            x = x.detach().requires_grad_()
+            eps = unet_epsilon(self.backbone, x, t, uncond, alpha)
+            x0 = (x - (1 - alpha) ** 0.5 * eps) / alpha**0.5
+            fac = (1 - alpha) ** 0.5
+            x_in = x0 * fac + x * (1 - fac)
+            use_range = bool((lambdas["range"] > 0).any())
+            pixels = self.decode(torch.cat([x_in, x0]) if use_range else x_in)
+            image = pixels[: len(x)]
+            inside = self.pixel_mask[owner][:, None]
+            loss = lambdas["clip"] * clip_loss(self.clip, (image * inside + 1) / 2, self.texts[owner], grids[owner])
+            if use_range:
+                loss = loss + lambdas["range"] * range_loss(pixels[len(x) :])
+            if self.lpips is not None:
+                background, reference = image * (1 - inside), self.inputs[owner] * (1 - inside)
+                loss = loss + lambdas["l2"] * (background - reference).pow(2).mean((1, 2, 3))
+                loss = loss + lambdas["lpips"] * self.lpips(background, reference).flatten()
+            grad = torch.autograd.grad(loss.sum(), x)[0]
+        return eps.detach(), -grad
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Differentiable VAE decoding to [-1, 1] pixels (float32)."""
+        vae = self.backbone.vae
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample.float()
+
+
+def ddpm_guided_step(
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    alpha: float,
+    alpha_prev: float,
+    noise: torch.Tensor | None,
+    gradient: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One DDPM step from level `alpha` to `alpha_prev` (alpha-bars): the posterior mean of
+    q(x_prev | x, x0_hat) (x0_hat from `eps`, unclipped) plus variance * `gradient` (guided
+    diffusion's `condition_mean`), plus sqrt(variance) * `noise` (None: the last step). The variance
+    is the posterior's ("fixed_small"): this equals diffusers' `DDPMScheduler.step` without guidance."""
+    beta = 1 - alpha / alpha_prev
+    x0 = (x - (1 - alpha) ** 0.5 * eps) / alpha**0.5
+    mean = (alpha_prev**0.5 * beta / (1 - alpha)) * x0 + ((1 - beta) ** 0.5 * (1 - alpha_prev) / (1 - alpha)) * x
+    variance = max(beta * (1 - alpha_prev) / (1 - alpha), 1e-20)
+    if gradient is not None:
+        mean = mean + variance * gradient
+    return mean if noise is None else mean + variance**0.5 * noise
+
+
+def guided_blended_sample(
+    backbone: Backbone,
+    guide: Guide,
+    clean: torch.Tensor,
+    mask: torch.Tensor,
+    steps: int,
+    start: int,
+    candidates: int,
+    views: int,
+    points: Sequence[BlendedDiffusionEditParams],
+    streams: Sequence[torch.Generator],
+) -> torch.Tensor:
+    """Final latents (P * B * candidates, C, h, w), point-major then sample then candidate, of the
+    `points` sharing one schedule, start, candidate count and view count. Draws per sample from its
+    stream, in this order: the start's noise (candidates), then per step the DDPM noise (candidates,
+    not at the last step), the background's noise (one, not at the last step), the views' parameters."""
+    n_points, batch = len(points), len(clean)
+    schedule = make_schedule(backbone, steps)
+    # DDPM ends at x_0 itself (alpha-bar 1), as guided diffusion's and diffusers' DDPM samplers do.
+    alphas = torch.cat([schedule.alphas[:-1], torch.ones(1, dtype=schedule.alphas.dtype)])
+    shape = clean.shape[1:]
+    device = clean.device
+
+    def draw(count: int) -> torch.Tensor:
+        """(B * count, C, h, w): `count` draws per sample, sample-major."""
+        noise = torch.stack([torch.randn((count, *shape), generator=g, device=g.device) for g in streams])
+        return noise.flatten(0, 1).to(device)
+
+    def per_row(values: Sequence[float]) -> torch.Tensor:
+        return torch.tensor(values, device=device).repeat_interleave(batch * candidates)
+
+    lambdas = {
+        "clip": per_row([p.clip_lambda for p in points]),
+        "range": per_row([p.range_lambda for p in points]),
+        "l2": per_row([p.l2_lambda for p in points]),
+        "lpips": per_row([p.lpips_lambda for p in points]),
+    }
+    if guide.lpips is None:
+        lambdas["l2"], lambdas["lpips"] = torch.zeros_like(lambdas["l2"]), torch.zeros_like(lambdas["lpips"])
+    repeated = clean.repeat_interleave(candidates, dim=0)
+    a_start = alphas[start].item()
+    x = (a_start**0.5 * repeated + (1 - a_start) ** 0.5 * draw(candidates)).repeat(n_points, 1, 1, 1)
+    rows_mask = mask.repeat_interleave(candidates, dim=0).repeat(n_points, 1, 1)
+    for i in range(start, steps):
+        last = i == steps - 1
+        alpha, alpha_prev = alphas[i].item(), alphas[i + 1].item()
+        noise = None if last else draw(candidates).repeat(n_points, 1, 1, 1)
+        background = clean if last else alpha_prev**0.5 * clean + (1 - alpha_prev) ** 0.5 * draw(1)
+        grids = augmentation_grids(views, guide.clip.size, streams, device)
+        eps, gradient = guide(x, schedule.timesteps[i], alpha, lambdas, grids, candidates)
+        x = ddpm_guided_step(x, eps, alpha, alpha_prev, noise, gradient)
+        rows_background = background.repeat_interleave(candidates, dim=0).repeat(n_points, 1, 1, 1)
+        x = blend_outside(rows_mask, lambda _: rows_background)(i, x)
+    return x
+
+
+@torch.no_grad()
+def best_candidates(
+    clip: GuidanceClip, images: torch.Tensor, pixel_mask: torch.Tensor, texts: torch.Tensor
+) -> torch.Tensor:
+    """(B, 3, H, W): per sample, the candidate (of images (B, K, 3, H, W) in [0, 1]) whose masked
+    image is closest to its prompt in CLIP (the reference's ranking: masked, unaugmented)."""
+    batch, k = images.shape[:2]
+    if k == 1:
+        return images[:, 0]
+    masked = (images * pixel_mask[:, None, None]).flatten(0, 1)
+    embeddings = clip.image_embeddings(F.adaptive_avg_pool2d(masked, clip.size))
+    distance = spherical_distance(embeddings, texts.repeat_interleave(k, dim=0)).view(batch, k)
+    return images[torch.arange(batch), distance.argmin(1)]
