@@ -130,7 +130,7 @@ class BlendedDiffusion(EncodesInput):
         sources = {"guidance_clip": clip_source(invert_params.clip_model, invert_params.clip_weights)}
         if invert_params.background_loss:
             weights = invert_params.lpips_weights
-            sources["lpips"] = "vgg:random" if weights == "random" else f"vgg:{weights}"
+            sources["background_lpips"] = "vgg:random" if weights == "random" else f"vgg:{weights}"
         return sources
 
     @classmethod

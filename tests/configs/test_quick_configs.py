@@ -43,3 +43,5 @@ def test_quick_spec_runs_offline(path, tmp_path):
         assert styled["weights"].str.contains("image_encoder=tiny:random").all()
     if path.stem == "controlnet":
         assert rows["weights"].str.contains("controlnet=tiny:random").all()
+    if path.stem == "blended-diffusion":
+        assert rows["weights"].str.contains("guidance_clip=tiny:random").all()
