@@ -20,6 +20,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     ledits_pp,
     negative_prompt,
     null_text,
+    p_plus,
     precomputed,
     prompt_tuning,
     sdedit,
