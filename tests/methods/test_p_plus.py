@@ -138,3 +138,41 @@ def test_checks_name_what_is_wrong(tiny_backbone, cats, method, generators):
     assert (p.steps, p.learning_rate, p.per_layer, p.placeholder) == (500, 5e-3, True, "sks")
     e = method.EditParams()
     assert (e.target_layers, e.guidance, e.steps, e.strength) == ("all", 7.5, 50, 1.0)
+
+
+def test_textual_inversion_edits_as_diffusers_loads_and_samples_the_token(tiny_backbone, cats, method, generators):
+    """With one shared token (`per_layer: false`), the edit at strength 1 equals diffusers'
+    `StableDiffusionPipeline` (DDIM scheduler) after `load_textual_inversion` of the learned vector
+    under a new token, on the same tiny weights, prompt and starting noise."""
+    import copy
+
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    backbone = tiny_backbone
+    invert = method.InvertParams(steps=3, per_layer=False)
+    state = method.invert(backbone, cats, invert, generators(2))
+    point = method.EditParams(steps=6, guidance=5.0)
+    (ours,) = method.edit(backbone, state, cats, invert, [point], generators(2))
+
+    pipe = StableDiffusionPipeline(
+        vae=backbone.vae,
+        text_encoder=copy.deepcopy(backbone.text_encoder),  # loading the token grows the embedding table
+        tokenizer=copy.deepcopy(backbone.tokenizer),
+        unet=backbone.unet,
+        scheduler=DDIMScheduler.from_config(backbone.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    noise = torch.stack([torch.randn(4, 8, 8, generator=g) for g in generators(2)])
+    images = []
+    # the object words: "cat", and "road" (the last content word both prompts of the car share)
+    for b, prompt in enumerate(("a photo of a sleeping <v{}>", "a blue car on a <v{}>")):
+        token = f"<v{b}>"
+        pipe.load_textual_inversion({token: state["tokens"][b, 0]}, token=token)
+        images.append(
+            pipe(
+                prompt.format(b), num_inference_steps=6, guidance_scale=5.0, latents=noise[b : b + 1], output_type="pt"
+            ).images[0]
+        )
+    torch.testing.assert_close(ours, torch.stack(images), atol=2e-5, rtol=0)
