@@ -107,7 +107,7 @@ def load_guidance_clip(model: str, weights: str, device: str) -> GuidanceClip:
                 )
             tag_cfg = open_clip.get_pretrained_cfg(model, tag)
             kwargs = {"force_quick_gelu": bool(tag_cfg.get("quick_gelu", False))} if tag_cfg else {}
-            network, _, tokenizer_name = load_local_clip(model, path, kwargs, scorer="Blended Diffusion's guidance CLIP")
+            network, _, tokenizer_name = load_local_clip(model, path, kwargs, scorer="Blended Diffusion's CLIP")
             cfg = open_clip.get_model_preprocess_cfg(network)
             size = cfg["size"] if isinstance(cfg["size"], int) else int(cfg["size"][0])
             mean, std = cfg["mean"], cfg["std"]

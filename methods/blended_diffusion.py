@@ -75,7 +75,7 @@ class BlendedDiffusionInvertParams(Params):
     mask: Literal["dataset", "full"] = Field(
         "dataset", description="the dataset's meta['mask'], or full: the whole image (the reference without a mask)"
     )
-    clip_model: str = Field("ViT-B-16", description="open_clip architecture of the guidance CLIP (the paper's ViT-B/16)")
+    clip_model: str = Field("ViT-B-16", description="open_clip architecture of the guidance CLIP (the paper's)")
     clip_weights: str = Field(
         "pretrained",
         min_length=1,
@@ -83,7 +83,7 @@ class BlendedDiffusionInvertParams(Params):
     )
     background_loss: bool = Field(False, description="add the background-preservation loss (the reference's flag, off)")
     lpips_weights: str = Field(
-        "pretrained", min_length=1, description="LPIPS VGG backbone for the background loss: pretrained, random or a path"
+        "pretrained", min_length=1, description="LPIPS VGG backbone of the background loss: pretrained, random, path"
     )
 
 
@@ -176,14 +176,17 @@ class BlendedDiffusion(EncodesInput):
         inputs = images_tensor(samples, backbone.device).float()
         pixel_mask, latent_mask = masks(samples, invert_params.mask, inputs, clean)
         clip = load_guidance_clip(invert_params.clip_model, invert_params.clip_weights, str(backbone.device))
-        lpips = load_lpips(invert_params.lpips_weights, str(backbone.device))[0] if invert_params.background_loss else None
+        lpips = None
+        if invert_params.background_loss:
+            lpips = load_lpips(invert_params.lpips_weights, str(backbone.device))[0]
         texts = clip.text_embeddings(target_prompts(samples))
         guide = Guide(backbone, clip, lpips, inputs * 2 - 1, pixel_mask, texts)
 
         # One sampling loop per group of points that draw the same numbers.
         groups: dict[tuple, list[int]] = {}
         for k, p in enumerate(edit_params):
-            groups.setdefault((p.steps, encoding_start(p.steps, p.strength), p.candidates, p.augmentations), []).append(k)
+            key = (p.steps, encoding_start(p.steps, p.strength), p.candidates, p.augmentations)
+            groups.setdefault(key, []).append(k)
         results: list[torch.Tensor | None] = [None] * len(edit_params)
         for (steps, start, candidates, views), indices in groups.items():
             points = [edit_params[k] for k in indices]

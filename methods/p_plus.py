@@ -200,10 +200,11 @@ class PPlus(EncodesInput):
         batch = len(samples)
         token = placeholder_id(backbone, invert_params.placeholder)
         words = sample_words(samples, invert_params.object_word)
-        edited = [replace_word(s.target_prompt, w, invert_params.placeholder) for s, w in zip(samples, words, strict=True)]
+        placeholder = invert_params.placeholder
+        edited = [replace_word(s.target_prompt, w, placeholder) for s, w in zip(samples, words, strict=True)]
         with torch.no_grad():
             target = layer_states(backbone, edited, tokens, token)
-            inversion = layer_states(backbone, [invert_params.template.format(invert_params.placeholder)] * batch, tokens, token)
+            inversion = layer_states(backbone, [invert_params.template.format(placeholder)] * batch, tokens, token)
             uncond = backbone.encode_text([""] * batch).float()
         coarse = torch.tensor(coarse_layers(backbone.unet), device=clean.device)
         reads_target = {"all": torch.ones_like(coarse), "coarse": coarse, "fine": ~coarse}

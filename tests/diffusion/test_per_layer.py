@@ -36,7 +36,8 @@ def test_equal_states_in_every_layer_are_the_ordinary_unet_call_bit_for_bit(tiny
     assert torch.equal(ours, plain)
     # a 4-row call rounds apart from 2-row calls (CPU convolutions), hence the tolerance
     torch.testing.assert_close(both[2:], plain, atol=1e-5, rtol=0)
-    torch.testing.assert_close(both[:2], unet(x, t, encoder_hidden_states=torch.zeros_like(emb)).sample, atol=1e-5, rtol=0)
+    zero = unet(x, t, encoder_hidden_states=torch.zeros_like(emb)).sample
+    torch.testing.assert_close(both[:2], zero, atol=1e-5, rtol=0)
     assert {type(p) for p in unet.attn_processors.values()} == {type(p) for p in before.values()}  # restored
     assert torch.equal(unet(x, t, encoder_hidden_states=emb).sample, plain)
 

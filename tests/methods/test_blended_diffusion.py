@@ -105,7 +105,8 @@ def test_guidance_0_is_plain_masked_ddpm_as_diffusers_steps_it(tiny_backbone, ma
             # the scheduler draws its noise with one generator per batch: split the batch
             copies = forked(streams)
             draw()  # advance past the DDPM noise the scheduler draws from the copies
-            x = torch.cat([scheduler.step(eps[b : b + 1], t, x[b : b + 1], generator=copies[b]).prev_sample for b in range(2)])
+            steps = [scheduler.step(eps[b : b + 1], t, x[b : b + 1], generator=copies[b]) for b in range(2)]
+            x = torch.cat([s.prev_sample for s in steps])
             prev = abar[scheduler.timesteps[i + 1]]
             background = prev**0.5 * clean + (1 - prev) ** 0.5 * draw()
         x = inside * x + (1 - inside) * background
@@ -149,11 +150,13 @@ def test_the_candidate_closest_to_the_prompt_is_kept():
 def test_params_mask_and_backbone_checks(tiny_backbone, generated_samples, method, generators):
     p = method.EditParams()
     assert (p.steps, p.strength, p.clip_lambda, p.range_lambda) == (100, 0.75, 1000.0, 50.0)
-    assert (p.l2_lambda, p.lpips_lambda, p.augmentations, p.candidates, p.background) == (10000.0, 1000.0, 8, 32, "pixel")
+    assert (p.l2_lambda, p.lpips_lambda, p.augmentations, p.candidates) == (10000.0, 1000.0, 8, 32)
+    assert p.background == "pixel"
     assert method.InvertParams().clip_model == "ViT-B-16" and not method.InvertParams().background_loss
     with pytest.raises(MaskError, match="meta\\['mask'\\]"):
         method.invert(tiny_backbone, generated_samples[:1], method.InvertParams(clip_weights="tiny"), generators(1))
-    sources = method.model_sources(method.InvertParams(clip_weights="tiny", background_loss=True, lpips_weights="random"))
+    with_loss = method.InvertParams(clip_weights="tiny", background_loss=True, lpips_weights="random")
+    sources = method.model_sources(with_loss)
     assert sources == {"guidance_clip": "tiny:random", "background_lpips": "vgg:random"}
     spec = {
         "name": "x",

@@ -31,7 +31,7 @@ def cats(generated_samples):
     ]
 
 
-def setup(backbone, samples, per_layer=True):
+def token_setup(backbone, samples, per_layer=True):
     latents = backbone.encode_images(images_tensor(samples, backbone.device))
     token = backbone.tokenizer("sks", add_special_tokens=False).input_ids[0]
     table = backbone.text_encoder.get_input_embeddings().weight
@@ -48,9 +48,10 @@ def test_the_inversion_lowers_the_denoising_loss_on_the_toy_world():
     dataset = ShapesDataset({"n": 2, "edit_types": ["color"], "seed": 1})
     sample = dataset.load(dataset.sample_ids()[0])
     sample.image = fit_square(sample.image, toy.resolution)
-    latents, token, _, prompts = setup(toy, [sample])
+    latents, token, _, prompts = token_setup(toy, [sample])
     star = toy.tokenizer("star", add_special_tokens=False).input_ids[0]
-    init = toy.text_encoder.get_input_embeddings().weight[star].float().expand(1, len(cross_attention_layers(toy.unet)), -1)
+    layers = len(cross_attention_layers(toy.unet))
+    init = toy.text_encoder.get_input_embeddings().weight[star].float().expand(1, layers, -1)
     tokens, losses = invert_tokens(toy, latents, init, prompts, token, [torch.Generator().manual_seed(0)], 40, 5e-3)
     assert len(losses) == 40 and not torch.equal(tokens, init)
 
@@ -67,7 +68,7 @@ def test_one_shared_token_is_plain_textual_inversion(tiny_backbone, cats, genera
     """`per_layer: false` (one token for every layer, through the per-layer processors) learns what
     textual inversion learns with the ordinary UNet call: the same Adam steps on the same draws."""
     backbone = tiny_backbone
-    latents, token, init, prompts = setup(backbone, cats[:1], per_layer=False)
+    latents, token, init, prompts = token_setup(backbone, cats[:1], per_layer=False)
     ours, _ = invert_tokens(backbone, latents, init, prompts, token, generators(1), 10, 5e-2)
 
     vector = init[:, 0].clone().requires_grad_(True)
