@@ -9,8 +9,8 @@ code's `ImageAugmentations`: a random affine map, rotation up to 15 degrees and 
 10% of the side, then a random perspective map, corners moved inwards by up to 0.7 / 2 of the
 side, each applied with probability 0.7, border padding). We build each view's sampling grid
 ourselves, one batched `grid_sample` for every view of every image, instead of depending on kornia
-(which the reference uses): the draws come from each sample's own generator, so a sample's views do
-not depend on the batch around it. The maps' distributions are kornia's; the numbers drawn are not.
+(which the reference uses): the draws come from each image's own generator, so its views do not
+depend on the batch around it. The maps' distributions are kornia's; the numbers drawn are not.
 
 CLIP weights are open_clip's (`bench/metrics/clip_t.py` resolves and loads them): `pretrained`
 (the tag's safetensors file from the HF cache, OpenAI's ViT-B/16 by default as in the paper), `toy`

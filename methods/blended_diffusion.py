@@ -32,7 +32,9 @@ variance (diffusers' `DDPMScheduler` "fixed_small"; the ADM learns it); the back
 the level the step reaches (the paper's Algorithm 2; the code noises to the level the step starts
 from); the background loss compares both images masked (the code compares the masked estimate with
 the whole input); the ranking distance normalises the image as CLIP expects (the code skips it);
-augmentations are drawn per sample from its generator (`diffusion/clip_guidance.py`). `mask:
+each candidate draws its noise and augmentations from its own generator, seeded from the
+sample's, and `CANDIDATE_CHUNK` (4, the reference's batch) candidates share a sampling loop, which
+bounds memory without changing results (`diffusion/clip_guidance.py` for the augmentations). `mask:
 full` edits the whole image (the reference without `--mask`); `mask: dataset` reads
 `meta["mask"]`.
 """
@@ -67,6 +69,9 @@ from editsweep.diffusion.masks import dataset_mask, require_dataset_masks
 from editsweep.methods.base import EncodesInput, State, register_method
 
 UNET_IN_CHANNELS = 4
+# Candidates per sampling loop (the reference's batch of 4): bounds the memory of the guided steps,
+# which backpropagate through the UNet and the VAE decoder; results do not depend on it.
+CANDIDATE_CHUNK = 4
 
 
 class BlendedDiffusionInvertParams(Params):
@@ -245,7 +250,7 @@ class Guide:
         rows_per_sample: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps, -grad of the loss) at x (R, C, h, w); row r belongs to sample (r // rows_per_sample) % B.
-        `lambdas` are per-row weights (R,); `grids` the step's views (B, n, s, s, 2)."""
+        `lambdas` are per-row weights (R,); `grids` each row's views (R, n, s, s, 2)."""
         uncond = self.uncond.expand(len(x), -1, -1)
         if not any(bool((w > 0).any()) for w in lambdas.values()):
             with torch.no_grad():
@@ -261,7 +266,7 @@ class Guide:
             pixels = self.decode(torch.cat([x_in, x0]) if use_range else x_in)
             image = pixels[: len(x)]
             inside = self.pixel_mask[owner][:, None]
-            loss = lambdas["clip"] * clip_loss(self.clip, (image * inside + 1) / 2, self.texts[owner], grids[owner])
+            loss = lambdas["clip"] * clip_loss(self.clip, (image * inside + 1) / 2, self.texts[owner], grids)
             if use_range:
                 loss = loss + lambdas["range"] * range_loss(pixels[len(x) :])
             if self.lpips is not None:
@@ -298,6 +303,13 @@ def ddpm_guided_step(
     return mean if noise is None else mean + variance**0.5 * noise
 
 
+def candidate_streams(streams: Sequence[torch.Generator], candidates: int) -> list[list[torch.Generator]]:
+    """Per sample, one generator per candidate, seeded from draws of the sample's stream: a candidate's
+    numbers do not depend on how many candidates share a sampling loop."""
+    seeds = [torch.randint(0, 2**62, (candidates,), generator=g, device=g.device).tolist() for g in streams]
+    return [[torch.Generator().manual_seed(int(seed)) for seed in row] for row in seeds]
+
+
 def guided_blended_sample(
     backbone: Backbone,
     guide: Guide,
@@ -309,49 +321,55 @@ def guided_blended_sample(
     views: int,
     points: Sequence[BlendedDiffusionEditParams],
     streams: Sequence[torch.Generator],
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Final latents (P * B * candidates, C, h, w), point-major then sample then candidate, of the
-    `points` sharing one schedule, start, candidate count and view count. Draws per sample from its
-    stream, in this order: the start's noise (candidates), then per step the DDPM noise (candidates,
-    not at the last step), the background's noise (one, not at the last step), the views' parameters."""
+    `points` sharing one schedule, start, candidate count and view count, `chunk` candidates per
+    sampling loop (default `CANDIDATE_CHUNK`; memory only: the result does not depend on it).
+    Sample b's stream gives each candidate's seed (`candidate_streams`), then per step the
+    background's noise (not at the last step); candidate k's stream gives its start noise, then per
+    step its DDPM noise (not at the last step) and its views' parameters. Every point uses the same
+    draws."""
     n_points, batch = len(points), len(clean)
     schedule = make_schedule(backbone, steps)
     # DDPM ends at x_0 itself (alpha-bar 1), as guided diffusion's and diffusers' DDPM samplers do.
     alphas = torch.cat([schedule.alphas[:-1], torch.ones(1, dtype=schedule.alphas.dtype)])
-    shape = clean.shape[1:]
-    device = clean.device
+    shape, device = clean.shape[1:], clean.device
+    own = candidate_streams(streams, candidates)
+    chunk = chunk or CANDIDATE_CHUNK
 
-    def draw(count: int) -> torch.Tensor:
-        """(B * count, C, h, w): `count` draws per sample, sample-major."""
-        noise = torch.stack([torch.randn((count, *shape), generator=g, device=g.device) for g in streams])
-        return noise.flatten(0, 1).to(device)
+    def draw(generators: Sequence[torch.Generator]) -> torch.Tensor:
+        return torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators]).to(device)
 
-    def per_row(values: Sequence[float]) -> torch.Tensor:
-        return torch.tensor(values, device=device).repeat_interleave(batch * candidates)
-
-    lambdas = {
-        "clip": per_row([p.clip_lambda for p in points]),
-        "range": per_row([p.range_lambda for p in points]),
-        "l2": per_row([p.l2_lambda for p in points]),
-        "lpips": per_row([p.lpips_lambda for p in points]),
+    weights = {
+        "clip": [p.clip_lambda for p in points],
+        "range": [p.range_lambda for p in points],
+        "l2": [p.l2_lambda if guide.lpips is not None else 0.0 for p in points],
+        "lpips": [p.lpips_lambda if guide.lpips is not None else 0.0 for p in points],
     }
-    if guide.lpips is None:
-        lambdas["l2"], lambdas["lpips"] = torch.zeros_like(lambdas["l2"]), torch.zeros_like(lambdas["lpips"])
-    repeated = clean.repeat_interleave(candidates, dim=0)
-    a_start = alphas[start].item()
-    x = (a_start**0.5 * repeated + (1 - a_start) ** 0.5 * draw(candidates)).repeat(n_points, 1, 1, 1)
-    rows_mask = mask.repeat_interleave(candidates, dim=0).repeat(n_points, 1, 1)
-    for i in range(start, steps):
-        last = i == steps - 1
-        alpha, alpha_prev = alphas[i].item(), alphas[i + 1].item()
-        noise = None if last else draw(candidates).repeat(n_points, 1, 1, 1)
-        background = clean if last else alpha_prev**0.5 * clean + (1 - alpha_prev) ** 0.5 * draw(1)
-        grids = augmentation_grids(views, guide.clip.size, streams, device)
-        eps, gradient = guide(x, schedule.timesteps[i], alpha, lambdas, grids, candidates)
-        x = ddpm_guided_step(x, eps, alpha, alpha_prev, noise, gradient)
-        rows_background = background.repeat_interleave(candidates, dim=0).repeat(n_points, 1, 1, 1)
-        x = blend_outside(rows_mask, lambda _: rows_background)(i, x)
-    return x
+    finals = []
+    for first in range(0, candidates, chunk):
+        width = min(chunk, candidates - first)
+        rows = [row[first : first + width] for row in own]  # (B, width) generators, sample-major
+        flat = [g for row in rows for g in row]
+        backgrounds = forked(streams)  # every chunk sees the same background noise
+        lambdas = {k: torch.tensor(v, device=device).repeat_interleave(batch * width) for k, v in weights.items()}
+        a_start = alphas[start].item()
+        repeated = clean.repeat_interleave(width, dim=0)
+        x = (a_start**0.5 * repeated + (1 - a_start) ** 0.5 * draw(flat)).repeat(n_points, 1, 1, 1)
+        rows_mask = mask.repeat_interleave(width, dim=0).repeat(n_points, 1, 1)
+        for i in range(start, steps):
+            last = i == steps - 1
+            alpha, alpha_prev = alphas[i].item(), alphas[i + 1].item()
+            noise = None if last else draw(flat).repeat(n_points, 1, 1, 1)
+            grids = augmentation_grids(views, guide.clip.size, flat, device).repeat(n_points, 1, 1, 1, 1)
+            background = clean if last else alpha_prev**0.5 * clean + (1 - alpha_prev) ** 0.5 * draw(backgrounds)
+            eps, gradient = guide(x, schedule.timesteps[i], alpha, lambdas, grids, width)
+            x = ddpm_guided_step(x, eps, alpha, alpha_prev, noise, gradient)
+            rows_background = background.repeat_interleave(width, dim=0).repeat(n_points, 1, 1, 1)
+            x = blend_outside(rows_mask, lambda _, b=rows_background: b)(i, x)
+        finals.append(x.view(n_points, batch, width, *shape))
+    return torch.cat(finals, dim=2).flatten(0, 2)
 
 
 @torch.no_grad()

@@ -15,10 +15,10 @@ from editsweep.datasets.shapes import ShapesDataset
 from editsweep.diffusion.backbone import load_backbone
 from editsweep.diffusion.clip_guidance import load_guidance_clip, spherical_distance
 from editsweep.diffusion.ddim import encoding_start, make_schedule
-from editsweep.diffusion.inputs import forked, images_tensor
+from editsweep.diffusion.inputs import images_tensor
 from editsweep.diffusion.masks import MaskError, dataset_mask
 from editsweep.methods.base import get_method_class
-from editsweep.methods.blended_diffusion import Guide, best_candidates, guided_blended_sample, masks
+from editsweep.methods.blended_diffusion import Guide, best_candidates, candidate_streams, guided_blended_sample, masks
 
 MASK = np.zeros((64, 64), dtype=bool)
 MASK[16:40, 24:48] = True  # latent cells [2:5, 3:6] of the tiny backbone's 8x8 latent
@@ -89,10 +89,11 @@ def test_guidance_0_is_plain_masked_ddpm_as_diffusers_steps_it(tiny_backbone, ma
     scheduler.set_timesteps(point.steps)
     assert torch.equal(scheduler.timesteps, make_schedule(backbone, point.steps).timesteps)
     streams = generators(2)
-    draw = lambda: torch.stack([torch.randn((1, 4, 8, 8), generator=g) for g in streams])[:, 0]  # noqa: E731
+    own = [g for row in candidate_streams(streams, 1) for g in row]  # one candidate per sample
+    draw = lambda gens: torch.stack([torch.randn((4, 8, 8), generator=g) for g in gens])  # noqa: E731
     abar = scheduler.alphas_cumprod
     t0 = scheduler.timesteps[start]
-    x = abar[t0] ** 0.5 * clean + (1 - abar[t0]) ** 0.5 * draw()
+    x = abar[t0] ** 0.5 * clean + (1 - abar[t0]) ** 0.5 * draw(own)
     uncond = backbone.encode_text([""] * 2)
     inside = latent_mask[:, None]
     for i, t in enumerate(scheduler.timesteps[start:], start):
@@ -103,12 +104,10 @@ def test_guidance_0_is_plain_masked_ddpm_as_diffusers_steps_it(tiny_backbone, ma
             background = clean
         else:
             # the scheduler draws its noise with one generator per batch: split the batch
-            copies = forked(streams)
-            draw()  # advance past the DDPM noise the scheduler draws from the copies
-            steps = [scheduler.step(eps[b : b + 1], t, x[b : b + 1], generator=copies[b]) for b in range(2)]
+            steps = [scheduler.step(eps[b : b + 1], t, x[b : b + 1], generator=own[b]) for b in range(2)]
             x = torch.cat([s.prev_sample for s in steps])
             prev = abar[scheduler.timesteps[i + 1]]
-            background = prev**0.5 * clean + (1 - prev) ** 0.5 * draw()
+            background = prev**0.5 * clean + (1 - prev) ** 0.5 * draw(streams)
         x = inside * x + (1 - inside) * background
     torch.testing.assert_close(ours, x, atol=2e-5, rtol=0)
 
@@ -135,6 +134,25 @@ def test_clip_guidance_moves_the_masked_region_towards_the_prompt_on_the_toy_wor
         return (clip.image_embeddings(images * inside + 0.5 * (1 - inside)) * texts).sum(-1)
 
     assert (similarity(guided) - similarity(plain)).mean() > 0.1, (similarity(plain), similarity(guided))
+
+
+def test_candidates_do_not_depend_on_how_many_share_a_loop(tiny_backbone, masked, method, generators):
+    """Each candidate draws from its own stream: 3 candidates in loops of 1 give the latents of one loop
+    of 3 (up to the UNet's batch rounding), so `CANDIDATE_CHUNK` only bounds memory."""
+    backbone = tiny_backbone
+    invert = method.InvertParams(clip_weights="tiny")
+    clean = method.invert(backbone, masked, invert, generators(2))["latents"]
+    inputs = images_tensor(masked, backbone.device)
+    pixel_mask, latent_mask = masks(masked, "dataset", inputs, clean)
+    clip = load_guidance_clip("ViT-B-16", "tiny", "cpu")
+    guide = Guide(backbone, clip, None, inputs * 2 - 1, pixel_mask, clip.text_embeddings(["a dog"] * 2))
+    point = quick(method, clip_lambda=100.0, augmentations=3)
+    run = lambda chunk: guided_blended_sample(  # noqa: E731
+        backbone, guide, clean, latent_mask, 6, 2, 3, 3, [point], generators(2), chunk=chunk
+    )
+    together, apart = run(3), run(1)
+    torch.testing.assert_close(apart, together, atol=1e-4, rtol=0)
+    assert (together.view(2, 3, -1)[:, 0] - together.view(2, 3, -1)[:, 1]).abs().max() > 1e-2
 
 
 def test_the_candidate_closest_to_the_prompt_is_kept():
