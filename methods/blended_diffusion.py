@@ -35,8 +35,9 @@ the whole input); the ranking distance normalises the image as CLIP expects (the
 each candidate draws its noise and augmentations from its own generator, seeded from the
 sample's, and `CANDIDATE_CHUNK` (4, the reference's batch) candidates share a sampling loop, which
 bounds memory without changing results (`diffusion/clip_guidance.py` for the augmentations). `mask:
-full` edits the whole image (the reference without `--mask`); `mask: dataset` reads
-`meta["mask"]`.
+dataset` reads `meta["mask"]`; `mask: diffedit` computes DiffEdit's mask from the prompts
+(`diffusion/diffedit_mask.py`, its noise level on a `mask_steps` schedule) for datasets without
+masks; `mask: full` edits the whole image (the reference without `--mask`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from pydantic import Field
 from editsweep.core.params import Params
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
-from editsweep.diffusion.blending import blend_outside
+from editsweep.diffusion.blending import blend_outside, upsample_mask
 from editsweep.diffusion.clip_guidance import (
     GuidanceClip,
     GuidanceModelError,
@@ -64,7 +65,8 @@ from editsweep.diffusion.clip_guidance import (
     spherical_distance,
 )
 from editsweep.diffusion.ddim import encoding_start, make_schedule, unet_epsilon
-from editsweep.diffusion.inputs import forked, images_tensor, target_prompts
+from editsweep.diffusion.diffedit_mask import DiffEditMaskParams, binarise, diffedit_maps
+from editsweep.diffusion.inputs import forked, images_tensor, source_prompts, target_prompts
 from editsweep.diffusion.masks import dataset_mask, require_dataset_masks
 from editsweep.methods.base import EncodesInput, State, register_method
 
@@ -74,12 +76,15 @@ UNET_IN_CHANNELS = 4
 CANDIDATE_CHUNK = 4
 
 
-class BlendedDiffusionInvertParams(Params):
-    """The mask and the guidance models (recorded in each row's `weights`)."""
+class BlendedDiffusionInvertParams(DiffEditMaskParams):
+    """The mask (DiffEdit's parameters apply with `mask: diffedit`) and the guidance models (recorded
+    in each row's `weights`)."""
 
-    mask: Literal["dataset", "full"] = Field(
-        "dataset", description="the dataset's meta['mask'], or full: the whole image (the reference without a mask)"
+    mask: Literal["dataset", "diffedit", "full"] = Field(
+        "dataset",
+        description="the dataset's meta['mask'], DiffEdit's mask from the prompts, or full: the whole image",
     )
+    mask_steps: int = Field(50, ge=1, le=1000, description="DDIM schedule DiffEdit's mask_strength refers to")
     clip_model: str = Field("ViT-B-16", description="open_clip architecture of the guidance CLIP (the paper's)")
     clip_weights: str = Field(
         "pretrained",
@@ -166,7 +171,10 @@ class BlendedDiffusion(EncodesInput):
         load_guidance_clip(params.clip_model, params.clip_weights, str(backbone.device))  # fail the group early
         if params.background_loss:
             load_lpips(params.lpips_weights, str(backbone.device))
-        return super().invert(backbone, samples, params, generators, seeds)
+        latents = super().invert(backbone, samples, params, generators, seeds)["latents"]
+        inputs = images_tensor(samples, backbone.device).float()
+        pixel_mask, latent_mask = masks(backbone, samples, params, inputs, latents, generators)
+        return {"latents": latents, "pixel_mask": pixel_mask, "latent_mask": latent_mask}
 
     def edit(
         self,
@@ -179,7 +187,7 @@ class BlendedDiffusion(EncodesInput):
     ) -> list[torch.Tensor]:
         clean = state["latents"].float()
         inputs = images_tensor(samples, backbone.device).float()
-        pixel_mask, latent_mask = masks(samples, invert_params.mask, inputs, clean)
+        pixel_mask, latent_mask = state["pixel_mask"], state["latent_mask"]
         clip = load_guidance_clip(invert_params.clip_model, invert_params.clip_weights, str(backbone.device))
         lpips = None
         if invert_params.background_loss:
@@ -209,11 +217,24 @@ class BlendedDiffusion(EncodesInput):
 
 
 def masks(
-    samples: Sequence[Sample], kind: str, inputs: torch.Tensor, latents: torch.Tensor
+    backbone: Backbone,
+    samples: Sequence[Sample],
+    params: BlendedDiffusionInvertParams,
+    inputs: torch.Tensor,
+    latents: torch.Tensor,
+    generators: Sequence[torch.Generator],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, H, W) pixel and (B, h, w) latent 0/1 masks (1 = edit): the dataset's, or everything."""
-    if kind == "full":
+    """(B, H, W) pixel and (B, h, w) latent 0/1 masks (1 = edit): everything, DiffEdit's (at the
+    latent size, its cells upsampled to pixels; draws from copies of the generators), or the dataset's
+    (each brought to both sizes by the image's center crop and a nearest resize)."""
+    if params.mask == "full":
         return torch.ones_like(inputs[:, 0]), torch.ones_like(latents[:, 0])
+    if params.mask == "diffedit":
+        schedule = make_schedule(backbone, params.mask_steps)
+        source, target = source_prompts(samples), target_prompts(samples)
+        maps = diffedit_maps(backbone, latents, source, target, schedule, params, forked(generators))
+        latent = binarise(maps, params.mask_clamp, params.mask_threshold)
+        return upsample_mask(latent, tuple(inputs.shape[-2:])), latent
     pixel = torch.stack([dataset_mask(s, tuple(inputs.shape[-2:])) for s in samples]).to(inputs.device)
     latent = torch.stack([dataset_mask(s, tuple(latents.shape[-2:])) for s in samples]).to(latents.device)
     return pixel, latent

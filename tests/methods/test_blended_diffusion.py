@@ -14,11 +14,13 @@ from editsweep.datasets.images import fit_square
 from editsweep.datasets.shapes import ShapesDataset
 from editsweep.diffusion.backbone import load_backbone
 from editsweep.diffusion.clip_guidance import load_guidance_clip, spherical_distance
+from editsweep.diffusion.blending import upsample_mask
 from editsweep.diffusion.ddim import encoding_start, make_schedule
+from editsweep.diffusion.diffedit_mask import binarise, diffedit_maps
 from editsweep.diffusion.inputs import images_tensor
 from editsweep.diffusion.masks import MaskError, dataset_mask
 from editsweep.methods.base import get_method_class
-from editsweep.methods.blended_diffusion import Guide, best_candidates, candidate_streams, guided_blended_sample, masks
+from editsweep.methods.blended_diffusion import Guide, best_candidates, candidate_streams, guided_blended_sample
 
 MASK = np.zeros((64, 64), dtype=bool)
 MASK[16:40, 24:48] = True  # latent cells [2:5, 3:6] of the tiny backbone's 8x8 latent
@@ -77,9 +79,9 @@ def test_guidance_0_is_plain_masked_ddpm_as_diffusers_steps_it(tiny_backbone, ma
     backbone = tiny_backbone
     point = quick(method, clip_lambda=0.0, range_lambda=0.0, steps=8)
     invert = method.InvertParams(clip_weights="tiny")
-    clean = method.invert(backbone, masked, invert, generators(2))["latents"]
+    state = method.invert(backbone, masked, invert, generators(2))
+    clean, pixel_mask, latent_mask = state["latents"], state["pixel_mask"], state["latent_mask"]
     inputs = images_tensor(masked, backbone.device)
-    pixel_mask, latent_mask = masks(masked, "dataset", inputs, clean)
     clip = load_guidance_clip("ViT-B-16", "tiny", "cpu")
     guide = Guide(backbone, clip, None, inputs * 2 - 1, pixel_mask, clip.text_embeddings(["a dog"] * 2))
     start = encoding_start(point.steps, point.strength)
@@ -141,9 +143,9 @@ def test_candidates_do_not_depend_on_how_many_share_a_loop(tiny_backbone, masked
     of 3 (up to the UNet's batch rounding), so `CANDIDATE_CHUNK` only bounds memory."""
     backbone = tiny_backbone
     invert = method.InvertParams(clip_weights="tiny")
-    clean = method.invert(backbone, masked[:1], invert, generators(1))["latents"]
+    state = method.invert(backbone, masked[:1], invert, generators(1))
+    clean, pixel_mask, latent_mask = state["latents"], state["pixel_mask"], state["latent_mask"]
     inputs = images_tensor(masked[:1], backbone.device)
-    pixel_mask, latent_mask = masks(masked[:1], "dataset", inputs, clean)
     clip = load_guidance_clip("ViT-B-16", "tiny", "cpu")
     guide = Guide(backbone, clip, None, inputs * 2 - 1, pixel_mask, clip.text_embeddings(["a dog"]))
     point = quick(method, clip_lambda=100.0, augmentations=3)
@@ -195,3 +197,28 @@ def test_background_loss_and_full_mask_run(tiny_backbone, masked, method, genera
     (out,) = method.edit(tiny_backbone, state, masked[:1], invert, [quick(method, steps=2)], generators(1))
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
     assert (out - images_tensor(masked[:1], tiny_backbone.device)).abs().max() > 1e-2
+
+
+def test_diffedit_mask_is_diffedits_from_the_prompts(tiny_backbone, generated_samples, method, generators):
+    """`mask: diffedit` (datasets without masks): DiffEdit's map of source vs target prompt on a
+    `mask_steps` schedule, binarised, its cells upsampled to the pixel mask; the edit keeps the
+    input's latent outside it."""
+    backbone = tiny_backbone
+    samples = [dataclasses.replace(s, target_prompt="a photo of a dog") for s in generated_samples[1:3]]
+    invert = method.InvertParams(clip_weights="tiny", mask="diffedit", mask_samples=2, mask_steps=10)
+    state = method.invert(backbone, samples, invert, generators(2))
+    maps = diffedit_maps(
+        backbone,
+        state["latents"],
+        [s.source_prompt for s in samples],
+        ["a photo of a dog"] * 2,
+        make_schedule(backbone, 10),
+        invert,
+        generators(2),
+    )
+    expected = binarise(maps, invert.mask_clamp, invert.mask_threshold)
+    assert torch.equal(state["latent_mask"], expected) and 0 < expected.mean() < 1
+    assert torch.equal(state["pixel_mask"], upsample_mask(expected, (64, 64)))
+    (out,) = method.edit(backbone, state, samples, invert, [quick(method, steps=2)], generators(2))
+    outside = state["pixel_mask"][:, None].expand_as(out) == 0
+    assert torch.equal(out[outside], images_tensor(samples, backbone.device)[outside])
