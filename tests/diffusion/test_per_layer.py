@@ -93,3 +93,25 @@ def test_the_inserted_token_is_the_lookup_when_given_its_own_row(tiny_backbone):
     assert torch.equal(other[0, :position], plain[0, :position])
     assert (other[0, position:] - plain[0, position:]).abs().max() > 1e-4
     assert torch.equal(weight, before) and torch.equal(backbone.text_encoder(ids)[0], plain)
+
+
+def test_an_sd_shaped_unet_has_16_layers_and_its_16x16_and_8x8_ones_are_coarse():
+    """SD 1.x's block layout (tiny widths): 6 down, 1 mid, 9 up cross-attention layers; the coarse half
+    is down_blocks.2, the mid block and up_blocks.1 (16x16 and 8x8 at 512 px)."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=8,
+        layers_per_block=2,
+        norm_num_groups=4,
+        attention_head_dim=2,
+        sample_size=8,
+    )
+    names = cross_attention_layers(unet)
+    assert len(names) == 16
+    coarse = {n.split(".attentions")[0] for n, c in zip(names, coarse_layers(unet), strict=True) if c}
+    assert coarse == {"down_blocks.2", "mid_block", "up_blocks.1"}
+    assert sum(coarse_layers(unet)) == 6
