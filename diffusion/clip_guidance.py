@@ -1,4 +1,5 @@
-"""CLIP as a differentiable loss for the methods that train with it (Text2Live, DiffusionCLIP).
+"""CLIP as a differentiable loss for the methods that train or guide with it (Text2Live,
+DiffusionCLIP, Blended Diffusion).
 
 The model loads through the project's CLIP loading (`bench/metrics/clip_t.py`): an open_clip
 architecture with a pretrained tag from the Hugging Face cache (failing fast offline, naming the
@@ -13,15 +14,27 @@ on `image_embeddings` back-propagates to the pixels. Losses:
 - `cosine_distance`: 1 - cos(image, text) (Text2Live's D_cos, Bar-Tal et al. 2022, Sec. 3.1);
 - `directional_distance`: 1 - cos(E_I(edit) - E_I(source), E_T(target) - E_T(source)), the
   directional CLIP loss of StyleGAN-NADA that DiffusionCLIP (Kim et al. 2022, Eq. 6) and
-  Text2Live's composition loss use.
+  Text2Live's composition loss use;
+- `clip_loss`: Blended Diffusion's D_CLIP (Avrahami, Lischinski, Fried 2022, Sec. 3-4), the
+  spherical distance 2 * arcsin(|a - b| / 2)^2 between the normalised embeddings of the text and
+  of `n` views of the image: the image average-pooled to CLIP's input size and n - 1 random
+  augmentations of it (the reference code's `ImageAugmentations`: a random affine map, rotation up
+  to 15 degrees and translation up to 10% of the side, then a random perspective map, corners moved
+  inwards by up to 0.7 / 2 of the side, each with probability 0.7, border padding). Each view's
+  sampling grid is built here, one batched `grid_sample` for every view of every image, instead of
+  depending on kornia (which the reference uses): the draws come from each image's own generator,
+  so its views do not depend on the batch around it. The maps' distributions are kornia's; the
+  numbers drawn are not. `range_loss` is its loss on pixels beyond [-1, 1].
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,3 +278,81 @@ def _load(clip: str, tag: str, device: torch.device, who: str) -> ClipGuide:
         source=clip_source(clip, tag),
         device=device,
     )
+
+
+def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The paper's D_CLIP between L2-normalised embeddings, row by row: 2 * arcsin(|a - b| / 2)^2."""
+    return (a - b).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
+
+
+def augmentation_grids(
+    views: int, size: int, generators: Sequence[torch.Generator], device: torch.device, probability: float = 0.7
+) -> torch.Tensor:
+    """(B, views, size, size, 2) `grid_sample` grids: view 0 the identity, the others the reference's
+    random affine (rotation <= 15 deg, translation <= 10%) then perspective (distortion 0.7) maps, each
+    applied with `probability`; sample b's draws come from generators[b]."""
+    axis = torch.linspace(-1, 1, size, dtype=torch.float64, device=device)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    points = torch.stack([xx, yy, torch.ones_like(xx)], -1).view(-1, 3)
+    identity = points[:, :2].view(1, 1, size, size, 2).expand(len(generators), 1, size, size, 2).float()
+    if views == 1:
+        return identity
+    rows = []
+    for g in generators:
+        u = torch.rand(views - 1, 10, generator=g, device=g.device).to(device, torch.float64)
+        affine_on, perspective_on = u[:, 0] < probability, u[:, 1] < probability
+        angle = (u[:, 2] * 2 - 1) * math.radians(15) * affine_on
+        shift = (u[:, 3:5] * 2 - 1) * 0.1 * 2 * affine_on[:, None]  # normalised coordinates span 2
+        # Each corner moves inwards by up to distortion / 2 of the side (normalised: distortion).
+        inward = u[:, 5:9].repeat_interleave(2, dim=1).view(-1, 4, 2) * 0.7 * perspective_on[:, None, None]
+        rows.append((angle, shift, inward))
+    angle = torch.cat([r[0] for r in rows])
+    shift = torch.cat([r[1] for r in rows])
+    inward = torch.cat([r[2] for r in rows])
+    n = len(angle)
+    corners = torch.tensor([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=torch.float64, device=device)
+    moved = corners * (1 - inward)
+    homography = _homographies(corners.expand(n, 4, 2), moved)
+    cos, sin = angle.cos(), angle.sin()
+    affine = torch.zeros(n, 3, 3, dtype=torch.float64, device=device)
+    affine[:, 0, 0], affine[:, 0, 1], affine[:, 1, 0], affine[:, 1, 1] = cos, -sin, sin, cos
+    affine[:, :2, 2], affine[:, 2, 2] = shift, 1
+    transform = affine @ homography  # output coordinates -> where the view samples the image
+    mapped = torch.einsum("nij,pj->npi", transform, points)
+    grid = (mapped[..., :2] / mapped[..., 2:]).view(len(generators), views - 1, size, size, 2)
+    return torch.cat([identity, grid.float()], dim=1)
+
+
+def _homographies(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) maps taking the 4 `source` points (N, 4, 2) to the 4 `target` points (DLT, h33 = 1)."""
+    x, y = source.unbind(-1)
+    u, v = target.unbind(-1)
+    zero, one = torch.zeros_like(x), torch.ones_like(x)
+    a = torch.cat(
+        [
+            torch.stack([x, y, one, zero, zero, zero, -u * x, -u * y], -1),
+            torch.stack([zero, zero, zero, x, y, one, -v * x, -v * y], -1),
+        ],
+        dim=1,
+    )
+    h = torch.linalg.solve(a, torch.cat([u, v], dim=1))
+    return torch.cat([h, torch.ones_like(h[:, :1])], dim=1).view(-1, 3, 3)
+
+
+def clip_loss(
+    clip: ClipGuide, images: torch.Tensor, texts: torch.Tensor, grids: torch.Tensor
+) -> torch.Tensor:
+    """(N,) mean spherical distance over the views of each image (N, 3, H, W) in [0, 1] to its text
+    embedding (N, d); `grids` (N, views, s, s, 2) from `augmentation_grids` (the reference pools to
+    CLIP's size first, then augments)."""
+    n, views = grids.shape[:2]
+    pooled = F.adaptive_avg_pool2d(images, clip.image_size)
+    repeated = pooled.repeat_interleave(views, dim=0)
+    warped = F.grid_sample(repeated, grids.flatten(0, 1), mode="bilinear", padding_mode="border", align_corners=True)
+    embeddings = clip.image_embeddings(warped)
+    return spherical_distance(embeddings, texts.repeat_interleave(views, dim=0)).view(n, views).mean(1)
+
+
+def range_loss(images: torch.Tensor) -> torch.Tensor:
+    """(N,) the reference's range loss: mean squared excess of [-1, 1]-scaled pixels beyond [-1, 1]."""
+    return (images - images.clamp(-1, 1)).pow(2).mean((1, 2, 3))

@@ -1,6 +1,7 @@
 """Editing methods, each one registered module (importing this package registers them)."""
 
 from editsweep.methods import (  # noqa: F401  (registration side effect)
+    blended_diffusion,
     blended_latent,
     controlnet,
     copy_input,
@@ -21,6 +22,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     ledits_pp,
     negative_prompt,
     null_text,
+    p_plus,
     precomputed,
     prompt_tuning,
     sdedit,

@@ -170,3 +170,19 @@ def test_pie_bench_cyclenet_spec_plans_one_group_per_image(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pie-bench-cyclenet: 9 tasks in 3 groups" in out
     assert "  cyclenet: 9 tasks, 3 groups" in out
+def test_pie_bench_blended_diffusion_spec_plans_one_group_per_image(tmp_path, capsys):
+    """No inversion: one group per image (its mask), 3 CLIP lambdas x 2 background modes in it."""
+    path = with_root("pie-bench-blended-diffusion.yaml", pie_folder(tmp_path / "pie", 3), tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "pie-bench-blended-diffusion: 18 tasks in 3 groups" in out
+    assert "  blended_diffusion: 18 tasks, 3 groups" in out
+
+
+def test_pie_bench_p_plus_spec_plans_one_group_per_image_and_inversion(tmp_path, capsys):
+    """P+ and textual inversion: two token inversions per image, 3 layer choices x 2 strengths each."""
+    path = with_root("pie-bench-p-plus.yaml", pie_folder(tmp_path / "pie", 3), tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "pie-bench-p-plus: 36 tasks in 6 groups" in out
+    assert "  p_plus: 36 tasks, 6 groups" in out

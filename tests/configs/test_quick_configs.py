@@ -50,3 +50,5 @@ def test_quick_spec_runs_offline(path, tmp_path):
         assert rows["weights"].str.contains("depth=tiny:random").any()
     if path.stem == "cyclenet":
         assert rows["weights"].str.contains("cyclenet=tiny:random").all()
+    if path.stem == "blended-diffusion":
+        assert rows["weights"].str.contains("guidance_clip=tiny-clip:random").all()
