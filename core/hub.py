@@ -15,6 +15,10 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+class WeightsError(RuntimeError):
+    """Model weights are not available or do not load: the message names them and how to provide them."""
+
+
 def hf_offline() -> bool:
     """HF_HUB_OFFLINE as huggingface_hub reads it, but read now (not at import time)."""
     from huggingface_hub import constants as hf_constants

@@ -1,7 +1,7 @@
 """CLIP as a differentiable loss for the methods that train or guide with it (Text2Live,
 DiffusionCLIP, Blended Diffusion).
 
-The model loads through the project's CLIP loading (`bench/metrics/clip_t.py`): an open_clip
+The model loads through the project's CLIP loading (`core/clip_models.py`, as the CLIP scorers): an open_clip
 architecture with a pretrained tag from the Hugging Face cache (failing fast offline, naming the
 file and how to fetch it), an open_clip Hub repo (`hf-hub:org/name`) or local folder
 (`open_clip_config.json` + `open_clip_model.safetensors`), the toy CLIP shipped in
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from editsweep.core.hub import hf_cache_dir, hf_offline
+from editsweep.core.hub import WeightsError, hf_cache_dir, hf_offline
 from editsweep.core.params import Params
 
 CLIP_PRESETS = ("toy", "random")
@@ -222,10 +222,9 @@ def _hub_folder(repo_id: str, who: str) -> Path:
 def _load(clip: str, tag: str, device: torch.device, who: str) -> ClipGuide:
     import open_clip
 
-    from editsweep.bench.metrics.base import ScorerWeightsError
     from open_clip.model import set_model_preprocess_cfg
 
-    from editsweep.bench.metrics.clip_t import (
+    from editsweep.core.clip_models import (
         load_local_clip,
         open_clip_tag_kwargs,
         resolve_pretrained_checkpoint,
@@ -268,7 +267,7 @@ def _load(clip: str, tag: str, device: torch.device, who: str) -> ClipGuide:
                 )
             model = open_clip.create_model(clip, pretrained=checkpoint, **open_clip_tag_kwargs(clip, tag))
             tokenizer_name = clip
-    except ScorerWeightsError as exc:
+    except WeightsError as exc:
         raise ClipGuideError(str(exc)) from exc
     model = model.to(device).eval().requires_grad_(False)
     return ClipGuide(

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from editsweep.core.hub import WeightsError
+from editsweep.core.lpips_models import build_lpips
 from editsweep.core.params import Params
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
@@ -115,14 +117,11 @@ class BlendedDiffusionEditParams(Params):
 @functools.lru_cache(maxsize=2)
 def load_lpips(weights: str, device: str) -> tuple[torch.nn.Module, str]:
     """LPIPS (VGG) for the background loss, loaded as the `lpips` scorer loads it, frozen."""
-    from editsweep.bench.metrics.base import ScorerWeightsError
-    from editsweep.bench.metrics.lpips_distance import LpipsParams, LpipsScorer
-
     try:
-        scorer = LpipsScorer(LpipsParams(net="vgg", weights=weights), torch.device(device))
-    except ScorerWeightsError as exc:
-        raise ScorerWeightsError(f"{exc} (blended_diffusion's `lpips_weights`)") from exc
-    return scorer.model.requires_grad_(False), scorer.weights_source
+        model, source = build_lpips("vgg", weights)
+    except WeightsError as exc:
+        raise WeightsError(f"{exc} (blended_diffusion's `lpips_weights`)") from exc
+    return model.to(device).eval().requires_grad_(False), source
 
 
 @register_method

@@ -34,12 +34,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from editsweep.bench.metrics.base import ScoreBatch, Scorer, ScorerParams, ScorerWeightsError, register_scorer
-from editsweep.bench.metrics.clip_t import (
-    clip_preprocess,
-    load_local_clip,
-    open_clip_tag_kwargs,
-    resolve_pretrained_checkpoint,
-)
+from editsweep.bench.metrics.clip_t import clip_preprocess
+from editsweep.core.clip_models import load_local_clip, open_clip_tag_kwargs, resolve_pretrained_checkpoint
 from editsweep.core.hub import hf_offline
 from editsweep.datasets.base import Sample
 

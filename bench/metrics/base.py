@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from editsweep.core.hub import WeightsError
 from editsweep.core.metrics import MetricInfo
 from editsweep.core.registry import Registry
 from editsweep.datasets.base import Sample
@@ -32,8 +33,9 @@ class ScorerParams(BaseModel):
     weights: Literal["pretrained", "random"] | str = "pretrained"
 
 
-class ScorerWeightsError(RuntimeError):
-    """A scorer's weights are not available: the message names them and how to provide them."""
+# A scorer's weights are not available: the scorers' name for core/hub.py's `WeightsError`, which
+# the shared model loaders (core/clip_models.py) raise too.
+ScorerWeightsError = WeightsError
 
 
 @dataclass

@@ -10,7 +10,8 @@ import torch
 from pydantic import ValidationError
 
 from editsweep.bench.metrics import ScorerWeightsError, get_scorer_class
-from editsweep.bench.metrics.lpips_distance import LpipsScorer, backbone_file
+from editsweep.bench.metrics.lpips_distance import LpipsScorer
+from editsweep.core.lpips_models import backbone_file
 
 from .conftest import add_noise, make_samples, smooth_images
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from editsweep.bench.metrics import ScorerWeightsError, get_scorer_class
-from editsweep.bench.metrics.lpips_distance import backbone_file
+from editsweep.core.lpips_models import backbone_file
 from editsweep.bench.metrics.ns_lpips import NsLpipsScorer
 from editsweep.datasets.base import Sample
 from editsweep.datasets.images import fit_square, fit_square_mask
