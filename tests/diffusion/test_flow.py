@@ -1,0 +1,70 @@
+"""The flow-matching backbones (diffusion/flow.py): tiny presets, and sampling checked against
+diffusers' own StableDiffusion3Pipeline / FluxPipeline on the same weights, noise and prompt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from editsweep.diffusion.backbone import BackboneLoadError, family_of, load_backbone
+from editsweep.diffusion.flow import FlowBackbone, flow_sample
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux"])
+def backbone(request) -> FlowBackbone:
+    return load_backbone(f"tiny-{request.param}")
+
+
+def test_tiny_presets_load_offline_with_calibrated_latents(backbone):
+    assert backbone.family in ("sd3", "flux") and backbone.resolution == 64
+    assert backbone.weights_source == f"tiny-{backbone.family}:random"
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    latents = backbone.encode_images(images)
+    assert latents.shape == (2, 16, 8, 8)
+    assert 0.5 < latents.std().item() < 2
+    assert backbone.decode(latents).shape == (2, 3, 64, 64)
+
+
+def test_sampling_equals_the_diffusers_pipeline(backbone):
+    """Same noise, prompt, steps and guidance: the pipeline's latents, to float tolerance."""
+    steps, guidance, prompts = 4, 3.0, ["a red cube", "a cat on a mat"]
+    noise = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+    text = backbone.encode_text(prompts)
+    g = torch.full((2,), guidance)
+    if backbone.family == "sd3":
+        ours = flow_sample(backbone, noise, backbone.sigmas(steps), text, g, backbone.encode_text(["", ""]))
+        theirs = backbone.pipe(
+            prompts, negative_prompt=["", ""], latents=noise, guidance_scale=guidance, num_inference_steps=steps,
+            height=64, width=64, max_sequence_length=backbone.max_sequence_length, output_type="latent",
+        ).images
+    else:
+        ours = flow_sample(backbone, noise, backbone.sigmas(steps), text, g)
+        packed = backbone.pipe._pack_latents(noise, 2, 16, 8, 8)
+        out = backbone.pipe(
+            prompts, latents=packed, guidance_scale=guidance, num_inference_steps=steps,
+            height=64, width=64, max_sequence_length=backbone.max_sequence_length, output_type="latent",
+        ).images
+        theirs = backbone.pipe._unpack_latents(out, 64, 64, backbone.vae_scale_factor)
+    assert (ours - noise).abs().max() > 1e-2  # the check is not vacuous
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_families_are_known_before_loading(tmp_path):
+    assert family_of("tiny") == family_of("toy") == family_of("runwayml/stable-diffusion-v1-5") == "sd"
+    assert family_of("tiny-sd3") == family_of("stabilityai/stable-diffusion-3-medium-diffusers") == "sd3"
+    assert family_of("tiny-flux") == family_of("black-forest-labs/FLUX.1-schnell") == "flux"
+    assert family_of("someone/unknown-model") is None
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    assert family_of(str(tmp_path)) == "flux"
+
+
+@pytest.mark.parametrize(
+    "hub_id", ["stabilityai/stable-diffusion-3-medium-diffusers", "black-forest-labs/FLUX.1-dev"]
+)
+def test_a_missing_hub_model_fails_fast_offline_with_how_to_download_it(hub_id, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(BackboneLoadError, match=rf"{hub_id}.*download {hub_id}"):
+        load_backbone(hub_id)
