@@ -271,6 +271,12 @@ def load_flow_backbone(
     return FlowBackbone(name, family, pipe, device, dtype, name in FLOW_PRESETS, length)
 
 
+_MORE_FILES = (
+    "; add '*.model' to the download for the T5 tokenizer's sentencepiece file, and accept the model's "
+    "license on its Hub page first where it is gated (FLUX.1-dev, SD3)"
+)
+
+
 def _load_pretrained(source: str, family: str, dtype: torch.dtype) -> StableDiffusion3Pipeline | FluxPipeline:
     """The family's pipeline from the local cache or folder (safetensors only), else the Hub."""
     from editsweep.core.hub import hf_offline
@@ -282,11 +288,11 @@ def _load_pretrained(source: str, family: str, dtype: torch.dtype) -> StableDiff
     with contextlib.suppress(OSError, ValueError):
         return cls.from_pretrained(src, dtype=dtype, use_safetensors=True, local_files_only=True)
     if is_folder or hf_offline():
-        raise BackboneLoadError(f"{cls.__name__}: {_missing_message(source, is_folder)}")
+        raise BackboneLoadError(f"{cls.__name__}: {_missing_message(source, is_folder)}{_MORE_FILES}")
     try:
         return cls.from_pretrained(src, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as err:
-        raise BackboneLoadError(f"{cls.__name__}: {_missing_message(source, False)}\ncause: {err}") from err
+        raise BackboneLoadError(f"{cls.__name__}: {_missing_message(source, False)}{_MORE_FILES}\ncause: {err}") from err
 
 
 def _clip(seed: int, projection: bool) -> CLIPTextModel | CLIPTextModelWithProjection:
