@@ -90,3 +90,12 @@ def test_families_are_checked_at_validation():
         load_spec(_spec("black-forest-labs/FLUX.1-dev", "sdedit"))
     load_spec(_spec("tiny-sd3", "flowedit"))
     load_spec(_spec("someone/unknown", "sdedit"))  # unknown family: decided when loaded
+
+
+def test_list_methods_shows_each_methods_families(capsys):
+    from editsweep.bench.cli import main
+
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "flowedit: " in out and out.split("flowedit: ")[1].split("\n")[1] == "  families: sd3, flux"
+    assert out.split("\nsdedit: ")[1].split("\n")[1] == "  families: sd"
