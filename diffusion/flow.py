@@ -253,6 +253,26 @@ def flow_sample(
     return x
 
 
+def flow_invert(
+    backbone: FlowBackbone,
+    latents: torch.Tensor,
+    sigmas: torch.Tensor,
+    text: FlowText,
+    guidance: torch.Tensor,
+    negative: FlowText | None = None,
+    start: int = 0,
+) -> torch.Tensor:
+    """The inverse of `flow_sample`: Euler integration of the flow ODE from `sigmas[-1]` (0, the
+    clean latents) up to `sigmas[start]`, float32, each step using the velocity at its lower end
+    (the plain inversion RF-Inversion and RF-Solver start from, Rout et al. 2025, Wang et al. 2024).
+    At guidance 1 on a smooth model, sampling from the result reconstructs the input closely."""
+    x = latents.float()
+    for i in range(len(sigmas) - 1, start, -1):
+        v = backbone.predict_velocity(x, sigmas[i], text, guidance, negative)
+        x = x + (sigmas[i - 1] - sigmas[i]) * v
+    return x
+
+
 def load_flow_backbone(
     name: str, family: str, device: torch.device, dtype: torch.dtype, seed: int = 0
 ) -> FlowBackbone:
