@@ -99,3 +99,12 @@ def test_list_methods_shows_each_methods_families(capsys):
     out = capsys.readouterr().out
     assert "flowedit: " in out and out.split("flowedit: ")[1].split("\n")[1] == "  families: sd3, flux"
     assert out.split("\nsdedit: ")[1].split("\n")[1] == "  families: sd"
+
+
+def test_baselines_run_on_every_family(backbone, samples, generators):
+    for name in ("copy", "vae_roundtrip"):
+        method = get_method_class(name)()
+        assert backbone.family in method.families
+        state = method.invert(backbone, samples, Params(), generators(2))
+        (out,) = method.edit(backbone, state, samples, Params(), [Params()], generators(2))
+        assert out.shape == (2, 3, 64, 64)
