@@ -563,9 +563,9 @@ def _check_registered(spec: SweepSpec) -> list[str]:
         if not any(p.startswith(f"methods[{i}].") for p in problems):
             problems += _refused_pairs(cls, m, f"methods[{i}]")
         problems += [f"methods[{i}]: {r}" for b in spec.backbones if (r := cls.refuse_backbone(b.name))]
-        problems += [
-            f"methods[{i}]: backbone {b.name!r}: {r}" for b in spec.backbones if (r := cls.refuse_family(family_of(b.name)))
-        ]
+        for b in spec.backbones:
+            if refused := cls.refuse_family(family_of(b.name)):
+                problems.append(f"methods[{i}]: backbone {b.name!r}: {refused}")
         if m.search is not None and not any(p.startswith(f"methods[{i}].") for p in problems):
             problems += _check_search(spec, m, cls, f"methods[{i}]")
     for name, params in spec.metrics.items():

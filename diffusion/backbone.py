@@ -9,7 +9,9 @@ tested without downloading anything:
 - `tiny-ip2p`: `tiny` with an InstructPix2Pix UNet (8 input channels: the noisy latent and the
   input image's latent), for the instruction-editing methods (methods/instruct_pix2pix.py);
 - `tiny-inpaint`: `tiny` with an inpainting UNet (9 input channels: the noisy latent, the mask and
-  the masked image's latent), for the inpainting editor (methods/inpaint.py).
+  the masked image's latent), for the inpainting editor (methods/inpaint.py);
+- `tiny-sd3`, `tiny-flux`: small flow-matching backbones (diffusion/flow.py), loaded as a
+  `FlowBackbone`, as are SD3 and FLUX Hub ids and folders (`family_of`).
 
 The `toy` preset is trained, not random: the SD-shaped models of `toy/models.py`, trained on the
 toy world (`toy/train.py`) and shipped with the package. Edits on it are real, but its numbers are

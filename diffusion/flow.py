@@ -41,6 +41,15 @@ from diffusers import (
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
+from editsweep.core.hub import hf_offline
+from editsweep.diffusion.backbone import (
+    BackboneLoadError,
+    _missing_message,
+    _seeded,
+    backbone_source,
+    clip_bpe_tokenizer,
+)
+
 FLOW_FAMILIES = ("sd3", "flux")
 FLOW_PRESETS = {"tiny-sd3": "sd3", "tiny-flux": "flux"}
 # Families of Hub ids known without loading them (spec validation uses it; see `family_of`).
@@ -169,9 +178,7 @@ class FlowBackbone:
         else:
             side = latent_side or self.resolution // self.vae_scale_factor
             c = scheduler.config
-            mu = calculate_shift(
-                (side // 2) ** 2, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift
-            )
+            mu = calculate_shift((side // 2) ** 2, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
             scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
         return scheduler.sigmas.float().cpu()
 
@@ -230,7 +237,9 @@ class FlowBackbone:
             img_ids=img_ids,
             return_dict=False,
         )[0]
-        return FluxPipeline._unpack_latents(out, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae_scale_factor)
+        return FluxPipeline._unpack_latents(
+            out, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae_scale_factor
+        )
 
 
 def flow_sample(
@@ -273,9 +282,7 @@ def flow_invert(
     return x
 
 
-def load_flow_backbone(
-    name: str, family: str, device: torch.device, dtype: torch.dtype, seed: int = 0
-) -> FlowBackbone:
+def load_flow_backbone(name: str, family: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> FlowBackbone:
     """A flow backbone from a preset (`tiny-sd3`, `tiny-flux`), a local diffusers folder or a Hub id."""
     if name in FLOW_PRESETS:
         pipe = _build_tiny_sd3(seed) if family == "sd3" else _build_tiny_flux(seed)
@@ -299,9 +306,6 @@ _MORE_FILES = (
 
 def _load_pretrained(source: str, family: str, dtype: torch.dtype) -> StableDiffusion3Pipeline | FluxPipeline:
     """The family's pipeline from the local cache or folder (safetensors only), else the Hub."""
-    from editsweep.core.hub import hf_offline
-    from editsweep.diffusion.backbone import BackboneLoadError, _missing_message, backbone_source
-
     is_folder = backbone_source(source) == "folder"
     src = str(Path(source).expanduser()) if is_folder else source
     cls = PIPELINES[family]
@@ -312,7 +316,9 @@ def _load_pretrained(source: str, family: str, dtype: torch.dtype) -> StableDiff
     try:
         return cls.from_pretrained(src, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as err:
-        raise BackboneLoadError(f"{cls.__name__}: {_missing_message(source, False)}{_MORE_FILES}\ncause: {err}") from err
+        raise BackboneLoadError(
+            f"{cls.__name__}: {_missing_message(source, False)}{_MORE_FILES}\ncause: {err}"
+        ) from err
 
 
 def _clip(seed: int, projection: bool) -> CLIPTextModel | CLIPTextModelWithProjection:
@@ -374,8 +380,6 @@ def _tiny_vae(seed: int) -> AutoencoderKL:
 
 
 def _build_tiny_sd3(seed: int) -> StableDiffusion3Pipeline:
-    from editsweep.diffusion.backbone import _seeded, clip_bpe_tokenizer
-
     with _seeded(seed):
         transformer = SD3Transformer2DModel(
             sample_size=8,
@@ -404,8 +408,6 @@ def _build_tiny_sd3(seed: int) -> StableDiffusion3Pipeline:
 
 
 def _build_tiny_flux(seed: int) -> FluxPipeline:
-    from editsweep.diffusion.backbone import _seeded, clip_bpe_tokenizer
-
     with _seeded(seed):
         transformer = FluxTransformer2DModel(
             patch_size=1,
@@ -419,10 +421,17 @@ def _build_tiny_flux(seed: int) -> FluxPipeline:
             guidance_embeds=True,
             axes_dims_rope=(4, 4, 8),
         )
-        parts = dict(text_encoder=_clip(seed + 1, projection=False), text_encoder_2=_t5(seed + 3, 32), vae=_tiny_vae(seed + 4))
+        parts = dict(
+            text_encoder=_clip(seed + 1, projection=False), text_encoder_2=_t5(seed + 3, 32), vae=_tiny_vae(seed + 4)
+        )
     tok = clip_bpe_tokenizer()
     # FLUX.1-dev's scheduler config: the shift grows with the number of image tokens.
     scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
     )
     return FluxPipeline(transformer=transformer, scheduler=scheduler, tokenizer=tok, tokenizer_2=tok, **parts)

@@ -41,8 +41,12 @@ class FlowEditParams(Params):
     )
     n_min: int = Field(0, ge=0, le=1000, description="last steps sampled from the target alone instead (paper: 0)")
     n_avg: int = Field(1, ge=1, le=64, description="noise draws averaged per step (paper: 1)")
-    src_guidance: float | None = Field(None, ge=0, le=50, description="guidance with the source prompt (SD3 3.5, FLUX 1.5)")
-    tar_guidance: float | None = Field(None, ge=0, le=50, description="guidance with the target prompt (SD3 13.5, FLUX 5.5)")
+    src_guidance: float | None = Field(
+        None, ge=0, le=50, description="guidance with the source prompt (SD3 3.5, FLUX 1.5)"
+    )
+    tar_guidance: float | None = Field(
+        None, ge=0, le=50, description="guidance with the target prompt (SD3 13.5, FLUX 5.5)"
+    )
 
     @model_validator(mode="after")
     def _n_min_within_n_max(self) -> FlowEditParams:

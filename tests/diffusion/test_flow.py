@@ -36,15 +36,28 @@ def test_sampling_equals_the_diffusers_pipeline(backbone):
     if backbone.family == "sd3":
         ours = flow_sample(backbone, noise, backbone.sigmas(steps), text, g, backbone.encode_text(["", ""]))
         theirs = backbone.pipe(
-            prompts, negative_prompt=["", ""], latents=noise, guidance_scale=guidance, num_inference_steps=steps,
-            height=64, width=64, max_sequence_length=backbone.max_sequence_length, output_type="latent",
+            prompts,
+            negative_prompt=["", ""],
+            latents=noise,
+            guidance_scale=guidance,
+            num_inference_steps=steps,
+            height=64,
+            width=64,
+            max_sequence_length=backbone.max_sequence_length,
+            output_type="latent",
         ).images
     else:
         ours = flow_sample(backbone, noise, backbone.sigmas(steps), text, g)
         packed = backbone.pipe._pack_latents(noise, 2, 16, 8, 8)
         out = backbone.pipe(
-            prompts, latents=packed, guidance_scale=guidance, num_inference_steps=steps,
-            height=64, width=64, max_sequence_length=backbone.max_sequence_length, output_type="latent",
+            prompts,
+            latents=packed,
+            guidance_scale=guidance,
+            num_inference_steps=steps,
+            height=64,
+            width=64,
+            max_sequence_length=backbone.max_sequence_length,
+            output_type="latent",
         ).images
         theirs = backbone.pipe._unpack_latents(out, 64, 64, backbone.vae_scale_factor)
     assert (ours - noise).abs().max() > 1e-2  # the check is not vacuous
@@ -60,9 +73,7 @@ def test_families_are_known_before_loading(tmp_path):
     assert family_of(str(tmp_path)) == "flux"
 
 
-@pytest.mark.parametrize(
-    "hub_id", ["stabilityai/stable-diffusion-3-medium-diffusers", "black-forest-labs/FLUX.1-dev"]
-)
+@pytest.mark.parametrize("hub_id", ["stabilityai/stable-diffusion-3-medium-diffusers", "black-forest-labs/FLUX.1-dev"])
 def test_a_missing_hub_model_fails_fast_offline_with_how_to_download_it(hub_id, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
@@ -85,3 +96,15 @@ def test_inversion_then_sampling_at_guidance_1_reconstructs(backbone, steps, tol
     rec = flow_sample(backbone, noise, sigmas, text, g)
     assert ((noise - x0) ** 2).mean() / x0.var() > 0.2
     assert ((rec - x0) ** 2).mean() / x0.var() < tolerance
+
+
+def test_a_saved_diffusers_folder_loads_through_the_pipeline_class(backbone, tmp_path):
+    """The real loading path (safetensors, model_index.json's family), offline, on the tiny weights."""
+    backbone.pipe.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = load_backbone(str(tmp_path))
+    assert loaded.family == backbone.family and not loaded.random_weights
+    assert loaded.weights_source == str(tmp_path)
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded.encode_images(images), backbone.encode_images(images))
+    loaded.max_sequence_length = backbone.max_sequence_length  # a loaded model uses its pipeline's default
+    torch.testing.assert_close(loaded.encode_text(["a cat"]).embeds, backbone.encode_text(["a cat"]).embeds)
