@@ -139,6 +139,10 @@ def flowedit(
         draws = [torch.randn(x_src.shape[1:], generator=g, device=g.device) for g in generators]
         return torch.stack(draws).to(x0.device).repeat(points, 1, 1, 1)
 
+    # Source and target velocities in one model call per step, as the paper's code does.
+    both = FlowText.cat([src, tar])
+    both_negative = FlowText.cat([negative, negative]) if negative is not None else None
+    both_guidance = torch.cat([g_src, g_tar])
     z_edit, x_tar = x0.clone(), None
     for i in range(max(0, steps - n_max), steps):
         sigma, step = sigmas[i], sigmas[i + 1] - sigmas[i]
@@ -147,8 +151,8 @@ def flowedit(
             for _ in range(n_avg):
                 z_src = (1 - sigma) * x0 + sigma * noise()
                 z_tar = z_edit + z_src - x0
-                v_src = backbone.predict_velocity(z_src, sigma, src, g_src, negative)
-                v_tar = backbone.predict_velocity(z_tar, sigma, tar, g_tar, negative)
+                v = backbone.predict_velocity(torch.cat([z_src, z_tar]), sigma, both, both_guidance, both_negative)
+                v_src, v_tar = v.chunk(2)
                 delta += (v_tar - v_src) / n_avg
             z_edit = z_edit + step * delta
         else:  # the last n_min steps: plain sampling from the target, from the edit noised to sigma
