@@ -165,7 +165,8 @@ def require_unet(backbone: Backbone, method: str, in_channels: int, use_instead:
 def family_of(name: str) -> str | None:
     """The model family ('sd', 'sd3', 'flux') of a backbone as a spec names it, without loading it:
     presets by name, a local folder by its model_index.json, a Hub id from the known ids; None when
-    unknown (an unknown Hub id loads as Stable Diffusion 1.x/2.x)."""
+    unknown (`load_backbone` then reads the Hub id's model_index.json; failing that, it loads it as
+    Stable Diffusion 1.x/2.x)."""
     from editsweep.diffusion.flow import FLOW_PRESETS, KNOWN_FLOW_IDS, folder_family
 
     if name in FLOW_PRESETS:
@@ -185,6 +186,10 @@ def load_backbone(
     device = torch.device(device)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     family = family_of(name)
+    if family is None and backbone_source(name) == "hub":
+        from editsweep.diffusion.flow import hub_family
+
+        family = hub_family(name)
     if family in ("sd3", "flux"):
         from editsweep.diffusion.flow import load_flow_backbone
 

@@ -41,7 +41,7 @@ from diffusers import (
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from editsweep.core.hub import hf_offline
+from editsweep.core.hub import hf_cache_dir, hf_offline
 from editsweep.diffusion.backbone import (
     BackboneLoadError,
     _missing_message,
@@ -79,6 +79,18 @@ def folder_family(folder: Path) -> str | None:
         if name.startswith(prefix):
             return family
     return "sd" if name.startswith("StableDiffusion") and "XL" not in name else None
+
+
+def hub_family(repo_id: str) -> str | None:
+    """The family of a Hub id that no table knows, from its model_index.json (the local cache first,
+    then the Hub unless offline), or None when it cannot be read: decided when the worker loads it."""
+    from huggingface_hub import hf_hub_download
+
+    for local_only in (True, False) if not hf_offline() else (True,):
+        with contextlib.suppress(OSError, ValueError):
+            path = hf_hub_download(repo_id, "model_index.json", cache_dir=hf_cache_dir(), local_files_only=local_only)
+            return folder_family(Path(path).parent)
+    return None
 
 
 @dataclass
@@ -309,12 +321,13 @@ def _load_pretrained(source: str, family: str, dtype: torch.dtype) -> StableDiff
     is_folder = backbone_source(source) == "folder"
     src = str(Path(source).expanduser()) if is_folder else source
     cls = PIPELINES[family]
+    kw = dict(dtype=dtype, use_safetensors=True, cache_dir=hf_cache_dir())
     with contextlib.suppress(OSError, ValueError):
-        return cls.from_pretrained(src, dtype=dtype, use_safetensors=True, local_files_only=True)
+        return cls.from_pretrained(src, local_files_only=True, **kw)
     if is_folder or hf_offline():
         raise BackboneLoadError(f"{cls.__name__}: {_missing_message(source, is_folder)}{_MORE_FILES}")
     try:
-        return cls.from_pretrained(src, dtype=dtype, use_safetensors=True)
+        return cls.from_pretrained(src, **kw)
     except (OSError, ValueError) as err:
         raise BackboneLoadError(
             f"{cls.__name__}: {_missing_message(source, False)}{_MORE_FILES}\ncause: {err}"

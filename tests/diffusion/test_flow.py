@@ -108,3 +108,17 @@ def test_a_saved_diffusers_folder_loads_through_the_pipeline_class(backbone, tmp
     torch.testing.assert_close(loaded.encode_images(images), backbone.encode_images(images))
     loaded.max_sequence_length = backbone.max_sequence_length  # a loaded model uses its pipeline's default
     torch.testing.assert_close(loaded.encode_text(["a cat"]).embeds, backbone.encode_text(["a cat"]).embeds)
+
+
+def test_an_unknown_hub_id_is_loaded_by_the_family_its_model_index_names(monkeypatch, tmp_path):
+    """Offline, with only model_index.json in the cache: the FLUX loader runs and says what is missing."""
+    snapshot = tmp_path / "models--someone--my-flux" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (tmp_path / "models--someone--my-flux" / "refs").mkdir()
+    (tmp_path / "models--someone--my-flux" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert family_of("someone/my-flux") is None  # not known at validation
+    with pytest.raises(BackboneLoadError, match=r"FluxPipeline: .*someone/my-flux"):
+        load_backbone("someone/my-flux")
