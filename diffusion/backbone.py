@@ -162,6 +162,7 @@ def require_unet(backbone: Backbone, method: str, in_channels: int, use_instead:
     if backbone.scheduler.config.prediction_type != "epsilon":
         raise ValueError(f"{method} needs an epsilon-prediction backbone; {backbone.name!r} is not")
 
+
 def family_of(name: str) -> str | None:
     """The model family ('sd', 'sd3', 'flux') of a backbone as a spec names it, without loading it:
     presets by name, a local folder by its model_index.json, a Hub id from the known ids; None when
