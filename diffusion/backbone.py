@@ -11,7 +11,8 @@ tested without downloading anything:
 - `tiny-inpaint`: `tiny` with an inpainting UNet (9 input channels: the noisy latent, the mask and
   the masked image's latent), for the inpainting editor (methods/inpaint.py);
 - `tiny-sd3`, `tiny-flux`: small flow-matching backbones (diffusion/flow.py), loaded as a
-  `FlowBackbone`, as are SD3 and FLUX Hub ids and folders (`family_of`).
+  `FlowBackbone`, as are SD3 and FLUX Hub ids and folders (`family_of`); `sd3-arch`, `flux-arch`:
+  their full-size architectures (SD3-medium, FLUX.1-dev), for speed measurements on a GPU.
 
 The `toy` preset is trained, not random: the SD-shaped models of `toy/models.py`, trained on the
 toy world (`toy/train.py`) and shipped with the package. Edits on it are real, but its numbers are
@@ -40,7 +41,8 @@ from editsweep.core.hub import hf_offline
 if TYPE_CHECKING:
     from editsweep.diffusion.flow import FlowBackbone
 
-PRESETS = ("tiny", "sd-v1-arch", "tiny-ip2p", "tiny-inpaint", "tiny-sd3", "tiny-flux")  # seeded random weights
+# seeded random weights
+PRESETS = ("tiny", "sd-v1-arch", "tiny-ip2p", "tiny-inpaint", "tiny-sd3", "tiny-flux", "sd3-arch", "flux-arch")
 TRAINED_PRESETS = ("toy",)  # weights shipped in the package (toy/weights/)
 TOY_WEIGHTS_PREFIX = "toy:"
 # UNet input channels of backbones known before loading: 4 for text-to-image Stable Diffusion, 8 for

@@ -51,7 +51,8 @@ from editsweep.diffusion.backbone import (
 )
 
 FLOW_FAMILIES = ("sd3", "flux")
-FLOW_PRESETS = {"tiny-sd3": "sd3", "tiny-flux": "flux"}
+FLOW_PRESETS = {"tiny-sd3": "sd3", "tiny-flux": "flux", "sd3-arch": "sd3", "flux-arch": "flux"}
+ARCH_PRESETS = ("sd3-arch", "flux-arch")
 # Families of Hub ids known without loading them (spec validation uses it; see `family_of`).
 KNOWN_FLOW_IDS = {
     "stabilityai/stable-diffusion-3-medium-diffusers": "sd3",
@@ -296,7 +297,10 @@ def flow_invert(
 
 def load_flow_backbone(name: str, family: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> FlowBackbone:
     """A flow backbone from a preset (`tiny-sd3`, `tiny-flux`), a local diffusers folder or a Hub id."""
-    if name in FLOW_PRESETS:
+    if name in ARCH_PRESETS:
+        pipe = _build_arch(family, seed, device, dtype)
+        length = MAX_SEQUENCE_LENGTH[family]
+    elif name in FLOW_PRESETS:
         pipe = _build_tiny_sd3(seed) if family == "sd3" else _build_tiny_flux(seed)
         length = MAX_SEQUENCE_LENGTH["tiny"]
     else:
@@ -448,3 +452,109 @@ def _build_tiny_flux(seed: int) -> FluxPipeline:
         max_image_seq_len=4096,
     )
     return FluxPipeline(transformer=transformer, scheduler=scheduler, tokenizer=tok, tokenizer_2=tok, **parts)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """New parameters in `dtype`, so that a full-size model is never built in float32 first."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _build_arch(
+    family: str, seed: int, device: torch.device, dtype: torch.dtype
+) -> StableDiffusion3Pipeline | FluxPipeline:
+    """The full-size SD3-medium or FLUX.1-dev architecture with seeded random weights, for speed and
+    memory measurements (like `sd-v1-arch`), built directly on `device` in `dtype`: about 7.6 B
+    parameters for SD3 (MMDiT 2.03 B, CLIP-L, CLIP-G, T5-XXL) and 16.8 B for FLUX (MMDiT 11.9 B,
+    CLIP-L, T5-XXL), so it is meant for a GPU. The configs are those of the released models'
+    config.json files, except T5's vocabulary (49,408 instead of 32,128, +0.07 B parameters): the
+    prompts go through the CLIP BPE tokenizer, as in the tiny presets."""
+
+    def clip(hidden: int, layers: int, heads: int, act: str) -> dict:
+        return dict(
+            vocab_size=49408,
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
+            projection_dim=hidden,
+            num_attention_heads=heads,
+            num_hidden_layers=layers,
+            max_position_embeddings=77,
+            hidden_act=act,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+
+    t5 = T5Config(
+        vocab_size=49408, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, feed_forward_proj="gated-gelu"
+    )
+    vae = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=16,
+        sample_size=1024,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    tok = clip_bpe_tokenizer()
+    with _seeded(seed), torch.device(device), _default_dtype(dtype):
+        if family == "sd3":
+            return StableDiffusion3Pipeline(
+                transformer=SD3Transformer2DModel(
+                    sample_size=128,
+                    patch_size=2,
+                    in_channels=16,
+                    num_layers=24,
+                    attention_head_dim=64,
+                    num_attention_heads=24,
+                    joint_attention_dim=4096,
+                    caption_projection_dim=1536,
+                    pooled_projection_dim=2048,
+                    out_channels=16,
+                    pos_embed_max_size=192,
+                ),
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                vae=AutoencoderKL(**vae, scaling_factor=1.5305, shift_factor=0.0609),
+                text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**clip(768, 12, 12, "quick_gelu"))),
+                text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**clip(1280, 32, 20, "gelu"))),
+                text_encoder_3=T5EncoderModel(t5),
+                tokenizer=tok,
+                tokenizer_2=tok,
+                tokenizer_3=tok,
+            )
+        return FluxPipeline(
+            transformer=FluxTransformer2DModel(
+                patch_size=1,
+                in_channels=64,
+                num_layers=19,
+                num_single_layers=38,
+                attention_head_dim=128,
+                num_attention_heads=24,
+                joint_attention_dim=4096,
+                pooled_projection_dim=768,
+                guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56),
+            ),
+            scheduler=FlowMatchEulerDiscreteScheduler(
+                shift=3.0,
+                use_dynamic_shifting=True,
+                base_shift=0.5,
+                max_shift=1.15,
+                base_image_seq_len=256,
+                max_image_seq_len=4096,
+            ),
+            vae=AutoencoderKL(**vae, scaling_factor=0.3611, shift_factor=0.1159),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**clip(768, 12, 12, "quick_gelu"))),
+            text_encoder_2=T5EncoderModel(t5),
+            tokenizer=tok,
+            tokenizer_2=tok,
+        )

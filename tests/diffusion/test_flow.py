@@ -122,3 +122,16 @@ def test_an_unknown_hub_id_is_loaded_by_the_family_its_model_index_names(monkeyp
     assert family_of("someone/my-flux") is None  # not known at validation
     with pytest.raises(BackboneLoadError, match=r"FluxPipeline: .*someone/my-flux"):
         load_backbone("someone/my-flux")
+
+
+@pytest.mark.parametrize("family, transformer_params", [("sd3", 2.028e9), ("flux", 11.90e9)])
+def test_full_size_architecture_presets_match_the_released_models(family, transformer_params):
+    """Built on the meta device (no memory): the released models' parameter counts, in the dtype asked."""
+    from editsweep.diffusion.flow import _build_arch
+
+    pipe = _build_arch(family, 0, torch.device("meta"), torch.bfloat16)
+    count = sum(p.numel() for p in pipe.transformer.parameters())
+    assert abs(count - transformer_params) / transformer_params < 1e-3
+    encoder = pipe.text_encoder_3 if family == "sd3" else pipe.text_encoder_2
+    assert encoder.dtype == torch.bfloat16 and encoder.config.d_model == 4096
+    assert family_of(f"{family}-arch") == family
