@@ -108,3 +108,24 @@ def test_baselines_run_on_every_family(backbone, samples, generators):
         state = method.invert(backbone, samples, Params(), generators(2))
         (out,) = method.edit(backbone, state, samples, Params(), [Params()], generators(2))
         assert out.shape == (2, 3, 64, 64)
+
+
+def test_one_step_is_the_papers_update(backbone):
+    """n_max=1: z_edit = x_src + (0 - sigma) (V(z_tar, target) - V(z_src, source)), z_src the input
+    noised to sigma with the sample's generator, z_tar = z_src at the first step (Alg. 1)."""
+    from editsweep.methods.flowedit import flowedit
+
+    x_src = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+    src, tar = backbone.encode_text(["a cat"]), backbone.encode_text(["a dog"])
+    negative = backbone.encode_text([""]) if backbone.family == "sd3" else None
+    g_src, g_tar = torch.tensor([2.0]), torch.tensor([5.0])
+    sigmas = backbone.sigmas(4)
+    out = flowedit(
+        backbone, x_src, sigmas, (src, tar, negative), (g_src, g_tar), (1, 0, 1), [torch.Generator().manual_seed(7)]
+    )
+    sigma = sigmas[-2]
+    noise = torch.randn(16, 8, 8, generator=torch.Generator().manual_seed(7))[None]
+    z_src = (1 - sigma) * x_src + sigma * noise
+    v_src = backbone.predict_velocity(z_src, sigma, src, g_src, negative)
+    v_tar = backbone.predict_velocity(z_src, sigma, tar, g_tar, negative)
+    torch.testing.assert_close(out, x_src - sigma * (v_tar - v_src), rtol=0, atol=1e-5)
