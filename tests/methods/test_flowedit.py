@@ -129,3 +129,19 @@ def test_one_step_is_the_papers_update(backbone):
     v_src = backbone.predict_velocity(z_src, sigma, src, g_src, negative)
     v_tar = backbone.predict_velocity(z_src, sigma, tar, g_tar, negative)
     torch.testing.assert_close(out, x_src - sigma * (v_tar - v_src), rtol=0, atol=1e-5)
+
+
+def test_a_search_may_run_over_a_family_default_parameter():
+    from editsweep.bench.adaptive import is_integer
+
+    search = {"metric": "lpips", "target": 100.0, "tolerance": 5.0}
+    spec = _spec("tiny-flux", "flowedit")
+    spec["metrics"] = {"lpips": {"weights": "random"}}
+    spec["allow_random_weights"] = True
+    spec["methods"][0]["search"] = {**search, "param": "edit.n_max", "low": 2, "high": 24}
+    assert is_integer(load_spec(spec), 0)
+    spec["methods"][0]["search"] = {**search, "param": "edit.tar_guidance", "low": 1.5, "high": 9.5}
+    assert not is_integer(load_spec(spec), 0)
+    spec["methods"][0]["search"] = {**search, "param": "edit.n_max", "low": 2.5, "high": 24}
+    with pytest.raises(SpecError, match="n_max is an integer"):
+        load_spec(spec)
