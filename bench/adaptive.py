@@ -27,6 +27,7 @@ from editsweep.bench.plan import expand
 from editsweep.bench.rundir import resolve_run_dir
 from editsweep.bench.spec import SearchSpec, SweepSpec
 from editsweep.bench.store import RunStore
+from editsweep.core.params import numeric_type
 from editsweep.methods.base import get_method_class
 
 SEARCH_FILE = "search.json"
@@ -228,7 +229,7 @@ def is_integer(spec: SweepSpec, index: int) -> bool:
     entry = spec.methods[index]
     cls = get_method_class(entry.name)
     model = cls.InvertParams if entry.search.kind == "invert" else cls.EditParams
-    return model.model_fields[entry.search.key].annotation is int
+    return numeric_type(model.model_fields[entry.search.key]) is int
 
 
 def _as_param(value: float, integer: bool) -> float | int:

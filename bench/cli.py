@@ -316,6 +316,7 @@ def _list(args: argparse.Namespace) -> int:
     if args.what == "methods":
         for name, cls in sorted(METHODS.items()):
             print(f"{name}: {_doc(cls)}")
+            print(f"  families: {', '.join(cls.families)}")
             print(f"  invert: {_params(cls.InvertParams)}")
             print(f"  edit:   {_params(cls.EditParams)}")
             if cls.InvertParams.model_config.get("extra") == "allow":  # a choice of components: name them

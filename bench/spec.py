@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from editsweep.bench.metrics.base import SCORERS, get_scorer_class
+from editsweep.core.params import numeric_type
 from editsweep.datasets.base import DATASETS, get_dataset_class
 from editsweep.methods.base import METHODS, get_method_class
 
@@ -541,6 +542,8 @@ def load_registries() -> None:
 
 def _check_registered(spec: SweepSpec) -> list[str]:
     """Names must be registered and every grid point must satisfy its pydantic model."""
+    from editsweep.diffusion.backbone import family_of
+
     problems: list[str] = []
     for i, d in enumerate(spec.datasets):
         if d.name not in DATASETS:
@@ -561,6 +564,9 @@ def _check_registered(spec: SweepSpec) -> list[str]:
         if not any(p.startswith(f"methods[{i}].") for p in problems):
             problems += _refused_pairs(cls, m, f"methods[{i}]")
         problems += [f"methods[{i}]: {r}" for b in spec.backbones if (r := cls.refuse_backbone(b.name))]
+        for b in spec.backbones:
+            if refused := cls.refuse_family(family_of(b.name)):
+                problems.append(f"methods[{i}]: backbone {b.name!r}: {refused}")
         if m.search is not None and not any(p.startswith(f"methods[{i}].") for p in problems):
             problems += _check_search(spec, m, cls, f"methods[{i}]")
     for name, params in spec.metrics.items():
@@ -584,8 +590,8 @@ def _check_search(spec: SweepSpec, entry: MethodSpec, cls: type, where: str) -> 
     model = cls.InvertParams if search.kind == "invert" else cls.EditParams
     grid = entry.invert if search.kind == "invert" else entry.edit
     field = model.model_fields.get(search.key)
-    if field is None or field.annotation not in (int, float):
-        numeric = [k for k, f in model.model_fields.items() if f.annotation in (int, float)]
+    if numeric_type(field) is None:
+        numeric = [k for k, f in model.model_fields.items() if numeric_type(f) is not None]
         return [
             f"{where}.search.param: {search.param!r} is not a numeric {search.kind} parameter of {entry.name}; "
             f"numeric ones: {', '.join(numeric) or '(none)'}"
@@ -595,7 +601,7 @@ def _check_search(spec: SweepSpec, entry: MethodSpec, cls: type, where: str) -> 
         problems.append(f"{where}.search.param: {search.param} is also given in {where}.{search.kind}; drop it there")
     if len(entry.invert_grid()) * len(entry.edit_grid()) > 1:
         problems.append(f"{where}.search: an entry with a search has no grid axes (lists); give fixed values")
-    if field.annotation is int and (search.low != int(search.low) or search.high != int(search.high)):
+    if numeric_type(field) is int and (search.low != int(search.low) or search.high != int(search.high)):
         problems.append(f"{where}.search: {search.param} is an integer; low and high must be integers")
     for bound in ("low", "high"):
         point = {**{k: v for k, v in grid.items() if k != search.key}, search.key: getattr(search, bound)}

@@ -279,6 +279,8 @@ class SweepWorker:
         head = groups[0].head
         method = self.methods[head.method]
         invert_params = method.InvertParams.model_validate(json.loads(head.invert_params))
+        if refused := method.refuse_family(self.backbone.family):  # a Hub id whose family only loading told
+            raise ValueError(refused)
         t0 = time.perf_counter()
         seeds = [g.head.seed for g in groups]
         state = method.invert(self.backbone, samples, invert_params, self._generators(groups), seeds=seeds)

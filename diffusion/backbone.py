@@ -9,7 +9,10 @@ tested without downloading anything:
 - `tiny-ip2p`: `tiny` with an InstructPix2Pix UNet (8 input channels: the noisy latent and the
   input image's latent), for the instruction-editing methods (methods/instruct_pix2pix.py);
 - `tiny-inpaint`: `tiny` with an inpainting UNet (9 input channels: the noisy latent, the mask and
-  the masked image's latent), for the inpainting editor (methods/inpaint.py).
+  the masked image's latent), for the inpainting editor (methods/inpaint.py);
+- `tiny-sd3`, `tiny-flux`: small flow-matching backbones (diffusion/flow.py), loaded as a
+  `FlowBackbone`, as are SD3 and FLUX Hub ids and folders (`family_of`); `sd3-arch`, `flux-arch`:
+  their full-size architectures (SD3-medium, FLUX.1-dev), for speed measurements on a GPU.
 
 The `toy` preset is trained, not random: the SD-shaped models of `toy/models.py`, trained on the
 toy world (`toy/train.py`) and shipped with the package. Edits on it are real, but its numbers are
@@ -27,7 +30,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -35,7 +38,11 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from editsweep.core.hub import hf_offline
 
-PRESETS = ("tiny", "sd-v1-arch", "tiny-ip2p", "tiny-inpaint")  # seeded random weights
+if TYPE_CHECKING:
+    from editsweep.diffusion.flow import FlowBackbone
+
+# seeded random weights
+PRESETS = ("tiny", "sd-v1-arch", "tiny-ip2p", "tiny-inpaint", "tiny-sd3", "tiny-flux", "sd3-arch", "flux-arch")
 TRAINED_PRESETS = ("toy",)  # weights shipped in the package (toy/weights/)
 TOY_WEIGHTS_PREFIX = "toy:"
 # UNet input channels of backbones known before loading: 4 for text-to-image Stable Diffusion, 8 for
@@ -92,6 +99,9 @@ class Backbone:
     dtype: torch.dtype
     random_weights: bool
     source: str = ""  # where trained weights came from, when the name alone does not say
+    # The model family methods declare support for (methods/base.py `Method.families`); flow-matching
+    # families are diffusion/flow.py's `FlowBackbone`.
+    family: ClassVar[str] = "sd"
 
     @property
     def resolution(self) -> int:
@@ -154,12 +164,39 @@ def require_unet(backbone: Backbone, method: str, in_channels: int, use_instead:
     if backbone.scheduler.config.prediction_type != "epsilon":
         raise ValueError(f"{method} needs an epsilon-prediction backbone; {backbone.name!r} is not")
 
+
+def family_of(name: str) -> str | None:
+    """The model family ('sd', 'sd3', 'flux') of a backbone as a spec names it, without loading it:
+    presets by name, a local folder by its model_index.json, a Hub id from the known ids; None when
+    unknown (`load_backbone` then reads the Hub id's model_index.json; failing that, it loads it as
+    Stable Diffusion 1.x/2.x)."""
+    from editsweep.diffusion.flow import FLOW_PRESETS, KNOWN_FLOW_IDS, folder_family
+
+    if name in FLOW_PRESETS:
+        return FLOW_PRESETS[name]
+    if name in PRESETS or name in TRAINED_PRESETS or name in KNOWN_UNET_IN_CHANNELS:
+        return "sd"
+    if backbone_source(name) == "folder":
+        return folder_family(Path(name).expanduser())
+    return KNOWN_FLOW_IDS.get(name)
+
+
 def load_backbone(
     name: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", seed: int = 0
-) -> Backbone:
-    """A backbone from a preset name, a local diffusers folder, or a Hugging Face Hub id."""
+) -> Backbone | FlowBackbone:
+    """A backbone from a preset name, a local diffusers folder, or a Hugging Face Hub id: a
+    `FlowBackbone` for the SD3 and FLUX families (diffusion/flow.py), else a `Backbone`."""
     device = torch.device(device)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    family = family_of(name)
+    if family is None and backbone_source(name) == "hub":
+        from editsweep.diffusion.flow import hub_family
+
+        family = hub_family(name)
+    if family in ("sd3", "flux"):
+        from editsweep.diffusion.flow import load_flow_backbone
+
+        return load_flow_backbone(name, family, device, dtype, seed)
     source = ""
     if name == "toy":
         parts, source = _load_toy()

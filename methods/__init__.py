@@ -13,6 +13,8 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     diffusion_clip,
     direct_inversion,
     edict,
+    flow_inversion,
+    flowedit,
     imagic,
     inpaint,
     infedit,

@@ -42,6 +42,10 @@ class Method(ABC):
     # copy per image): the worker then passes every edit point of a group in one call instead of
     # chunks of `edit_batch_size`, so that work runs once (it splits only after running out of memory).
     edit_points_together: ClassVar[bool] = False
+    # Backbone families the method runs on (diffusion/backbone.py `family_of`): "sd" (SD 1.x/2.x,
+    # `Backbone`), "sd3" and "flux" (rectified flows, diffusion/flow.py `FlowBackbone`). Checked at
+    # spec validation for backbones whose family is known by name, and by `refuse_family` at load.
+    families: ClassVar[tuple[str, ...]] = ("sd",)
 
     @classmethod
     def model_sources(cls, invert_params: Params) -> dict[str, str]:
@@ -61,6 +65,16 @@ class Method(ABC):
         or None; checked for every backbone of the spec when it is validated, before any model loads.
         What only the loaded model can tell (an unknown Hub id's UNet) is checked by `invert`."""
         return None
+
+    @classmethod
+    def refuse_family(cls, family: str | None) -> str | None:
+        """Why this method cannot run on a backbone of `family`, or None (also None when unknown)."""
+        if family is None or family in cls.families:
+            return None
+        return (
+            f"{cls.name} runs on backbone families {', '.join(cls.families)}, not {family!r} "
+            "(editsweep list methods shows each method's families)"
+        )
 
     @abstractmethod
     def invert(
