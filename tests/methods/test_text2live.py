@@ -118,3 +118,16 @@ def test_listed_with_its_parameters(capsys):
     assert main(["list", "methods"]) == 0
     out = capsys.readouterr().out
     assert "text2live:" in out and "lambda_structure=2.0" in out and "opacity=1.0" in out
+
+
+def test_runs_on_every_backbone_family_unlike_the_diffusion_methods():
+    """Text2Live uses no diffusion model, so a flow backbone is accepted where DiffusionCLIP is refused."""
+    from editsweep.bench.spec import SpecError, load_spec
+
+    def spec(method: str) -> dict:
+        return {"name": "t", "backbone": {"name": "tiny-flux"}, "datasets": [{"name": "synthetic"}],
+                "methods": [{"name": method, "invert": {"clip": "random"}}], "metrics": {"psnr": {}}}  # fmt: skip
+
+    assert load_spec(spec("text2live")).methods[0].name == "text2live"
+    with pytest.raises(SpecError, match="diffusion_clip runs on backbone families sd, not 'flux'"):
+        load_spec(spec("diffusion_clip"))
