@@ -152,6 +152,21 @@ class Backbone:
 
 
 
+TEXT_TO_IMAGE_UNET = "it needs a text-to-image model's UNet (4 input channels)"
+
+
+def unet_refusal(
+    method: str, backbone: str, in_channels: int = 4, use_instead: str = TEXT_TO_IMAGE_UNET
+) -> str | None:
+    """Why `method` cannot run on a backbone whose UNet is known by name (`KNOWN_UNET_IN_CHANNELS`) to
+    take other than `in_channels` inputs (default: a text-to-image UNet's 4), or None: the
+    validation-time twin of `require_unet`."""
+    channels = KNOWN_UNET_IN_CHANNELS.get(backbone)
+    if channels is None or channels == in_channels:
+        return None
+    return f"{method} cannot run on backbone {backbone!r} (a UNet with {channels} input channels): {use_instead}"
+
+
 def require_unet(backbone: Backbone, method: str, in_channels: int, use_instead: str) -> None:
     """Raise ValueError unless the loaded backbone's UNet takes `in_channels` inputs and predicts
     noise: the load-time check of methods bound to their own models (instruct_pix2pix, inpaint),

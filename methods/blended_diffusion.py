@@ -54,7 +54,7 @@ from editsweep.core.hub import WeightsError
 from editsweep.core.lpips_models import build_lpips
 from editsweep.core.params import Params
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
+from editsweep.diffusion.backbone import Backbone, unet_refusal
 from editsweep.diffusion.blending import blend_outside, upsample_mask
 from editsweep.diffusion.clip_guidance import (
     ClipGuide,
@@ -143,13 +143,7 @@ class BlendedDiffusion(EncodesInput):
 
     @classmethod
     def refuse_backbone(cls, backbone: str) -> str | None:
-        channels = KNOWN_UNET_IN_CHANNELS.get(backbone)
-        if channels is not None and channels != UNET_IN_CHANNELS:
-            return (
-                f"{cls.name} cannot run on backbone {backbone!r} (a UNet with {channels} input channels): "
-                "it needs a text-to-image model's UNet (4 input channels)"
-            )
-        return None
+        return unet_refusal(cls.name, backbone, UNET_IN_CHANNELS)
 
     def invert(
         self,

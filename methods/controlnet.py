@@ -23,11 +23,12 @@ import torch
 from pydantic import Field, model_validator
 
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
+from editsweep.diffusion.backbone import Backbone, unet_refusal
 from editsweep.diffusion.conditions import ConditionParams, condition_sources, extract_condition
 from editsweep.diffusion.controlnet import DEFAULT_CONTROLNET, PRESETS, controlnet_sample, load_controlnet
 from editsweep.diffusion.ddim import draw_noise, make_schedule
 from editsweep.diffusion.inputs import target_prompts
+from editsweep.diffusion.points import group_points, per_row
 from editsweep.methods.base import Method, Params, State, register_method
 
 UNET_IN_CHANNELS = 4
@@ -58,21 +59,6 @@ class ControlNetEditParams(Params):
         return self
 
 
-def group_points(edit_params: Sequence[Params], *fields: str) -> dict[tuple, list[int]]:
-    """The indices of the edit points, grouped by their values of `fields` (those that must be equal
-    within one batched sampling loop, e.g. the step count)."""
-    groups: dict[tuple, list[int]] = {}
-    for k, p in enumerate(edit_params):
-        groups.setdefault(tuple(getattr(p, f) for f in fields), []).append(k)
-    return groups
-
-
-def per_row(points: Sequence[Params], field: str, batch: int) -> torch.Tensor:
-    """One value of `field` per row of the points' samples stacked point after point."""
-    values = [float(getattr(p, field)) for p in points]
-    return torch.tensor(values, dtype=torch.float64).repeat_interleave(batch)  # float64: step fractions exact
-
-
 @register_method
 class ControlNet(Method):
     """Text-to-image generation with the target prompt, controlled by a map of the input image."""
@@ -89,13 +75,7 @@ class ControlNet(Method):
 
     @classmethod
     def refuse_backbone(cls, backbone: str) -> str | None:
-        channels = KNOWN_UNET_IN_CHANNELS.get(backbone)
-        if channels is not None and channels != UNET_IN_CHANNELS:
-            return (
-                f"{cls.name} cannot run on backbone {backbone!r} (a UNet with {channels} input channels): "
-                "it needs a text-to-image model's UNet (4 input channels)"
-            )
-        return None
+        return unet_refusal(cls.name, backbone, UNET_IN_CHANNELS)
 
     def invert(
         self,

@@ -29,13 +29,13 @@ from pydantic import Field
 
 from editsweep.core.params import Params
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.backbone import Backbone, unet_refusal
 from editsweep.diffusion.controlnet import PRESETS, ControlNetLoadError, load_controlnet
 from editsweep.diffusion.cyclenet import cyclenet_sample, cyclenet_start, draw_step_noise
 from editsweep.diffusion.ddim import make_schedule
 from editsweep.diffusion.inputs import forked, images_tensor, target_prompts
+from editsweep.diffusion.points import group_points, per_row
 from editsweep.methods.base import Method, State, register_method
-from editsweep.methods.controlnet import ControlNet, group_points, per_row
 
 CONVERT_HINT = (
     "CycleNet's released weights (sled-umich/CycleNet, e.g. summer2winter.ckpt) are pickled LDM checkpoints: "
@@ -86,8 +86,7 @@ class CycleNet(Method):
 
     @classmethod
     def refuse_backbone(cls, backbone: str) -> str | None:
-        refusal = ControlNet.refuse_backbone(backbone)
-        return refusal.replace(ControlNet.name, cls.name, 1) if refusal else None
+        return unet_refusal(cls.name, backbone)
 
     def invert(
         self,

@@ -47,7 +47,7 @@ from diffusers import UNet2DConditionModel
 from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone
+from editsweep.diffusion.backbone import Backbone, unet_refusal
 from editsweep.diffusion.clip_guidance import ClipGuide, ClipParams, clip_source, load_clip_guide
 from editsweep.diffusion.ddim import Schedule, ddim_invert, ddim_move, to_epsilon
 from editsweep.diffusion.inputs import images_tensor, source_prompts
@@ -180,13 +180,9 @@ class DiffusionClip(Method):
 
     @classmethod
     def refuse_backbone(cls, backbone: str) -> str | None:
-        channels = KNOWN_UNET_IN_CHANNELS.get(backbone)
-        if channels is not None and channels != 4:
-            return (
-                f"{cls.name} cannot run on backbone {backbone!r} (a UNet with {channels} input channels): "
-                "it inverts and regenerates with a text-to-image model's UNet (4 input channels)"
-            )
-        return None
+        return unet_refusal(
+            cls.name, backbone, 4, "it inverts and regenerates with a text-to-image model's UNet (4 input channels)"
+        )
 
     def invert(
         self,

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone, require_unet
+from editsweep.diffusion.backbone import Backbone, require_unet, unet_refusal
 from editsweep.diffusion.blending import upsample_mask
 from editsweep.diffusion.ddim import make_schedule
 from editsweep.diffusion.diffedit_mask import DiffEditMaskParams, binarise, diffedit_maps
@@ -83,12 +83,7 @@ class Inpaint(Method):
 
     @classmethod
     def refuse_backbone(cls, backbone: str) -> str | None:
-        channels = KNOWN_UNET_IN_CHANNELS.get(backbone)
-        if channels is not None and channels != UNET_IN_CHANNELS:
-            return f"{cls.name} cannot run on backbone {backbone!r} (a UNet with {channels} input channels): " + (
-                cls._use_instead()
-            )
-        return None
+        return unet_refusal(cls.name, backbone, UNET_IN_CHANNELS, cls._use_instead())
 
     @classmethod
     def _use_instead(cls) -> str:

@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, field_validator
 
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.backbone import KNOWN_UNET_IN_CHANNELS, Backbone, require_unet
+from editsweep.diffusion.backbone import Backbone, require_unet, unet_refusal
 from editsweep.diffusion.ddim import make_schedule
 from editsweep.diffusion.inputs import images_tensor
 from editsweep.diffusion.instruct_pix2pix import UNET_IN_CHANNELS, image_conditioning, ip2p_sample
@@ -94,11 +94,8 @@ class InstructPix2Pix(Method):
 
     @classmethod
     def refuse_backbone(cls, backbone: str) -> str | None:
-        channels = KNOWN_UNET_IN_CHANNELS.get(backbone)
-        if channels is not None and channels != UNET_IN_CHANNELS:
-            return f"{cls.name} cannot run on backbone {backbone!r} (a UNet with {channels} input channels): " + (
-                cls._use_instead()
-            )
+        if refusal := unet_refusal(cls.name, backbone, UNET_IN_CHANNELS, cls._use_instead()):
+            return refusal
         for method in (InstructPix2Pix, MagicBrush):
             if method is not cls and backbone == method.released_weights:
                 return (

@@ -24,13 +24,13 @@ import torch
 from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.backbone import Backbone, unet_refusal
 from editsweep.diffusion.conditions import ConditionParams, condition_sources, extract_condition
 from editsweep.diffusion.ddim import draw_noise, make_schedule
 from editsweep.diffusion.inputs import target_prompts
 from editsweep.diffusion.t2i_adapter import DEFAULT_ADAPTER, PRESETS, adapter_input, adapter_sample, load_adapter
+from editsweep.diffusion.points import group_points, per_row
 from editsweep.methods.base import Method, Params, State, register_method
-from editsweep.methods.controlnet import ControlNet, group_points, per_row
 
 
 class T2IAdapterParams(ConditionParams):
@@ -66,8 +66,7 @@ class T2IAdapterMethod(Method):
 
     @classmethod
     def refuse_backbone(cls, backbone: str) -> str | None:
-        refusal = ControlNet.refuse_backbone(backbone)
-        return refusal.replace(ControlNet.name, cls.name, 1) if refusal else None
+        return unet_refusal(cls.name, backbone)
 
     def invert(
         self,
