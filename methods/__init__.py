@@ -27,6 +27,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     p_plus,
     precomputed,
     prompt_tuning,
+    rf_inversion,
     sdedit,
     style_diffusion,
     t2i_adapter,
