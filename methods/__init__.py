@@ -28,6 +28,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     precomputed,
     prompt_tuning,
     rf_inversion,
+    rf_solver,
     sdedit,
     style_diffusion,
     t2i_adapter,
