@@ -9,23 +9,28 @@ inversion and 15 of editing are the paper's 60 NFE on FLUX (FireFlow, Deng et al
 The inversion runs under the source prompt, the editing under the target prompt, on the family
 pipeline's own schedule (diffusion/flow.py `FlowBackbone.sigmas`).
 
-Defaults are the paper's FLUX editing setting: 15 steps, guidance 2 for both passes (FLUX.1-dev's
-guidance embedding); on SD3 (classifier-free guidance, not in the paper) the inversion runs at 1
-and the editing at the pipeline's 7.0.
+RF-Solver-Edit's feature sharing (paper Sec. 4.3) on FLUX: while inverting, the self-attention
+values of every single-stream block are saved at the steps that editing's first `inject` steps
+retrace, and substituted while editing at those steps (both solver calls of each step), as the
+paper's code does: the whole value tensor, text and image tokens (its code counts blocks from one
+`id` and shares from id 20 on; we share in all of FLUX's single-stream blocks). The hooks sit on the blocks'
+`attn.to_v` projections (diffusers' FluxAttnProcessor reads the values from it), so diffusers'
+attention processors stay as they are. SD3's MMDiT has no single-stream blocks: there `inject` must
+be 0 (the solver alone, "RF-Solver" in the paper's ablation).
 
-Left out: RF-Solver-Edit's feature sharing (the self-attention values of the last single-stream
-blocks saved while inverting and substituted while editing for the first `inject` steps). It needs
-attention processors hooked into both MMDiTs and a per-step value store; this method is the
-solver alone ("RF-Solver" in the paper's ablation, Table 3), and its edits preserve the input less
-than the paper's RF-Solver-Edit.
+Defaults are the paper's FLUX editing setting: 15 steps, guidance 2 for both passes (FLUX.1-dev's
+guidance embedding), inject 3 (the value of the paper code's README editing examples); on SD3
+(classifier-free guidance, not in the paper) the inversion runs at 1 and the editing at the
+pipeline's 7.0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.flow import FlowBackbone, FlowText
@@ -46,6 +51,26 @@ class RFSolverInversionParams(Params):
     inversion_guidance: float | None = Field(
         None, ge=0, le=50, description="guidance with the source prompt while inverting (unset: FLUX 2, SD3 1)"
     )
+    inject: int | None = Field(
+        None, ge=0, le=1000, description="first editing steps sharing the inversion's attention values (FLUX 3, SD3 0)"
+    )
+
+    @model_validator(mode="after")
+    def _inject_within_steps(self) -> RFSolverInversionParams:
+        if self.inject is not None and self.inject > self.steps:
+            raise ValueError(f"inject ({self.inject}) must not exceed steps ({self.steps}): lower inject")
+        return self
+
+    def resolved_inject(self, family: str) -> int:
+        """`inject` with the family default; refused on SD3, which has no single-stream blocks."""
+        if self.inject is None:
+            return 3 if family == "flux" else 0
+        if family != "flux" and self.inject > 0:
+            raise ValueError(
+                f"inject={self.inject}: feature sharing replaces the values of FLUX's single-stream blocks, "
+                "which SD3 has none of; set inject to 0 on SD3"
+            )
+        return self.inject
 
 
 class RFSolverEditParams(Params):
@@ -56,6 +81,51 @@ class RFSolverEditParams(Params):
     )
 
 
+class ValueSharing:
+    """Saves (inversion) or substitutes (editing) the values of FLUX's single-stream attention blocks,
+    keyed by the editing step they belong to, the solver call (0 or 1) and the block."""
+
+    def __init__(self, values: State, save: bool, steps: set[int]) -> None:
+        self.values, self.save, self.steps = values, save, steps
+        self.step: int | None = None
+        self.call = 0
+
+    def at(self, step: int, call: int) -> None:
+        """The solver call the next model evaluation is."""
+        self.step, self.call = step, call
+
+    def _key(self, block: int) -> str:
+        return f"value.{self.step}.{self.call}.{block}"
+
+    def hook(self, block: int):
+        """A forward hook for `attn.to_v` of single-stream block `block`."""
+
+        def run(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if self.step not in self.steps:
+                return None
+            if self.save:
+                self.values[self._key(block)] = output.detach().clone()
+                return None
+            saved = self.values[self._key(block)]
+            return saved.repeat(output.shape[0] // saved.shape[0], 1, 1)
+
+        return run
+
+
+@contextmanager
+def value_sharing(backbone: FlowBackbone, sharing: ValueSharing | None) -> Iterator[None]:
+    """`sharing`'s hooks on every single-stream block of the FLUX transformer while inside (none: no-op)."""
+    handles = []
+    if sharing is not None:
+        for k, block in enumerate(backbone.transformer.single_transformer_blocks):
+            handles.append(block.attn.to_v.register_forward_hook(sharing.hook(k)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def rf_solver_step(
     backbone: FlowBackbone,
     x: torch.Tensor,
@@ -64,10 +134,17 @@ def rf_solver_step(
     text: FlowText,
     guidance: torch.Tensor,
     negative: FlowText | None,
+    sharing: ValueSharing | None = None,
+    step: int = 0,
 ) -> torch.Tensor:
-    """One second-order RF-Solver step of the flow ODE from `sigma` to `sigma_next` (either way)."""
+    """One second-order RF-Solver step of the flow ODE from `sigma` to `sigma_next` (either way);
+    `step` is the editing step it corresponds to, for `sharing`."""
     h = sigma_next - sigma
+    if sharing is not None:
+        sharing.at(step, 0)
     v = backbone.predict_velocity(x, sigma, text, guidance, negative)
+    if sharing is not None:
+        sharing.at(step, 1)
     v_mid = backbone.predict_velocity(x + h / 2 * v, sigma + h / 2, text, guidance, negative)
     derivative = (v_mid - v) / (h / 2)
     return x + h * v + h**2 / 2 * derivative
@@ -96,9 +173,14 @@ class RFSolver(Method):
         guidance = torch.full((len(samples),), scale)
         text = backbone.encode_text(source_prompts(samples))
         negative = _negative(backbone, len(samples), guidance)
-        for i in range(len(sigmas) - 1, _start(params), -1):
-            x = rf_solver_step(backbone, x, sigmas[i], sigmas[i - 1], text, guidance, negative)
-        return {"latents": x}
+        state: State = {}
+        sharing = _sharing(backbone, params, state, save=True)
+        with value_sharing(backbone, sharing):
+            # The step from sigmas[i] up to sigmas[i - 1] is retraced by editing step i - 1.
+            for i in range(len(sigmas) - 1, _start(params), -1):
+                x = rf_solver_step(backbone, x, sigmas[i], sigmas[i - 1], text, guidance, negative, sharing, i - 1)
+        state["latents"] = x
+        return state
 
     def edit(
         self,
@@ -117,6 +199,17 @@ class RFSolver(Method):
         guidance = guidance.repeat_interleave(batch)
         negative = _negative(backbone, batch * points, guidance)
         text = backbone.encode_text(target_prompts(samples)).repeat(points)
-        for i in range(_start(invert_params), len(sigmas) - 1):
-            x = rf_solver_step(backbone, x, sigmas[i], sigmas[i + 1], text, guidance, negative)
+        sharing = _sharing(backbone, invert_params, state, save=False)
+        with value_sharing(backbone, sharing):
+            for i in range(_start(invert_params), len(sigmas) - 1):
+                x = rf_solver_step(backbone, x, sigmas[i], sigmas[i + 1], text, guidance, negative, sharing, i)
         return list(backbone.decode(x).split(batch))
+
+
+def _sharing(backbone: FlowBackbone, params: RFSolverInversionParams, state: State, save: bool) -> ValueSharing | None:
+    """The feature sharing of the first `inject` editing steps, or None when there is none."""
+    inject = params.resolved_inject(backbone.family)
+    if inject == 0:
+        return None
+    first = _start(params)
+    return ValueSharing(state, save, set(range(first, first + inject)))

@@ -44,7 +44,7 @@ def test_reconstructs_better_than_euler_at_the_same_steps(backbone, samples, gen
     same = [Sample(s.id, s.image, s.source_prompt, s.source_prompt) for s in samples]
     round_trip = backbone.decode(backbone.encode_images(images_tensor(same, backbone.device)))
     solver = get_method_class("rf_solver")()
-    params = RFSolverInversionParams(steps=6, inversion_guidance=1.0)
+    params = RFSolverInversionParams(steps=6, inversion_guidance=1.0, inject=0)
     state = solver.invert(backbone, same, params, generators(2))
     (out,) = solver.edit(backbone, state, same, params, [RFSolverEditParams(guidance=1.0)], generators(2))
     euler = get_method_class("flow_inversion")()
@@ -68,3 +68,27 @@ def test_points_are_batched_and_guidance_defaults_per_family(backbone, samples, 
     (alone,) = method.edit(backbone, state, samples, params, [RFSolverEditParams(guidance=default)], generators(2))
     torch.testing.assert_close(together[0], alone, rtol=0, atol=1e-4)
     assert (together[0] - together[1]).abs().mean() > 1e-4
+
+
+def test_feature_sharing_saves_the_injected_steps_values_and_changes_the_edit(backbone, samples, generators):
+    method = get_method_class("rf_solver")()
+    if backbone.family == "sd3":
+        with pytest.raises(ValueError, match="set inject to 0 on SD3"):
+            method.invert(backbone, samples, RFSolverInversionParams(steps=3, inject=1), generators(2))
+        return
+    shared, plain = RFSolverInversionParams(steps=3, inject=2), RFSolverInversionParams(steps=3, inject=0)
+    state = method.invert(backbone, samples, shared, generators(2))
+    blocks = len(backbone.transformer.single_transformer_blocks)
+    assert sorted(k for k in state if k.startswith("value.")) == sorted(
+        f"value.{step}.{call}.{block}" for step in (0, 1) for call in (0, 1) for block in range(blocks)
+    )
+    bare = method.invert(backbone, samples, plain, generators(2))
+    torch.testing.assert_close(state["latents"], bare["latents"], rtol=0, atol=0)  # saving changes nothing
+    (with_sharing,) = method.edit(backbone, state, samples, shared, [RFSolverEditParams()], generators(2))
+    (without,) = method.edit(backbone, bare, samples, plain, [RFSolverEditParams()], generators(2))
+    assert (with_sharing - without).abs().mean() > 1e-4
+
+
+def test_inject_beyond_steps_is_refused():
+    with pytest.raises(ValueError, match="must not exceed steps"):
+        RFSolverInversionParams(steps=3, inject=4)
