@@ -136,6 +136,24 @@ def test_pie_bench_inpaint_spec_plans_one_group_per_image(tmp_path, capsys):
     assert "  inpaint: 6 tasks, 3 groups" in out
 
 
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("pie-bench-flowedit.yaml", ["vae_roundtrip: 6 tasks, 6 groups", "flowedit: 12 tasks, 6 groups",
+                                     "flow_inversion: 6 tasks, 6 groups"]),
+        ("pie-bench-rf.yaml", ["vae_roundtrip: 3 tasks, 3 groups", "rf_inversion: 3 tasks, 3 groups",
+                               "rf_solver: 3 tasks, 3 groups", "flow_inversion: 3 tasks, 3 groups"]),
+    ],
+)  # fmt: skip
+def test_pie_bench_flow_specs_plan_every_method_on_every_image(spec, expected, tmp_path, capsys):
+    """The rectified-flow specs (FireFlow Table 4's rows): every method once per image and backbone."""
+    path = with_root(spec, pie_folder(tmp_path / "pie", 3), tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for line in expected:
+        assert f"  {line}" in out, out
+
+
 def test_pie_bench_controlnet_spec_plans_one_group_per_image(tmp_path, capsys):
     """No inversion: one group per image (the condition and noise), 2 step counts x 4 scales in it."""
     path = with_root("pie-bench-controlnet.yaml", pie_folder(tmp_path / "pie", 3), tmp_path)
