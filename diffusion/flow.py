@@ -307,8 +307,8 @@ class ValueSharing:
         self.step: int | None = None
         self.call = 0
 
-    def at(self, step: int, call: int) -> None:
-        """The solver call the next model evaluation is."""
+    def at(self, step: int | None, call: int) -> None:
+        """The solver call the next model evaluation is (step None: one that is never shared)."""
         self.step, self.call = step, call
 
     def _key(self, block: int) -> str:
