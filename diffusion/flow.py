@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,6 +294,53 @@ def flow_invert(
         v = backbone.predict_velocity(x, sigmas[i], text, guidance, negative)
         x = x + (sigmas[i - 1] - sigmas[i]) * v
     return x
+
+
+class ValueSharing:
+    """Saves (inversion) or substitutes (editing) the values of FLUX's single-stream attention blocks,
+    keyed by the editing step they belong to, the solver call (0 or 1) and the block: the feature
+    sharing of RF-Solver-Edit (Wang et al. 2025, Sec. 4.3) that FireFlow (Deng et al. 2025) keeps
+    (methods/rf_solver.py, methods/fireflow.py)."""
+
+    def __init__(self, values: dict[str, torch.Tensor], save: bool, steps: set[int]) -> None:
+        self.values, self.save, self.steps = values, save, steps
+        self.step: int | None = None
+        self.call = 0
+
+    def at(self, step: int | None, call: int) -> None:
+        """The solver call the next model evaluation is (step None: one that is never shared)."""
+        self.step, self.call = step, call
+
+    def _key(self, block: int) -> str:
+        return f"value.{self.step}.{self.call}.{block}"
+
+    def hook(self, block: int):
+        """A forward hook for `attn.to_v` of single-stream block `block`."""
+
+        def run(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if self.step not in self.steps:
+                return None
+            if self.save:
+                self.values[self._key(block)] = output.detach().clone()
+                return None
+            saved = self.values[self._key(block)]
+            return saved.repeat(output.shape[0] // saved.shape[0], 1, 1)
+
+        return run
+
+
+@contextlib.contextmanager
+def value_sharing(backbone: FlowBackbone, sharing: ValueSharing | None) -> Iterator[None]:
+    """`sharing`'s hooks on every single-stream block of the FLUX transformer while inside (none: no-op)."""
+    handles = []
+    if sharing is not None:
+        for k, block in enumerate(backbone.transformer.single_transformer_blocks):
+            handles.append(block.attn.to_v.register_forward_hook(sharing.hook(k)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def load_flow_backbone(name: str, family: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> FlowBackbone:

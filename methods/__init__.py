@@ -13,6 +13,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     diffusion_clip,
     direct_inversion,
     edict,
+    fireflow,
     flow_inversion,
     flowedit,
     imagic,

@@ -26,14 +26,14 @@ pipeline's 7.0.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from pydantic import Field, model_validator
 
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.flow import FlowBackbone, FlowText
+from editsweep.diffusion.flow import FlowBackbone, FlowText, ValueSharing, value_sharing
 from editsweep.diffusion.inputs import images_tensor, source_prompts, target_prompts
 from editsweep.methods.base import Method, Params, State, register_method
 from editsweep.methods.flow_inversion import PIPELINE_GUIDANCE, _negative, _start
@@ -45,6 +45,8 @@ EDIT_GUIDANCE = {"flux": 2.0, "sd3": PIPELINE_GUIDANCE["sd3"]}
 
 class RFSolverInversionParams(Params):
     """The schedule, how far to invert and the guidance while inverting."""
+
+    flux_inject: ClassVar[int] = 3  # the paper code's README editing examples
 
     steps: int = Field(15, ge=1, le=1000, description="solver steps of a full trajectory, 2 NFE each (paper 15)")
     strength: float = Field(1.0, gt=0, le=1, description="fraction of the trajectory inverted then re-generated")
@@ -64,7 +66,7 @@ class RFSolverInversionParams(Params):
     def resolved_inject(self, family: str) -> int:
         """`inject` with the family default; refused on SD3, which has no single-stream blocks."""
         if self.inject is None:
-            return 3 if family == "flux" else 0
+            return self.flux_inject if family == "flux" else 0
         if family != "flux" and self.inject > 0:
             raise ValueError(
                 f"inject={self.inject}: feature sharing replaces the values of FLUX's single-stream blocks, "
@@ -79,51 +81,6 @@ class RFSolverEditParams(Params):
     guidance: float | None = Field(
         None, ge=0, le=50, description="guidance with the target prompt (unset: FLUX 2 as in the paper, SD3 7.0)"
     )
-
-
-class ValueSharing:
-    """Saves (inversion) or substitutes (editing) the values of FLUX's single-stream attention blocks,
-    keyed by the editing step they belong to, the solver call (0 or 1) and the block."""
-
-    def __init__(self, values: State, save: bool, steps: set[int]) -> None:
-        self.values, self.save, self.steps = values, save, steps
-        self.step: int | None = None
-        self.call = 0
-
-    def at(self, step: int, call: int) -> None:
-        """The solver call the next model evaluation is."""
-        self.step, self.call = step, call
-
-    def _key(self, block: int) -> str:
-        return f"value.{self.step}.{self.call}.{block}"
-
-    def hook(self, block: int):
-        """A forward hook for `attn.to_v` of single-stream block `block`."""
-
-        def run(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            if self.step not in self.steps:
-                return None
-            if self.save:
-                self.values[self._key(block)] = output.detach().clone()
-                return None
-            saved = self.values[self._key(block)]
-            return saved.repeat(output.shape[0] // saved.shape[0], 1, 1)
-
-        return run
-
-
-@contextmanager
-def value_sharing(backbone: FlowBackbone, sharing: ValueSharing | None) -> Iterator[None]:
-    """`sharing`'s hooks on every single-stream block of the FLUX transformer while inside (none: no-op)."""
-    handles = []
-    if sharing is not None:
-        for k, block in enumerate(backbone.transformer.single_transformer_blocks):
-            handles.append(block.attn.to_v.register_forward_hook(sharing.hook(k)))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def rf_solver_step(
@@ -159,6 +116,22 @@ class RFSolver(Method):
     InvertParams = RFSolverInversionParams
     EditParams = RFSolverEditParams
 
+    def solve(
+        self,
+        backbone: FlowBackbone,
+        x: torch.Tensor,
+        path: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+        text: FlowText,
+        guidance: torch.Tensor,
+        negative: FlowText | None,
+        sharing: ValueSharing | None,
+    ) -> torch.Tensor:
+        """Integrates the flow ODE along `path`, (sigma, sigma', editing step) triples (FireFlow
+        overrides this with its own solver, methods/fireflow.py)."""
+        for sigma, sigma_next, step in path:
+            x = rf_solver_step(backbone, x, sigma, sigma_next, text, guidance, negative, sharing, step)
+        return x
+
     def invert(
         self,
         backbone: FlowBackbone,
@@ -177,8 +150,8 @@ class RFSolver(Method):
         sharing = _sharing(backbone, params, state, save=True)
         with value_sharing(backbone, sharing):
             # The step from sigmas[i] up to sigmas[i - 1] is retraced by editing step i - 1.
-            for i in range(len(sigmas) - 1, _start(params), -1):
-                x = rf_solver_step(backbone, x, sigmas[i], sigmas[i - 1], text, guidance, negative, sharing, i - 1)
+            path = [(sigmas[i], sigmas[i - 1], i - 1) for i in range(len(sigmas) - 1, _start(params), -1)]
+            x = self.solve(backbone, x, path, text, guidance, negative, sharing)
         state["latents"] = x
         return state
 
@@ -201,8 +174,8 @@ class RFSolver(Method):
         text = backbone.encode_text(target_prompts(samples)).repeat(points)
         sharing = _sharing(backbone, invert_params, state, save=False)
         with value_sharing(backbone, sharing):
-            for i in range(_start(invert_params), len(sigmas) - 1):
-                x = rf_solver_step(backbone, x, sigmas[i], sigmas[i + 1], text, guidance, negative, sharing, i)
+            path = [(sigmas[i], sigmas[i + 1], i) for i in range(_start(invert_params), len(sigmas) - 1)]
+            x = self.solve(backbone, x, path, text, guidance, negative, sharing)
         return list(backbone.decode(x).split(batch))
 
 
