@@ -40,9 +40,11 @@ from diffusers import (
     StableDiffusion3Pipeline,
 )
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from pydantic import Field
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from editsweep.core.hub import hf_cache_dir, hf_offline
+from editsweep.core.params import Params
 from editsweep.diffusion.backbone import (
     BackboneLoadError,
     _missing_message,
@@ -341,6 +343,92 @@ def value_sharing(backbone: FlowBackbone, sharing: ValueSharing | None) -> Itera
     finally:
         for handle in handles:
             handle.remove()
+
+
+# The pieces the flow editing methods share (methods/flow_inversion.py, rf_inversion.py, rf_solver.py,
+# fireflow.py): their common parameters, where editing starts, the negative text and the solvers' steps.
+# Default guidance of the families' diffusers pipelines (StableDiffusion3Pipeline, FluxPipeline).
+PIPELINE_GUIDANCE = {"sd3": 7.0, "flux": 3.5}
+
+
+class FlowInversionParams(Params):
+    """What changes the inversion: the schedule, how far to invert, the guidance while inverting."""
+
+    steps: int = Field(28, ge=1, le=1000, description="Euler steps of a full trajectory (both pipelines' default 28)")
+    strength: float = Field(1.0, gt=0, le=1, description="fraction of the trajectory inverted then re-generated")
+    inversion_guidance: float = Field(1.0, ge=0, le=50, description="guidance with the source prompt while inverting")
+
+
+class FlowSampleParams(Params):
+    """What changes only the edit."""
+
+    guidance: float | None = Field(
+        None, ge=0, le=50, description="guidance with the target prompt (unset: SD3 7.0, FLUX 3.5)"
+    )
+
+
+def edit_start(params: FlowInversionParams) -> int:
+    """The schedule index editing starts from: `strength` of the steps before the end."""
+    return params.steps - max(1, round(params.strength * params.steps))
+
+
+def negative_text(backbone: FlowBackbone, n: int, guidance: torch.Tensor) -> FlowText | None:
+    """SD3's classifier-free guidance runs against the empty prompt (not needed at guidance 1);
+    FLUX takes none."""
+    if backbone.family != "sd3" or torch.all(guidance == 1):
+        return None
+    return backbone.encode_text([""] * n)
+
+
+def rf_solver_step(
+    backbone: FlowBackbone,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    text: FlowText,
+    guidance: torch.Tensor,
+    negative: FlowText | None,
+    sharing: ValueSharing | None = None,
+    step: int = 0,
+) -> torch.Tensor:
+    """One second-order RF-Solver step of the flow ODE from `sigma` to `sigma_next` (either way);
+    `step` is the editing step it corresponds to, for `sharing`."""
+    h = sigma_next - sigma
+    if sharing is not None:
+        sharing.at(step, 0)
+    v = backbone.predict_velocity(x, sigma, text, guidance, negative)
+    if sharing is not None:
+        sharing.at(step, 1)
+    v_mid = backbone.predict_velocity(x + h / 2 * v, sigma + h / 2, text, guidance, negative)
+    derivative = (v_mid - v) / (h / 2)
+    return x + h * v + h**2 / 2 * derivative
+
+
+def fireflow_step(
+    backbone: FlowBackbone,
+    x: torch.Tensor,
+    v: torch.Tensor | None,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    text: FlowText,
+    guidance: torch.Tensor,
+    negative: FlowText | None,
+    sharing: ValueSharing | None = None,
+    step: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One FireFlow midpoint step of the flow ODE from `sigma` to `sigma_next` (either way) from the
+    reused velocity `v` (None: evaluated here, the first step of a pass); returns the new latents and
+    the midpoint velocity, the next step's `v`. `step` is the editing step it corresponds to, for
+    `sharing`, which applies to the midpoint evaluation only."""
+    h = sigma_next - sigma
+    if v is None:
+        if sharing is not None:
+            sharing.at(None, 0)
+        v = backbone.predict_velocity(x, sigma, text, guidance, negative)
+    if sharing is not None:
+        sharing.at(step, 1)
+    v_mid = backbone.predict_velocity(x + h / 2 * v, sigma + h / 2, text, guidance, negative)
+    return x + h * v_mid, v_mid
 
 
 def load_flow_backbone(name: str, family: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> FlowBackbone:

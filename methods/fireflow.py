@@ -7,8 +7,8 @@ at x, evaluates v_mid at the half step x + h/2 v, sigma + h/2, and moves x + h v
 method, second order). v_mid, not a fresh evaluation at the new point, is the next step's v (the
 paper's reuse: the midpoint velocity stands in for the velocity at the step's end, and the scheme
 stays second order), so a pass of n steps costs n + 1 model calls instead of
-RF-Solver's 2n (methods/rf_solver.py, whose method, feature sharing and guidance defaults this
-one inherits; only `solve` differs). Each pass (inversion, editing) starts with one fresh
+RF-Solver's 2n (methods/rf_solver.py; both build on methods/flow_solver.py, which holds the
+inversion, editing, feature sharing and guidance defaults: only `solve` and the defaults differ). Each pass (inversion, editing) starts with one fresh
 evaluation. The paper's Table 4 lists 32 NFE for its 8 + 8 steps, 2 per step; with the reuse its
 code makes 9 + 9 = 18 model calls, and so does ours.
 
@@ -33,12 +33,12 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from editsweep.diffusion.flow import FlowBackbone, FlowText, ValueSharing
+from editsweep.diffusion.flow import FlowBackbone, FlowText, ValueSharing, fireflow_step
 from editsweep.methods.base import register_method
-from editsweep.methods.rf_solver import RFSolver, RFSolverEditParams, RFSolverInversionParams
+from editsweep.methods.flow_solver import FlowSolverMethod, SolverEditParams, SolverInversionParams
 
 
-class FireFlowInversionParams(RFSolverInversionParams):
+class FireFlowInversionParams(SolverInversionParams):
     """The schedule, how far to invert, the guidance while inverting and the feature sharing."""
 
     flux_inject: ClassVar[int] = 1  # the paper code's editing examples
@@ -49,43 +49,15 @@ class FireFlowInversionParams(RFSolverInversionParams):
     )
 
 
-class FireFlowEditParams(RFSolverEditParams):
+class FireFlowEditParams(SolverEditParams):
     """What changes only the edit: the guidance with the target prompt (FLUX 2 as in the paper, SD3 7.0)."""
 
 
-def fireflow_step(
-    backbone: FlowBackbone,
-    x: torch.Tensor,
-    v: torch.Tensor | None,
-    sigma: torch.Tensor,
-    sigma_next: torch.Tensor,
-    text: FlowText,
-    guidance: torch.Tensor,
-    negative: FlowText | None,
-    sharing: ValueSharing | None = None,
-    step: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One FireFlow midpoint step of the flow ODE from `sigma` to `sigma_next` (either way) from the
-    reused velocity `v` (None: evaluated here, the first step of a pass); returns the new latents and
-    the midpoint velocity, the next step's `v`. `step` is the editing step it corresponds to, for
-    `sharing`, which applies to the midpoint evaluation only."""
-    h = sigma_next - sigma
-    if v is None:
-        if sharing is not None:
-            sharing.at(None, 0)
-        v = backbone.predict_velocity(x, sigma, text, guidance, negative)
-    if sharing is not None:
-        sharing.at(step, 1)
-    v_mid = backbone.predict_velocity(x + h / 2 * v, sigma + h / 2, text, guidance, negative)
-    return x + h * v_mid, v_mid
-
-
 @register_method
-class FireFlow(RFSolver):
-    """RF-Solver's inversion and editing (source prompt, then target prompt) with FireFlow's solver."""
+class FireFlow(FlowSolverMethod):
+    """Flow inversion with the source prompt, sampling with the target prompt, by FireFlow's midpoint solver."""
 
     name = "fireflow"
-    families = ("sd3", "flux")
     InvertParams = FireFlowInversionParams
     EditParams = FireFlowEditParams
 

@@ -16,32 +16,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from pydantic import Field
 
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.flow import FlowBackbone, FlowText, flow_invert, flow_sample
+from editsweep.diffusion.flow import (
+    PIPELINE_GUIDANCE,
+    FlowBackbone,
+    FlowInversionParams,
+    FlowSampleParams,
+    edit_start,
+    flow_invert,
+    flow_sample,
+    negative_text,
+)
 from editsweep.diffusion.inputs import images_tensor, source_prompts, target_prompts
-from editsweep.methods.base import Method, Params, State, register_method
-
-# Default guidance of the families' diffusers pipelines (StableDiffusion3Pipeline, FluxPipeline).
-PIPELINE_GUIDANCE = {"sd3": 7.0, "flux": 3.5}
-
-
-class FlowInversionParams(Params):
-    """What changes the inversion: the schedule, how far to invert, the guidance while inverting."""
-
-    steps: int = Field(28, ge=1, le=1000, description="Euler steps of a full trajectory (both pipelines' default 28)")
-    strength: float = Field(1.0, gt=0, le=1, description="fraction of the trajectory inverted then re-generated")
-    inversion_guidance: float = Field(1.0, ge=0, le=50, description="guidance with the source prompt while inverting")
-
-
-class FlowSampleParams(Params):
-    """What changes only the edit."""
-
-    guidance: float | None = Field(
-        None, ge=0, le=50, description="guidance with the target prompt (unset: SD3 7.0, FLUX 3.5)"
-    )
-
+from editsweep.methods.base import Method, State, register_method
 
 @register_method
 class FlowInversion(Method):
@@ -62,10 +50,10 @@ class FlowInversion(Method):
     ) -> State:
         latents = backbone.encode_images(images_tensor(samples, backbone.device))
         sigmas = backbone.sigmas(params.steps, latents.shape[-1])
-        start = _start(params)
+        start = edit_start(params)
         guidance = torch.full((len(samples),), params.inversion_guidance)
         text = backbone.encode_text(source_prompts(samples))
-        negative = _negative(backbone, len(samples), guidance)
+        negative = negative_text(backbone, len(samples), guidance)
         return {"latents": flow_invert(backbone, latents, sigmas, text, guidance, negative, start)}
 
     def edit(
@@ -82,7 +70,7 @@ class FlowInversion(Method):
         sigmas = backbone.sigmas(invert_params.steps, noisy.shape[-1])
         default = PIPELINE_GUIDANCE[backbone.family]
         guidance = torch.tensor([default if p.guidance is None else p.guidance for p in edit_params])
-        negative = _negative(backbone, batch * points, guidance)
+        negative = negative_text(backbone, batch * points, guidance)
         latents = flow_sample(
             backbone,
             noisy.repeat(points, 1, 1, 1),
@@ -90,19 +78,6 @@ class FlowInversion(Method):
             backbone.encode_text(target_prompts(samples)).repeat(points),
             guidance.repeat_interleave(batch),
             negative,
-            start=_start(invert_params),
+            start=edit_start(invert_params),
         )
         return list(backbone.decode(latents).split(batch))
-
-
-def _start(params: FlowInversionParams) -> int:
-    """The schedule index editing starts from: `strength` of the steps before the end."""
-    return params.steps - max(1, round(params.strength * params.steps))
-
-
-def _negative(backbone: FlowBackbone, n: int, guidance: torch.Tensor) -> FlowText | None:
-    """SD3's classifier-free guidance runs against the empty prompt (not needed at guidance 1);
-    FLUX takes none."""
-    if backbone.family != "sd3" or torch.all(guidance == 1):
-        return None
-    return backbone.encode_text([""] * n)

@@ -30,10 +30,9 @@ import torch
 from pydantic import Field, model_validator
 
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.flow import FlowBackbone
+from editsweep.diffusion.flow import PIPELINE_GUIDANCE, FlowBackbone, FlowInversionParams, edit_start, negative_text
 from editsweep.diffusion.inputs import images_tensor, source_prompts, target_prompts
 from editsweep.methods.base import Method, Params, State, register_method
-from editsweep.methods.flow_inversion import PIPELINE_GUIDANCE, FlowInversionParams, _negative, _start
 
 
 class RFInversionParams(FlowInversionParams):
@@ -86,9 +85,9 @@ class RFInversion(Method):
         guidance = torch.full((len(samples),), params.inversion_guidance)
         prompts = source_prompts(samples) if params.inversion_prompt == "source" else [""] * len(samples)
         text = backbone.encode_text(prompts)
-        negative = _negative(backbone, len(samples), guidance)
+        negative = negative_text(backbone, len(samples), guidance)
         y = y0
-        for i in range(len(sigmas) - 1, _start(params), -1):
+        for i in range(len(sigmas) - 1, edit_start(params), -1):
             u = backbone.predict_velocity(y, sigmas[i], text, guidance, negative)
             u = u + params.gamma * ((y1 - y) / (1 - sigmas[i]) - u)
             y = y + (sigmas[i - 1] - sigmas[i]) * u
@@ -110,9 +109,9 @@ class RFInversion(Method):
         default = PIPELINE_GUIDANCE[backbone.family]
         guidance = torch.tensor([default if p.guidance is None else p.guidance for p in edit_params])
         guidance = guidance.repeat_interleave(batch)
-        negative = _negative(backbone, batch * points, guidance)
+        negative = negative_text(backbone, batch * points, guidance)
         text = backbone.encode_text(target_prompts(samples)).repeat(points)
-        first = _start(invert_params)
+        first = edit_start(invert_params)
         n = len(sigmas) - 1 - first
         for k, i in enumerate(range(first, len(sigmas) - 1)):
             # eta of each row at sampled step k (int() as in the community pipeline's window).

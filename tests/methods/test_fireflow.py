@@ -13,7 +13,7 @@ from editsweep.diffusion.backbone import load_backbone
 from editsweep.diffusion.inputs import images_tensor
 from editsweep.methods.base import get_method_class
 from editsweep.methods.fireflow import FireFlowEditParams, FireFlowInversionParams
-from editsweep.methods.flow_inversion import FlowInversionParams, FlowSampleParams
+from editsweep.diffusion.flow import FlowInversionParams, FlowSampleParams
 
 
 @pytest.fixture(scope="module", params=["sd3", "flux"])

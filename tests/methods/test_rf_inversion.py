@@ -10,7 +10,7 @@ from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import load_backbone
 from editsweep.diffusion.inputs import images_tensor
 from editsweep.methods.base import get_method_class
-from editsweep.methods.flow_inversion import FlowInversionParams, FlowSampleParams
+from editsweep.diffusion.flow import FlowInversionParams, FlowSampleParams
 from editsweep.methods.rf_inversion import RFEditParams, RFInversionParams
 
 
