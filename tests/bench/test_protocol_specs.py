@@ -142,7 +142,8 @@ def test_pie_bench_inpaint_spec_plans_one_group_per_image(tmp_path, capsys):
         ("pie-bench-flowedit.yaml", ["vae_roundtrip: 6 tasks, 6 groups", "flowedit: 12 tasks, 6 groups",
                                      "flow_inversion: 6 tasks, 6 groups"]),
         ("pie-bench-rf.yaml", ["vae_roundtrip: 3 tasks, 3 groups", "rf_inversion: 3 tasks, 3 groups",
-                               "rf_solver: 3 tasks, 3 groups", "flow_inversion: 3 tasks, 3 groups"]),
+                               "rf_solver: 3 tasks, 3 groups", "fireflow: 3 tasks, 3 groups",
+                               "flow_inversion: 3 tasks, 3 groups"]),
     ],
 )  # fmt: skip
 def test_pie_bench_flow_specs_plan_every_method_on_every_image(spec, expected, tmp_path, capsys):
