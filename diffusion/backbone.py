@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -150,6 +151,29 @@ class Backbone:
         x = self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample
         return ((x.float() + 1) / 2).clamp(0, 1)
 
+
+
+def backbone_companion(
+    cache: dict[tuple, torch.nn.Module],
+    name: str,
+    backbone: Backbone,
+    load: Callable[[], torch.nn.Module],
+    check: Callable[[torch.nn.Module], None],
+) -> torch.nn.Module:
+    """A model that works beside the backbone's UNet (a ControlNet, a T2I-Adapter), by `name`: loaded
+    by `load` once per (name, backbone, device, dtype), checked against the backbone by `check`,
+    frozen, on the backbone's device and dtype; `cache` keeps the last two."""
+    key = (name, backbone.name, str(backbone.device), backbone.dtype)
+    if key not in cache:
+        model = load()
+        check(model)
+        model.requires_grad_(False).eval().to(backbone.device)
+        if model.dtype != backbone.dtype:
+            model.to(backbone.dtype)
+        while len(cache) >= 2:
+            cache.pop(next(iter(cache)))
+        cache[key] = model
+    return cache[key]
 
 
 TEXT_TO_IMAGE_UNET = "it needs a text-to-image model's UNet (4 input channels)"

@@ -27,7 +27,7 @@ import torch
 from diffusers import ControlNetModel
 
 from editsweep.core.hub import load_cache_first
-from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.backbone import Backbone, backbone_companion
 from editsweep.diffusion.ddim import Schedule, ddim_loop, to_epsilon
 
 PRESETS = ("tiny",)
@@ -42,17 +42,13 @@ class ControlNetLoadError(RuntimeError):
 def load_controlnet(name: str, backbone: Backbone, seed: int = 0) -> ControlNetModel:
     """The ControlNet `name` (`tiny`, a Hub id or a local folder) on the backbone's device and dtype,
     checked against the backbone's UNet; cached, the last two kept."""
-    key = (name, backbone.name, str(backbone.device), backbone.dtype)
-    if key not in _LOADED:
-        model = _build_tiny(backbone, seed) if name in PRESETS else _load_pretrained(name, backbone.dtype)
-        check_compatible(model, backbone, name)
-        model.requires_grad_(False).eval().to(backbone.device)
-        if model.dtype != backbone.dtype:
-            model.to(backbone.dtype)
-        while len(_LOADED) >= 2:
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = model
-    return _LOADED[key]
+    return backbone_companion(
+        _LOADED,
+        name,
+        backbone,
+        lambda: _build_tiny(backbone, seed) if name in PRESETS else _load_pretrained(name, backbone.dtype),
+        lambda model: check_compatible(model, backbone, name),
+    )
 
 
 def check_compatible(model: ControlNetModel, backbone: Backbone, name: str) -> None:
