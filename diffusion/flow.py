@@ -206,18 +206,25 @@ class FlowBackbone:
         text: FlowText,
         guidance: torch.Tensor,
         negative: FlowText | None = None,
+        true_cfg: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The velocity (B, C, h, w) at noise level `sigma`, guided by `guidance` (B,), float32.
 
         SD3: classifier-free guidance between `text` and `negative` (required when any guidance
         differs from 1). FLUX: guidance is the guidance embedding's input where the model has one
-        (FLUX.1-dev); FLUX.1-schnell ignores it; `negative` must be None.
+        (FLUX.1-dev); FLUX.1-schnell ignores it. With `negative`, FLUX adds FluxPipeline's "true"
+        classifier-free guidance on top: two passes (one batched call), uncond + s (cond - uncond)
+        with s = `true_cfg` (B,). `context` (B, C, h', w'), FLUX only: latents of images appended to
+        the noisy tokens as FLUX.1 Kontext's conditioning (diffusion/flow.py `_flux`).
         """
         b = latents.shape[0]
         t = (torch.as_tensor(sigma, dtype=torch.float32) * 1000).expand(b).to(self.device)
         x = latents.to(self.device, self.dtype)
         guidance = guidance.to(self.device, torch.float32)
         if self.family == "sd3":
+            if true_cfg is not None or context is not None:
+                raise ValueError("SD3 takes its guidance scale in `guidance`; true_cfg and context are FLUX-only")
             if negative is None:
                 if not torch.all(guidance == 1):
                     raise ValueError("SD3 guidance other than 1 needs the negative prompt's embeddings")
@@ -225,9 +232,22 @@ class FlowBackbone:
             both = self._sd3(torch.cat([x, x]), torch.cat([t, t]), FlowText.cat([negative, text])).float()
             uncond, cond = both.chunk(2)
             return uncond + guidance.view(-1, 1, 1, 1) * (cond - uncond)
-        if negative is not None:
-            raise ValueError("FLUX takes guidance through its guidance embedding, not a negative prompt")
-        return self._flux(x, t, text, guidance).float()
+        if context is not None:
+            context = context.to(self.device, self.dtype)
+        if negative is None:
+            if true_cfg is not None:
+                raise ValueError("FLUX true_cfg needs the negative prompt's embeddings (`negative`)")
+            return self._flux(x, t, text, guidance, context).float()
+        if true_cfg is None:
+            raise ValueError(
+                "FLUX takes guidance through its guidance embedding; a negative prompt needs true_cfg scales (B,)"
+            )
+        double = torch.cat([context, context]) if context is not None else None
+        both = self._flux(
+            torch.cat([x, x]), torch.cat([t, t]), FlowText.cat([negative, text]), guidance.repeat(2), double
+        ).float()
+        uncond, cond = both.chunk(2)
+        return uncond + true_cfg.to(self.device, torch.float32).view(-1, 1, 1, 1) * (cond - uncond)
 
     def _sd3(self, x: torch.Tensor, t: torch.Tensor, text: FlowText) -> torch.Tensor:
         return self.transformer(
@@ -238,10 +258,27 @@ class FlowBackbone:
             return_dict=False,
         )[0]
 
-    def _flux(self, x: torch.Tensor, t: torch.Tensor, text: FlowText, guidance: torch.Tensor) -> torch.Tensor:
+    def _flux(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: FlowText,
+        guidance: torch.Tensor,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """FluxPipeline's transformer call on packed latents. `context`: FluxKontextPipeline's image
+        conditioning, its packed tokens appended after the noisy ones with position ids whose first
+        coordinate is 1 (0 for the noisy tokens), and the output read on the noisy tokens only."""
         b, c, h, w = x.shape
         packed = FluxPipeline._pack_latents(x, b, c, h, w)
         img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, self.device, x.dtype)
+        tokens = packed.shape[1]
+        if context is not None:
+            ch, cw = context.shape[2:]
+            packed = torch.cat([packed, FluxPipeline._pack_latents(context, b, c, ch, cw)], dim=1)
+            context_ids = FluxPipeline._prepare_latent_image_ids(b, ch // 2, cw // 2, self.device, x.dtype)
+            context_ids[..., 0] = 1
+            img_ids = torch.cat([img_ids, context_ids])
         txt_ids = torch.zeros(text.embeds.shape[1], 3, device=self.device, dtype=x.dtype)
         out = self.transformer(
             hidden_states=packed,
@@ -254,7 +291,7 @@ class FlowBackbone:
             return_dict=False,
         )[0]
         return FluxPipeline._unpack_latents(
-            out, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae_scale_factor
+            out[:, :tokens], h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae_scale_factor
         )
 
 
@@ -266,14 +303,17 @@ def flow_sample(
     guidance: torch.Tensor,
     negative: FlowText | None = None,
     start: int = 0,
+    true_cfg: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Euler integration of the flow ODE from `sigmas[start]` down to `sigmas[-1]` (0), float32.
 
-    The same update as diffusers' FlowMatchEulerDiscreteScheduler.step, x + (sigma' - sigma) v.
+    The same update as diffusers' FlowMatchEulerDiscreteScheduler.step, x + (sigma' - sigma) v;
+    `true_cfg` and `context` as in `FlowBackbone.predict_velocity` (FLUX).
     """
     x = latents.float()
     for i in range(start, len(sigmas) - 1):
-        v = backbone.predict_velocity(x, sigmas[i], text, guidance, negative)
+        v = backbone.predict_velocity(x, sigmas[i], text, guidance, negative, true_cfg, context)
         x = x + (sigmas[i + 1] - sigmas[i]) * v
     return x
 

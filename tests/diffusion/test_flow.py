@@ -135,3 +135,44 @@ def test_full_size_architecture_presets_match_the_released_models(family, transf
     encoder = pipe.text_encoder_3 if family == "sd3" else pipe.text_encoder_2
     assert encoder.dtype == torch.bfloat16 and encoder.config.d_model == 4096
     assert family_of(f"{family}-arch") == family
+
+
+@pytest.fixture(scope="module")
+def flux() -> FlowBackbone:
+    return load_backbone("tiny-flux")
+
+
+def test_flux_true_cfg_equals_the_pipelines_true_cfg_scale(flux):
+    """FluxPipeline(true_cfg_scale=s, negative_prompt=...): two passes on top of the guidance
+    embedding, the same latents to float tolerance; without a negative prompt nothing changes."""
+    steps, prompts, negatives = 3, ["a red cube", "a cat on a mat"], ["blurry", ""]
+    noise = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    text, negative = flux.encode_text(prompts), flux.encode_text(negatives)
+    g, s = torch.full((2,), 2.5), torch.full((2,), 4.0)
+    ours = flow_sample(flux, noise, flux.sigmas(steps), text, g, negative, true_cfg=s)
+    out = flux.pipe(
+        prompts,
+        negative_prompt=negatives,
+        true_cfg_scale=4.0,
+        latents=flux.pipe._pack_latents(noise, 2, 16, 8, 8),
+        guidance_scale=2.5,
+        num_inference_steps=steps,
+        height=64,
+        width=64,
+        max_sequence_length=flux.max_sequence_length,
+        output_type="latent",
+    ).images
+    theirs = flux.pipe._unpack_latents(out, 64, 64, flux.vae_scale_factor)
+    plain = flow_sample(flux, noise, flux.sigmas(steps), text, g)
+    assert (ours - plain).abs().max() > 1e-2  # true CFG changes the result
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    at_1 = flow_sample(flux, noise, flux.sigmas(steps), text, g, negative, true_cfg=torch.ones(2))
+    torch.testing.assert_close(at_1, plain, rtol=0, atol=1e-5)
+
+
+def test_flux_negative_and_true_cfg_come_together(flux):
+    x, text = torch.zeros(1, 16, 8, 8), flux.encode_text(["a cat"])
+    with pytest.raises(ValueError, match="negative prompt needs true_cfg"):
+        flux.predict_velocity(x, 0.5, text, torch.ones(1), text)
+    with pytest.raises(ValueError, match="true_cfg needs the negative"):
+        flux.predict_velocity(x, 0.5, text, torch.ones(1), true_cfg=torch.ones(1))
