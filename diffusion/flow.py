@@ -64,6 +64,7 @@ KNOWN_FLOW_IDS = {
     "stabilityai/stable-diffusion-3.5-large-turbo": "sd3",
     "black-forest-labs/FLUX.1-dev": "flux",
     "black-forest-labs/FLUX.1-schnell": "flux",
+    "black-forest-labs/FLUX.1-Kontext-dev": "flux",  # FluxKontextPipeline: a FLUX.1-dev-shaped transformer
 }
 # model_index.json `_class_name` prefix -> family, for local folders.
 PIPELINE_FAMILIES = {"StableDiffusion3": "sd3", "Flux": "flux"}

@@ -16,6 +16,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     fireflow,
     flow_inversion,
     flowedit,
+    flux_kontext,
     imagic,
     inpaint,
     infedit,
