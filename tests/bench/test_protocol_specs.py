@@ -205,3 +205,12 @@ def test_pie_bench_p_plus_spec_plans_one_group_per_image_and_inversion(tmp_path,
     out = capsys.readouterr().out
     assert "pie-bench-p-plus: 36 tasks in 6 groups" in out
     assert "  p_plus: 36 tasks, 6 groups" in out
+
+
+def test_pie_bench_instruction_editors_spec_plans_one_group_per_image(tmp_path, capsys):
+    """FLUX.1 Kontext: no inversion, one group per image (its context latents and noise), the four
+    guidance points in it."""
+    path = with_root("pie-bench-instruction-editors.yaml", pie_folder(tmp_path / "pie", 3), tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "  flux_kontext: 12 tasks, 3 groups" in out, out
