@@ -11,7 +11,7 @@ from PIL import Image
 
 from editsweep.bench.spec import SpecError, load_spec
 from editsweep.datasets.base import Sample
-from editsweep.diffusion.backbone import BackboneLoadError, load_backbone
+from editsweep.diffusion.backbone import BackboneLoadError, family_of, load_backbone
 from editsweep.diffusion.instructions import instruction
 from editsweep.methods.base import Params, get_method_class
 from editsweep.methods.flux_kontext import FluxKontextParams
@@ -124,6 +124,7 @@ def test_text_to_image_flux_weights_are_refused(backbone):
 
 
 def test_other_families_are_refused_and_kontext_weights_accepted():
+    assert family_of("black-forest-labs/FLUX.1-Kontext-dev") == "flux"  # known before loading
     with pytest.raises(SpecError, match="flux_kontext runs on backbone families flux, not 'sd'"):
         load_spec(spec("tiny"))
     for backbone in ("black-forest-labs/FLUX.1-Kontext-dev", "tiny-flux", "flux-arch"):
