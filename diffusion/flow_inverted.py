@@ -30,7 +30,9 @@ Solve = Callable[
     torch.Tensor,
 ]
 """(backbone, latents, path of (sigma, sigma', editing step), text, guidance (rows,), negative text,
-sharing) -> the latents at the path's end: one solver's integration of the flow ODE."""
+sharing) -> the latents at the path's end: one solver's integration of the flow ODE. The solver
+tells `sharing` the editing step of each model call through `at(step, call)`: a `ValueSharing`, or
+any control with that method (diffusion/flow_mutual.py `MutualKV`)."""
 
 
 @dataclass(frozen=True)

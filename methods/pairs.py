@@ -71,7 +71,9 @@ class EditorChoice(Params):
         None,
         ge=0,
         le=50,
-        description=f"CFG scale; unset: the inversion's own (Null-text), a flow inversion's family default, or {DEFAULT_GUIDANCE}",
+        description=(
+            f"CFG scale; unset: the inversion's own (Null-text), a flow inversion's family default, or {DEFAULT_GUIDANCE}"
+        ),
     )
 
     @model_validator(mode="after")

@@ -37,7 +37,10 @@ class MasaCtrlMMDiTParams(Params):
 
     start_step: int = Field(4, ge=0, le=1000, description="first editing step with mutual attention (paper 4 of 50)")
     start_layer: int | None = Field(
-        None, ge=0, le=1000, description="first block (forward order) with it (unset: 10/16 of the depth, as the paper's)"
+        None,
+        ge=0,
+        le=1000,
+        description="first block (forward order) with it (unset: 10/16 of the depth, as the paper's)",
     )
 
     def layer(self, n_blocks: int) -> int:
@@ -64,7 +67,7 @@ class MasaCtrlMMDiTEditor(Editor):
     ) -> list[torch.Tensor]:
         batch = len(samples)
         n_blocks = len(attention_blocks(backbone))
-        too_deep = sorted({p.start_layer for p in points if p.start_layer is not None and p.start_layer >= n_blocks})
+        too_deep = sorted({p.layer(n_blocks) for p in points if p.layer(n_blocks) >= n_blocks})
         if too_deep:
             raise ValueError(
                 f"masactrl_mmdit start_layer {too_deep} is at or past the last of this transformer's {n_blocks} blocks, "

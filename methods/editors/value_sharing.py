@@ -31,7 +31,10 @@ class ValueSharingParams(Params):
     """How many editing steps share the inversion's values (it changes only the edit)."""
 
     inject: int | None = Field(
-        None, ge=0, le=1000, description="first editing steps with the inversion's attention values (unset: all it saved)"
+        None,
+        ge=0,
+        le=1000,
+        description="first editing steps with the inversion's attention values (unset: all it saved)",
     )
 
 
@@ -65,4 +68,5 @@ class ValueSharingEditor(Editor):
         generators: Sequence[torch.Generator],
     ) -> list[torch.Tensor]:
         saved = len(inverted.shared)
-        return flow_edit(backbone, inverted, samples, guidance, [saved if p.inject is None else p.inject for p in points])
+        inject = [saved if p.inject is None else p.inject for p in points]
+        return flow_edit(backbone, inverted, samples, guidance, inject)

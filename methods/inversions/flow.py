@@ -33,7 +33,9 @@ class FlowPairInversionParams(Params):
 
     steps: int = Field(28, ge=1, le=1000, description="steps of a full trajectory (both pipelines' default 28)")
     strength: float = Field(1.0, gt=0, le=1, description="fraction of the trajectory inverted then re-generated")
-    inversion_guidance: float | None = Field(1.0, ge=0, le=50, description="guidance with the source prompt while inverting")
+    inversion_guidance: float | None = Field(
+        1.0, ge=0, le=50, description="guidance with the source prompt while inverting"
+    )
     inject: int = Field(0, ge=0, le=1000, description=INJECT_DESCRIPTION)
 
     @model_validator(mode="after")
