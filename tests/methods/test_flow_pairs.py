@@ -154,3 +154,16 @@ def test_pairs_of_a_family_validate_on_it():
     for backbone in ("tiny-flux", "tiny-sd3"):
         spec({"inversion": ["flow", "rf_solver", "fireflow"], "inject": 1}, {"editor": ["plain", "value_sharing", "masactrl_mmdit"]}, backbone)
     spec({"inversion": ["ddim", "direct"]}, {"editor": ["plain", "p2p"]}, "tiny")
+
+
+def test_sd3_values_saved_under_guidance_meet_the_editings_guidance_rows(samples, generators):
+    """Inverting SD3 at a guidance other than 1 saves [negative; text] values; points at different
+    scales share one loop whose rows take the matching half, as each point alone does."""
+    backbone = load_backbone("tiny-sd3")
+    invert = {"inversion": "rf_solver", "steps": 3, "inject": 2, "inversion_guidance": 3.0}
+    edits = [{"editor": "value_sharing", "guidance": 5.0}, {"editor": "value_sharing", "guidance": 2.0}]
+    state, together = run("invert_edit", invert, edits, samples, backbone, generators)
+    assert state["value.0.0.0"].shape[0] == 2 * len(samples)
+    for edit, image in zip(edits, together, strict=True):
+        _, (alone,) = run("invert_edit", invert, [edit], samples, backbone, generators)
+        torch.testing.assert_close(image, alone, rtol=0, atol=1e-5)
