@@ -7,6 +7,11 @@ and edit point of the group) and the editor part of the edit params, so a list o
 axis like any parameter. `invert_edit` (methods/invert_edit.py) takes both from the spec; the
 presets (`ddim_p2p`, `null_text`, `negative_prompt`, `direct_inversion`) fix the pair and keep
 their historical parameters, rows and task keys.
+
+Inversions and editors declare the backbone families they run on (SD 1.x/2.x: the DDIM-family
+inversions and the UNet editors; SD3 and FLUX: the flow inversions, `value_sharing`,
+`masactrl_mmdit`; `plain` both): a pair with no family in common, or with a member not of the
+backbone's family, is refused when the spec is checked (`refuse`, `refuse_family`).
 """
 
 from __future__ import annotations
