@@ -325,7 +325,7 @@ def _list(args: argparse.Namespace) -> int:
     elif args.what in ("inversions", "editors"):
         registry = INVERSIONS if args.what == "inversions" else EDITORS
         for name, cls in sorted(registry.items()):
-            print(f"{name}: {_doc(cls)}\n  params: {_params(cls.Params)}")
+            print(f"{name}: {_doc(cls)}\n  families: {', '.join(cls.families)}\n  params: {_params(cls.Params)}")
     elif args.what == "datasets":
         for name, cls in sorted(DATASETS.items()):
             print(f"{name}: {_doc(cls)}\n  params: {_params(cls.Params)}")

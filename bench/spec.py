@@ -565,8 +565,11 @@ def _check_registered(spec: SweepSpec) -> list[str]:
             problems += _refused_pairs(cls, m, f"methods[{i}]")
         problems += [f"methods[{i}]: {r}" for b in spec.backbones if (r := cls.refuse_backbone(b.name))]
         for b in spec.backbones:
-            if refused := cls.refuse_family(family_of(b.name)):
+            family = family_of(b.name)
+            if refused := cls.refuse_family(family):
                 problems.append(f"methods[{i}]: backbone {b.name!r}: {refused}")
+            elif family is not None and not any(p.startswith(f"methods[{i}].") for p in problems):
+                problems += [f"methods[{i}]: backbone {b.name!r}: {r}" for r in _refused_on(cls, m, family)]
         if m.search is not None and not any(p.startswith(f"methods[{i}].") for p in problems):
             problems += _check_search(spec, m, cls, f"methods[{i}]")
     for name, params in spec.metrics.items():
@@ -628,6 +631,14 @@ def _refused_pairs(cls: type, entry: MethodSpec, where: str) -> list[str]:
     edit = [cls.EditParams.model_validate(p) for p in _product(entry.edit, cls.EditParams)]
     reasons = [cls.refuse(ip, ep) for ip in invert for ep in edit]
     return [f"{where}: {r}" for r in dict.fromkeys(r for r in reasons if r)]
+
+
+def _refused_on(cls: type, entry: MethodSpec, family: str) -> list[str]:
+    """The method's reasons against (invert point, edit point) combinations of the entry's grids on a
+    backbone of `family` (an inversion x editor pair whose member does not run on it)."""
+    invert = [cls.InvertParams.model_validate(p) for p in _product(entry.invert, cls.InvertParams)]
+    edit = [cls.EditParams.model_validate(p) for p in _product(entry.edit, cls.EditParams)]
+    return list(dict.fromkeys(r for ip in invert for ep in edit if (r := cls.refuse_family(family, ip, ep))))
 
 
 def _validate(model: type[BaseModel], values: dict[str, Any], where: str) -> list[str]:

@@ -279,8 +279,11 @@ class SweepWorker:
         head = groups[0].head
         method = self.methods[head.method]
         invert_params = method.InvertParams.model_validate(json.loads(head.invert_params))
-        if refused := method.refuse_family(self.backbone.family):  # a Hub id whose family only loading told
-            raise ValueError(refused)
+        family = self.backbone.family  # checked here too for a Hub id whose family only loading told
+        points = [method.EditParams.model_validate(json.loads(t.edit_params)) for t in groups[0].tasks]
+        for point in points or [None]:
+            if refused := method.refuse_family(family, invert_params, point):
+                raise ValueError(refused)
         t0 = time.perf_counter()
         seeds = [g.head.seed for g in groups]
         state = method.invert(self.backbone, samples, invert_params, self._generators(groups), seeds=seeds)

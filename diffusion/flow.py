@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -319,6 +319,25 @@ def flow_sample(
     return x
 
 
+def euler_solve(
+    backbone: FlowBackbone,
+    x: torch.Tensor,
+    path: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+    text: FlowText,
+    guidance: torch.Tensor,
+    negative: FlowText | None,
+    sharing: ValueSharing | None = None,
+) -> torch.Tensor:
+    """Euler integration along `path`, (sigma, sigma', editing step) triples, either way: the steps of
+    `flow_sample` and `flow_invert` (the same arithmetic), with `sharing` switched to each step's
+    model call, so that first-order inversion can save attention values for feature sharing."""
+    for sigma, sigma_next, step in path:
+        if sharing is not None:
+            sharing.at(step, 0)
+        x = x + (sigma_next - sigma) * backbone.predict_velocity(x, sigma, text, guidance, negative)
+    return x
+
+
 def flow_invert(
     backbone: FlowBackbone,
     latents: torch.Tensor,
@@ -372,13 +391,29 @@ class ValueSharing:
         return run
 
 
+def value_modules(backbone: FlowBackbone) -> list[torch.nn.Module]:
+    """The value projections whose outputs feature sharing saves and substitutes, in block order.
+
+    FLUX: `attn.to_v` of every single-stream block (RF-Solver-Edit's choice, Wang et al. 2025,
+    Sec. 4.3: the self-attention values of the last blocks; there the whole [text; image] sequence).
+    SD3 has only joint blocks, whose `attn.to_v` projects the image tokens alone (the text's values
+    come from `add_v_proj`); not in the paper: its last two thirds of blocks, the share of FLUX.1's
+    57 blocks that its 38 single-stream blocks make (the inversion x editor pairs,
+    methods/editors/value_sharing.py; the `rf_solver` and `fireflow` methods refuse sharing on SD3).
+    """
+    if backbone.family == "flux":
+        return [block.attn.to_v for block in backbone.transformer.single_transformer_blocks]
+    blocks = list(backbone.transformer.transformer_blocks)
+    return [block.attn.to_v for block in blocks[len(blocks) - max(1, round(2 * len(blocks) / 3)) :]]
+
+
 @contextlib.contextmanager
 def value_sharing(backbone: FlowBackbone, sharing: ValueSharing | None) -> Iterator[None]:
-    """`sharing`'s hooks on every single-stream block of the FLUX transformer while inside (none: no-op)."""
+    """`sharing`'s hooks on the backbone's `value_modules` while inside (none: no-op)."""
     handles = []
     if sharing is not None:
-        for k, block in enumerate(backbone.transformer.single_transformer_blocks):
-            handles.append(block.attn.to_v.register_forward_hook(sharing.hook(k)))
+        for k, module in enumerate(value_modules(backbone)):
+            handles.append(module.register_forward_hook(sharing.hook(k)))
     try:
         yield
     finally:

@@ -67,8 +67,12 @@ class Method(ABC):
         return None
 
     @classmethod
-    def refuse_family(cls, family: str | None) -> str | None:
-        """Why this method cannot run on a backbone of `family`, or None (also None when unknown)."""
+    def refuse_family(
+        cls, family: str | None, invert_params: Params | None = None, edit_params: Params | None = None
+    ) -> str | None:
+        """Why this method cannot run on a backbone of `family`, or None (also None when unknown);
+        given an invert and an edit point, why they cannot (an inversion x editor pair's members
+        declare families of their own, methods/pairs.py)."""
         if family is None or family in cls.families:
             return None
         return (

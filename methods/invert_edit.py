@@ -21,5 +21,6 @@ class InvertEdit(InversionEditorPair):
     """Any inversion (`invert.inversion`) under any editor (`edit.editor`)."""
 
     name = "invert_edit"
+    families = ("sd", "sd3", "flux")  # each pair: those its inversion and editor share (refuse_family)
     InvertParams = InversionChoice
     EditParams = EditorChoice

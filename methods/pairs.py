@@ -7,6 +7,11 @@ and edit point of the group) and the editor part of the edit params, so a list o
 axis like any parameter. `invert_edit` (methods/invert_edit.py) takes both from the spec; the
 presets (`ddim_p2p`, `null_text`, `negative_prompt`, `direct_inversion`) fix the pair and keep
 their historical parameters, rows and task keys.
+
+Inversions and editors declare the backbone families they run on (SD 1.x/2.x: the DDIM-family
+inversions and the UNet editors; SD3 and FLUX: the flow inversions, `value_sharing`,
+`masactrl_mmdit`; `plain` both): a pair with no family in common, or with a member not of the
+backbone's family, is refused when the spec is checked (`refuse`, `refuse_family`).
 """
 
 from __future__ import annotations
@@ -68,7 +73,12 @@ class EditorChoice(Params):
     model_config = ConfigDict(extra="allow", frozen=True)
     editor: str = Field("p2p", description="a registered editor (editsweep list editors)")
     guidance: float | None = Field(
-        None, ge=0, le=50, description=f"CFG scale; unset: the inversion's own (Null-text) or {DEFAULT_GUIDANCE}"
+        None,
+        ge=0,
+        le=50,
+        description=(
+            f"CFG scale; unset: the inversion's own (Null-text), a flow inversion's family default, or {DEFAULT_GUIDANCE}"
+        ),
     )
 
     @model_validator(mode="after")
@@ -112,8 +122,14 @@ class InversionEditorPair(Method):
     @classmethod
     def refuse(cls, invert_params: Params, edit_params: Params) -> str | None:
         inversion, inv_params = cls._inversion(invert_params)
-        editor, _, guidance = cls._edit_point(edit_params)
-        reason = editor.refuses(inversion)
+        editor, params, guidance = cls._edit_point(edit_params)
+        if not set(inversion.families) & set(editor.families):
+            return (
+                f"editor {editor.name!r} (backbone families {', '.join(editor.families)}) cannot run on inversion "
+                f"{inversion.name!r} ({', '.join(inversion.families)}): they share no backbone family; pair "
+                f"{inversion.name!r} with an editor of its families (editsweep list inversions|editors)"
+            )
+        reason = editor.refuses(inversion) or editor.refuses_params(inv_params, params)
         if reason:
             return f"editor {editor.name!r} cannot run on inversion {inversion.name!r}: {reason}"
         fixed = getattr(inv_params, "guidance", None) if inversion.fixes_guidance else None
@@ -122,6 +138,28 @@ class InversionEditorPair(Method):
                 f"edit guidance {guidance} differs from {fixed}, the scale inversion {inversion.name!r} is tuned for; "
                 "set the scale in the invert params (guidance) and leave it out of the edit params"
             )
+        return None
+
+    @classmethod
+    def refuse_family(
+        cls, family: str | None, invert_params: Params | None = None, edit_params: Params | None = None
+    ) -> str | None:
+        """The method's families, then those of the chosen inversion and editor where given."""
+        if reason := super().refuse_family(family):
+            return reason
+        if family is None:
+            return None
+        parts = []
+        if invert_params is not None:
+            parts.append(("inversion", cls._inversion(invert_params)[0]))
+        if edit_params is not None:
+            parts.append(("editor", cls._edit_point(edit_params)[0]))
+        for kind, component in parts:
+            if family not in component.families:
+                return (
+                    f"{kind} {component.name!r} runs on backbone families {', '.join(component.families)}, "
+                    f"not {family!r} (editsweep list {kind}s shows each one's families)"
+                )
         return None
 
     def invert(
@@ -150,7 +188,8 @@ class InversionEditorPair(Method):
         for k, point in enumerate(edit_params):
             editor, params, guidance = self._edit_point(point)
             scale = inverted.guidance if inverted.guidance is not None else guidance
-            by_editor.setdefault(editor.name, []).append((k, params, DEFAULT_GUIDANCE if scale is None else scale))
+            default = getattr(inverted, "edit_guidance", DEFAULT_GUIDANCE)  # a flow inversion's family default
+            by_editor.setdefault(editor.name, []).append((k, params, default if scale is None else scale))
         results: list[torch.Tensor | None] = [None] * len(edit_params)
         for name, items in by_editor.items():
             images = EDITORS[name]().edit(

@@ -28,11 +28,20 @@ class Editor(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
+    # Backbone families it runs on, like `Inversion.families`: a pair needs one in common with its
+    # inversion and the backbone's (methods/pairs.py).
+    families: ClassVar[tuple[str, ...]] = ("sd",)
 
     @classmethod
     def refuses(cls, inversion: type[Inversion]) -> str | None:
         """Why this editor cannot run on `inversion`'s result, or None when it can (checked when the
         spec is validated, before any work starts)."""
+        return None
+
+    @classmethod
+    def refuses_params(cls, inversion_params: Params, params: Params) -> str | None:
+        """Why this edit point cannot run on an inversion made with `inversion_params`, or None
+        (checked with `refuses` when the spec is validated)."""
         return None
 
     @abstractmethod

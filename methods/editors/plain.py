@@ -1,6 +1,10 @@
 """`plain`: no attention control. The target rows alone are denoised under the target prompt from
 the inversion's start, with its sampler (diffusion/rows.py): the editing of `ddim_edit`, and of
 EDICT's paper (the reference's `EDICT_editing` without `use_p2p`), for any inversion.
+
+On the flow families (SD3, FLUX) it samples the flow inversion's latents under the target prompt
+with the inversion's own solver (diffusion/flow_inverted.py): with the `flow` inversion that is the
+`flow_inversion` method, with `rf_solver` / `fireflow` those methods without feature sharing.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 from editsweep.core.params import Params
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import Backbone
+from editsweep.diffusion.flow_inverted import FlowInverted, flow_edit
 from editsweep.diffusion.inverted import Inverted
 from editsweep.diffusion.rows import by_scale, denoise_rows
 from editsweep.methods.editors.base import Editor, register_editor
@@ -27,16 +32,19 @@ class PlainEditor(Editor):
 
     name = "plain"
     Params = PlainParams
+    families = ("sd", "sd3", "flux")
 
     def edit(
         self,
         backbone: Backbone,
-        inverted: Inverted,
+        inverted: Inverted | FlowInverted,
         samples: Sequence[Sample],
         points: Sequence[PlainParams],
         guidance: Sequence[float],
         generators: Sequence[torch.Generator],
     ) -> list[torch.Tensor]:
+        if isinstance(inverted, FlowInverted):
+            return flow_edit(backbone, inverted, samples, guidance, [0] * len(points))
         results: list[torch.Tensor | None] = [None] * len(points)
         for scale, indices in by_scale(guidance).items():
             _, targets = denoise_rows(backbone, inverted, samples, 1, scale, sources=False)

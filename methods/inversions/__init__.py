@@ -6,9 +6,12 @@ from editsweep.methods.inversions import (  # noqa: F401  (registration)
     ddpm,
     direct,
     edict,
+    fireflow,
+    flow,
     negative_prompt,
     null_text,
     p2pzero,
+    rf_solver,
 )
 from editsweep.methods.inversions.base import INVERSIONS, Inversion, register_inversion
 

@@ -29,6 +29,9 @@ class Inversion(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[Params]] = Params
+    # Backbone families it runs on (methods/base.py `Method.families`): "sd" for the DDIM-family
+    # inversions, "sd3" and "flux" for the flow inversions (methods/inversions/flow.py).
+    families: ClassVar[tuple[str, ...]] = ("sd",)
     # True when `inverted(...).guidance` is set: the result only holds at that scale (Null-text's
     # tuned embeddings), so an edit point may not ask for another one.
     fixes_guidance: ClassVar[bool] = False

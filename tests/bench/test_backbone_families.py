@@ -3,6 +3,8 @@ is known by name, else its tasks (only those) fail when the worker has loaded th
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from editsweep.bench.plan import plan
@@ -31,7 +33,11 @@ def test_unknown_family_fails_only_the_refusing_methods_tasks_at_load(flux_in_th
             "name": "fam",
             "backbone": {"name": flux_in_the_hub_cache},
             "datasets": [{"name": "synthetic", "params": {"n": 1, "size": 64}}],
-            "methods": [{"name": "sdedit", "edit": {"steps": 2}}, {"name": "flowedit", "edit": {"steps": 2}}],
+            "methods": [
+                {"name": "sdedit", "edit": {"steps": 2}},
+                {"name": "flowedit", "edit": {"steps": 2}},
+                {"name": "invert_edit", "invert": {"inversion": ["ddim", "flow"], "steps": 2}, "edit": {"editor": "plain"}},
+            ],
             "metrics": {},
         }
     )
@@ -41,7 +47,14 @@ def test_unknown_family_fails_only_the_refusing_methods_tasks_at_load(flux_in_th
     _, units = plan(spec, set())
     for unit in units:
         store.write_rows(worker.process(unit).rows)
-    rows = store.read_results().set_index("method")
+    results = store.read_results()
+    pairs = results[results["method"] == "invert_edit"]
+    pairs = pairs.set_index(pairs["invert_params"].map(lambda p: json.loads(p)["inversion"]))
+    rows = results[results["method"] != "invert_edit"].set_index("method")
     assert rows.loc["flowedit", "status"] == "ok"
     assert rows.loc["sdedit", "status"] == "error"
     assert "sdedit runs on backbone families sd, not 'flux'" in rows.loc["sdedit", "error"]
+    # an inversion x editor pair: only the pair whose inversion is of another family fails
+    assert pairs.loc["flow", "status"] == "ok"
+    assert pairs.loc["ddim", "status"] == "error"
+    assert "inversion 'ddim' runs on backbone families sd, not 'flux'" in pairs.loc["ddim", "error"]

@@ -31,18 +31,22 @@ def test_list_shows_registered_names_and_parameters(capsys):
 def test_list_shows_inversions_and_editors_with_their_parameters(capsys):
     assert main(["list", "methods"]) == 0
     out = capsys.readouterr().out
-    assert "invert_edit" in out and "inversions: ddim, ddpm, direct, edict, negative_prompt, null_text, p2pzero" in out
-    assert "editors:    masactrl, p2p, pix2pix_zero, plain, pnp" in out
+    assert "invert_edit" in out and "inversions: ddim, ddpm, direct, edict, fireflow, flow, negative_prompt, null_text, p2pzero, rf_solver" in out
+    assert "editors:    masactrl, p2p, pix2pix_zero, plain, pnp, value_sharing" in out
     assert main(["list", "inversions"]) == 0
     out = capsys.readouterr().out
     assert "ddpm:" in out and "skip=36" in out and "learning_rate=0.01" in out
     assert "edict:" in out and "p=0.93" in out and "strength=0.8" in out
     assert "p2pzero:" in out and "lambda_ac=20.0" in out
+    assert "flow: Euler inversion of the flow ODE (first order, 1 model call a step).\n  families: sd3, flux" in out
+    assert "rf_solver:" in out and "fireflow:" in out and "ddim: " in out and "  families: sd\n" in out
     assert main(["list", "editors"]) == 0
     out = capsys.readouterr().out
     assert "masactrl:" in out and "start_layer=10" in out and "cross_replace=0.8" in out
     assert "pnp:" in out and "feature_threshold=0.8" in out and "plain:" in out
     assert "pix2pix_zero:" in out and "xa_guidance=0.1" in out
+    assert "plain: Sampling of the target prompt from the inversion, one loop per guidance scale.\n  families: sd, sd3, flux" in out
+    assert "value_sharing:" in out and "  families: sd3, flux\n" in out
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["report"], ["status"], ["list"], ["bench"]])

@@ -82,7 +82,7 @@ def test_a_parameter_of_one_inversion_only_is_refused_naming_it():
 
 
 def test_unknown_components_are_refused_naming_the_known_ones():
-    with pytest.raises(SpecError, match=r"unknown inversion 'edict2'.*ddim, ddpm, direct, edict, negative_prompt, null_text"):
+    with pytest.raises(SpecError, match=r"unknown inversion 'edict2'.*ddim, ddpm, direct, edict, fireflow, flow, negative_prompt, null_text"):
         spec({"inversion": "edict2"}, {})
     with pytest.raises(SpecError, match=r"unknown editor 'p2q'.*p2p"):
         spec({}, {"editor": "p2q"})
