@@ -32,7 +32,7 @@ def test_list_shows_inversions_and_editors_with_their_parameters(capsys):
     assert main(["list", "methods"]) == 0
     out = capsys.readouterr().out
     assert "invert_edit" in out and "inversions: ddim, ddpm, direct, edict, fireflow, flow, negative_prompt, null_text, p2pzero, rf_solver" in out
-    assert "editors:    masactrl, p2p, pix2pix_zero, plain, pnp, value_sharing" in out
+    assert "editors:    masactrl, masactrl_mmdit, p2p, pix2pix_zero, plain, pnp, value_sharing" in out
     assert main(["list", "inversions"]) == 0
     out = capsys.readouterr().out
     assert "ddpm:" in out and "skip=36" in out and "learning_rate=0.01" in out
