@@ -76,8 +76,9 @@ class UnifiedControl:
             targets, mutuals = cond[n : n + t], cond[n + t :]
             sources = cond[self.source_index.to(probs.device)]
             mapper, alphas = self.cross.mapper[:t].to(probs.dtype), self.cross.alphas[:t].to(probs.dtype)[:, None, None]
-            both = torch.einsum("rhqi,rij->rhqj", torch.cat([sources, mutuals]), mapper.repeat(2, 1, 1))
-            self.blend.collect(both * alphas.repeat(2, 1, 1, 1) + targets.repeat(2, 1, 1, 1) * (1 - alphas.repeat(2, 1, 1, 1)))
+            mapper, alphas, targets = mapper.repeat(2, 1, 1), alphas.repeat(2, 1, 1, 1), targets.repeat(2, 1, 1, 1)
+            mapped = torch.einsum("rhqi,rij->rhqj", torch.cat([sources, mutuals]), mapper)
+            self.blend.collect(mapped * alphas + targets * (1 - alphas))
         return self.cross(probs, is_cross)
 
     def blend_mask(

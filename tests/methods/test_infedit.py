@@ -62,15 +62,15 @@ def test_edit_of_a_batch_is_each_sample_alone_and_the_controls_act(tiny_backbone
 # --- the reference's source ("mutual") blend: meta["mutual_words"], thresh_m ---
 
 
-def test_mutual_words_absent_change_nothing_and_present_keep_the_source_branch(tiny_backbone, generated_samples, generators):
-    """Without meta['mutual_words'] the edit is today's (checked bit for bit against the code before
-    the source blend: the two points below gave equal tensors); with them it changes, and a batch
-    gives what each sample gives alone. "cat" both mutual and target blend word exercises the
+def test_mutual_words_absent_change_nothing_and_present_change_the_edit(tiny_backbone, generated_samples, generators):
+    """Without meta['mutual_words'] (or with `mutual_blend: false`) the edit is what it was before
+    the source blend (checked once bit for bit against that code: two shapes colour swaps, two
+    points); with them it changes, and a batch gives what each sample gives alone. "cat" both mutual and target blend word exercises the
     reference's last blend towards the mutual branch (use_xm)."""
     base = swapped(generated_samples[:2])
     cat = Sample(
-        "running", generated_samples[0].image, source_prompt="a photo of a cat", target_prompt="a photo of a running cat",
-        meta={"blended_words": ["cat", "cat"]},
+        "running", generated_samples[0].image, source_prompt="a photo of a cat",
+        target_prompt="a photo of a running cat", meta={"blended_words": ["cat", "cat"]},
     )  # fmt: skip
     plain = [base[1], cat]
     mutual = [
@@ -105,7 +105,9 @@ def test_mutual_parameters_stay_out_of_the_task_key_at_their_defaults():
     assert InfEditParams(mutual_threshold=0.4).model_dump(mode="json")["mutual_threshold"] == 0.4
 
 
-def test_a_source_mask_over_everything_holds_the_target_at_the_source_branch(tiny_backbone, generated_samples, generators):
+def test_a_source_mask_over_everything_holds_the_target_at_the_source_branch(
+    tiny_backbone, generated_samples, generators
+):
     """mutual_threshold 0: the source maps' mask of a mutual word covers every latent cell, so after
     every step but the first the target row is the source branch's latent, and the edit keeps only
     the last step's prediction difference: measured, the latent MSE against the input is 1.6e-8,
@@ -116,5 +118,6 @@ def test_a_source_mask_over_everything_holds_the_target_at_the_source_branch(tin
     clean = state["latents"]
     everywhere = InfEditParams(steps=STEPS, local_blend=False, mutual_threshold=0.0)
     held = infedit_latents(tiny_backbone, samples, [everywhere], clean, generators(2))
-    free = infedit_latents(tiny_backbone, samples, [everywhere.model_copy(update={"mutual_blend": False})], clean, generators(2))
+    unblended = everywhere.model_copy(update={"mutual_blend": False})
+    free = infedit_latents(tiny_backbone, samples, [unblended], clean, generators(2))
     assert ((held - clean) ** 2).mean() < 0.1 * ((free - clean) ** 2).mean()
