@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from editsweep.diffusion.blending import mask_schedule, shrinking_masks
 from editsweep.diffusion.inputs import images_tensor
 from editsweep.diffusion.masks import MaskError, dataset_mask
 from editsweep.methods.base import get_method_class
@@ -69,29 +68,6 @@ def test_dataset_mask_missing_is_an_error_naming_the_sample_and_the_alternative(
 
 
 # --- the paper's progressive mask shrinking (Sec. 4.3) and decoder background (Sec. 4.2) ---
-
-
-def test_mask_schedule_shrinks_monotonically_in_the_references_intervals_and_ends_on_the_real_mask():
-    """After step j the reference's mask (j + 1) // (steps // n + 1); the last step takes the real mask."""
-    assert mask_schedule(50, 3) == [0] * 16 + [1] * 17 + [2] * 17
-    assert mask_schedule(6, 1) == [0] * 6
-    for steps in range(1, 30):
-        for n in range(1, 8):
-            order = mask_schedule(steps, n)
-            assert len(order) == steps and order[-1] == n - 1
-            assert all(a <= b for a, b in zip(order, order[1:])) and min(order) >= 0
-    with pytest.raises(ValueError, match="n_masks >= 1"):
-        mask_schedule(4, 0)
-
-
-def test_shrinking_masks_are_the_references_square_dilations_then_the_mask():
-    mask = torch.zeros(2, 9, 9)
-    mask[0, 4, 4] = mask[1, 0, 0] = 1
-    masks = shrinking_masks(mask, 2)
-    assert masks.shape == (3, 2, 9, 9)
-    assert masks[0, 0].sum() == 25 and masks[1, 0].sum() == 9 and torch.equal(masks[2], mask)
-    assert masks[0, 1].sum() == 9 and masks[1, 1].sum() == 4  # zeros beyond the border
-    assert torch.equal(shrinking_masks(mask, 0), mask[None])
 
 
 def test_progressive_shrinking_ends_on_the_real_mask_and_zero_dilation_is_the_plain_method(
