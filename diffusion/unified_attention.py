@@ -70,7 +70,8 @@ class UnifiedControl:
 
     def __call__(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
         """The cross-attention hook: collect the blend's maps, then P2P's cross-attention control."""
-        if is_cross and self.blend is not None:
+        tokens = self.blend.map_tokens if self.blend is not None else None
+        if is_cross and self.blend is not None and (tokens is None or probs.shape[2] == tokens):
             cond = probs.split(self.rows)[-1]
             n, t = self.n_source, len(self.source_index)
             targets, mutuals = cond[n : n + t], cond[n + t :]
