@@ -247,11 +247,12 @@ def test_ledits_pp_keeps_the_background_but_rarely_recolours_the_toy_world(toy):
     assert sum(present) >= 5, (present, reached)
 
 
+@pytest.mark.slow  # 12-16 s: two InfEdit runs of 8 queries
 def test_infedit_mutual_words_keep_the_background_of_colour_swaps_closer_to_the_input(toy):
     """InfEdit at its defaults on the 8 colour swaps, with and without "background" (a word of both
     prompts) as the reference's source-blend ("mutual") word: 4 px or more away from the object's
     mask, the MSE against the input over the 8 queries' pixels drops from 2.5e-4 to 7.3e-5 (measured;
-    per query the PSNR there rose on 6 of 8, 26.9 -> 41.4 dB on the worst; 12 s). The cost: the toy's blend maps are 2x2 cells
+    per query the PSNR there rose on 6 of 8, 26.9 -> 41.4 dB on the worst). The cost: the toy's blend maps are 2x2 cells
     (latent / 4), so the source's "background" mask also covers the object on some queries and
     takes its recolouring back there: 3/8 reach the target colour against 7/8 without."""
     import dataclasses
