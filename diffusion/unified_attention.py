@@ -15,9 +15,12 @@ row r (the source prompt) is its "mutual" branch, the layout-following copy of t
 - cross-attention, conditional half: inside the cross-control window the target's maps are the
   source's, rearranged by the prompts' alignment (P2P's `P2PControl`, diffusion/attention.py); the
   mutual rows are untouched.
-- local blend: the maps of the mutual rows rearranged to the target's tokens (target's own maps for
-  the tokens without a source counterpart), accumulated over layers of latent / 4 queries and over
-  steps (`LocalBlend.collect`), give the mask of the target's blended words.
+- local blend: the maps of the mutual rows and of the source rows, each rearranged to the target's
+  tokens (the target's own maps for the tokens without a source counterpart), accumulated over
+  layers of latent / 4 queries and over steps (`LocalBlend.collect`, rows [sources; mutuals] per
+  target row), give the masks of the blend words: the target blend words on the mutual maps, the
+  source ("mutual") blend words on the source maps (the reference's `attn_base_store` and
+  `attn_replace_new`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class UnifiedControl:
     source_index: torch.Tensor  # (T,) long
     self_steps: torch.Tensor  # (T,) long: steps (from 0) with self-attention control, then mutual
     cross: P2PControl  # n_source = S, 2T controlled rows: targets, then mutuals
-    blend: LocalBlend | None = None  # accumulates the mutual rows' maps in target-token space
+    blend: LocalBlend | None = None  # accumulates [sources; mutuals] maps (2T rows) in target-token space
     step: int = 0
 
     @property
@@ -67,28 +70,35 @@ class UnifiedControl:
 
     def __call__(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
         """The cross-attention hook: collect the blend's maps, then P2P's cross-attention control."""
-        if is_cross and self.blend is not None:
+        tokens = self.blend.map_tokens if self.blend is not None else None
+        if is_cross and self.blend is not None and (tokens is None or probs.shape[2] == tokens):
             cond = probs.split(self.rows)[-1]
             n, t = self.n_source, len(self.source_index)
             targets, mutuals = cond[n : n + t], cond[n + t :]
+            sources = cond[self.source_index.to(probs.device)]
             mapper, alphas = self.cross.mapper[:t].to(probs.dtype), self.cross.alphas[:t].to(probs.dtype)[:, None, None]
-            mapped = torch.einsum("thqi,tij->thqj", mutuals, mapper) * alphas + targets * (1 - alphas)
-            self.blend.collect(mapped)
+            mapper, alphas, targets = mapper.repeat(2, 1, 1), alphas.repeat(2, 1, 1, 1), targets.repeat(2, 1, 1, 1)
+            mapped = torch.einsum("rhqi,rij->rhqj", torch.cat([sources, mutuals]), mapper)
+            self.blend.collect(mapped * alphas + targets * (1 - alphas))
         return self.cross(probs, is_cross)
 
-    def blend_mask(self, words: torch.Tensor, threshold: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
-        """(T, 1, h, w) bool: where the target keeps its own latent (elsewhere its mutual row's).
+    def blend_mask(
+        self, words: torch.Tensor, threshold: torch.Tensor, latent_hw: tuple[int, int], source: bool = False
+    ) -> torch.Tensor:
+        """(T, 1, h, w) bool: the mask of the blend words `words` (T, L) 0/1 on the mutual rows' maps
+        (or, with `source`, the source rows'), False for rows without words.
 
         As the reference's `LocalBlend.get_mask`: the maps (mean over layers, heads and steps so far)
-        of the words' tokens (`words` (T, L) 0/1), their maximum over tokens, nearest-resized to the
-        latent, divided by their maximum, above `threshold` (T,).
+        of the words' tokens, their maximum over tokens, nearest-resized to the latent, divided by
+        their maximum, above `threshold` (T,).
         """
-        maps = self.blend.total / self.blend.count  # (T, Q, L)
+        t = len(words)
+        maps = (self.blend.total / self.blend.count).split(t)[0 if source else 1]  # (T, Q, L)
         side = int(maps.shape[1] ** 0.5)
         m = (maps * words[:, None]).amax(-1).view(-1, 1, side, side)
         m = F.interpolate(m, size=latent_hw, mode="nearest")
         m = m / m.flatten(1).amax(1).view(-1, 1, 1, 1)
-        return m > threshold.view(-1, 1, 1, 1)
+        return (m > threshold.view(-1, 1, 1, 1)) & words.bool().any(1).view(-1, 1, 1, 1)
 
 
 class UnifiedAttnProcessor:

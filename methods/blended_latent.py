@@ -11,13 +11,24 @@ resize, as the reference's NEAREST downsampling) or, with `mask: diffedit`, Diff
 the prompts (`diffusion/diffedit_mask.py`). With `mask: dataset` a sample without a mask is an
 error for that sample alone, raised before any work (in `invert`).
 
-`background: pixel` is the paper's optional background step in its pixel-blending form: the
-decoded edit outside the (pixel) mask is replaced by the input, so the background is the input's
-exactly instead of the VAE's round trip of it. The default `none` is the reference's: its SD
-scripts have no background step and its LDM pipeline marks it optional (a second script). The
-paper's other background option, per-image decoder optimisation, is not implemented here, nor is
-its progressive mask shrinking for thin masks. With `mask: diffedit` the mask's noise level is
-taken on the edit's schedule (`steps`).
+`background` is the paper's optional background reconstruction (Sec. 4.2; the reference's second
+script, `ldm/image_reconstruction.py`): `pixel` replaces the decoded edit outside the (pixel) mask
+by the input, so the background is the input's exactly instead of the VAE's round trip of it;
+`decoder` fine-tunes a copy of the VAE decoder per image so that decoding the edit's latent gives
+the input outside the mask and the plain decoding inside it (diffusion/blending.py `tune_decoder`:
+`decoder_steps`, `decoder_lr`, `preservation` are the reference's 75, 1e-4 and 100), which keeps
+the background without a seam. The paper tunes on the edit's latent z0; the reference script
+re-encodes the saved edited image, because it runs on PNG files after sampling: we use z0. The
+default `none` is the reference's: its SD scripts have no background step.
+
+`mask_dilation` is the paper's progressive mask shrinking for thin masks (Sec. 4.3; the
+reference's `--mask_dilation_iterations`, default 0 = off): the latent mask dilated by squares of
+sides 3 + 2 (d - 1), ..., 3, then the mask itself, each for an equal share of the steps
+(diffusion/blending.py `shrinking_masks`, `mask_schedule`). With `mask: diffedit` the mask's noise
+level is taken on the edit's schedule (`steps`).
+
+Parameters added after the method's first release (`mask_dilation` and the decoder's) are left out
+of the task key at their defaults (core/params.py `added_field`), so earlier runs keep their keys.
 
 Differences from the reference SD script, chosen for the paper's algorithm: it starts from pure
 Gaussian noise at the start step (the paper and the LDM code noise the input), and blends after
@@ -35,10 +46,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from editsweep.core.params import Params
+from editsweep.core.params import KeepsTaskKeys, Params, added_field
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import Backbone
-from editsweep.diffusion.blending import blend_outside, upsample_mask
+from editsweep.diffusion.blending import blend_outside, mask_schedule, shrinking_masks, tune_decoder, upsample_mask
 from editsweep.diffusion.ddim import Schedule, ddim_sample, encoding_start, make_schedule
 from editsweep.diffusion.diffedit_mask import MAP_KEYS, DiffEditMaskParams, binarise, diffedit_maps
 from editsweep.diffusion.inputs import forked, images_tensor, source_prompts, target_prompts
@@ -54,16 +65,27 @@ class BlendedInvertParams(Params):
     )
 
 
-class BlendedEditParams(DiffEditMaskParams):
-    """The sampling, the background step, and DiffEdit's mask parameters (used with `mask: diffedit`)."""
+class BlendedEditParams(DiffEditMaskParams, KeepsTaskKeys):
+    """The sampling, the mask shrinking, the background step, and DiffEdit's mask parameters (used
+    with `mask: diffedit`)."""
 
     strength: float = Field(
         0.75, gt=0, le=1, description="fraction of the schedule re-generated (the reference skips 25%)"
     )
     guidance: float = Field(7.5, ge=0, le=50, description="CFG scale with the target prompt")
     steps: int = Field(50, ge=1, le=1000, description="DDIM steps of a full (strength 1) schedule")
-    background: Literal["none", "pixel"] = Field(
-        "none", description="pixel: the input's pixels outside the mask (the paper's optional step)"
+    background: Literal["none", "pixel", "decoder"] = Field(
+        "none",
+        description="the paper's optional background step: pixel: the input's pixels outside the mask; "
+        "decoder: a per-image fine-tuned decoder (Sec. 4.2)",
+    )
+    mask_dilation: int = added_field(
+        0, ge=0, le=16, description="progressive mask shrinking: dilated masks before the real one (0: off)"
+    )
+    decoder_steps: int = added_field(75, ge=1, le=1000, description="background: decoder: Adam steps")
+    decoder_lr: float = added_field(1e-4, gt=0, le=1, description="background: decoder: Adam learning rate")
+    preservation: float = added_field(
+        100.0, ge=0, le=1e4, description="background: decoder: weight of the outside-mask loss (lambda)"
     )
 
 
@@ -127,18 +149,26 @@ class BlendedLatentDiffusion(EncodesInput):
             mask_key = (
                 tuple(sorted(p.model_dump(include=MAP_KEYS | {"mask_threshold"}).items())) if given is None else ()
             )
-            groups.setdefault((p.steps, encoding_start(p.steps, p.strength), mask_key), []).append(k)
+            key = (p.steps, encoding_start(p.steps, p.strength), mask_key, p.mask_dilation)
+            groups.setdefault(key, []).append(k)
         results: list[torch.Tensor | None] = [None] * len(edit_params)
-        for (steps, start, _), indices in groups.items():
+        for (steps, start, _, dilation), indices in groups.items():
             mask, streams = mask_and_streams(edit_params[indices[0]])
             schedule = make_schedule(backbone, steps)
             latents = blended_sample(
-                backbone, clean, mask, schedule, start, cond, uncond, edit_params, indices, streams
+                backbone, clean, mask, schedule, start, cond, uncond, edit_params, indices, streams, dilation
             )
-            for k, images in zip(indices, backbone.decode(latents).split(batch), strict=True):
-                if edit_params[k].background == "pixel":
-                    inside = pixel_masks(samples, mask, tuple(inputs.shape[-2:]), given is not None)[:, None]
-                    images = inside * images + (1 - inside) * inputs
+            decoded = backbone.decode(latents).split(batch)
+            for k, z, images in zip(indices, latents.split(batch), decoded, strict=True):
+                p = edit_params[k]
+                if p.background != "none":
+                    inside = pixel_masks(samples, mask, tuple(inputs.shape[-2:]), given is not None)
+                if p.background == "pixel":
+                    images = inside[:, None] * images + (1 - inside[:, None]) * inputs
+                elif p.background == "decoder":
+                    images = tune_decoder(
+                        backbone.vae, z, images, inputs, inside, p.decoder_steps, p.decoder_lr, p.preservation
+                    )
                 results[k] = images
         return results
 
@@ -154,10 +184,14 @@ def blended_sample(
     points: Sequence[BlendedEditParams],
     indices: Sequence[int],
     streams: Sequence[torch.Generator],
+    dilation: int = 0,
 ) -> torch.Tensor:
     """Final latents (len(indices) * B, C, h, w), point-major, of the points `indices` sharing one
-    schedule, start and mask; noise is drawn from `streams`: the start's, then one per step."""
+    schedule, start, mask and mask shrinking (`dilation` dilated masks first); noise is drawn from
+    `streams`: the start's, then one per step."""
     n = len(indices)
+    masks = shrinking_masks(mask, dilation).repeat(1, n, 1, 1)  # (dilation + 1, n * B, h, w)
+    order = mask_schedule(schedule.steps - start, len(masks))
 
     def draw() -> torch.Tensor:
         noise = torch.stack([torch.randn(clean.shape[1:], generator=g, device=g.device) for g in streams])
@@ -178,7 +212,7 @@ def blended_sample(
         uncond.repeat(n, 1, 1),
         guidance.repeat_interleave(len(clean)),
         start=start,
-        after_step=blend_outside(mask.repeat(n, 1, 1), background),
+        after_step=blend_outside(lambda i: masks[order[i - start]], background),
     )
 
 

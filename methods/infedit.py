@@ -22,9 +22,20 @@ reference's PIE-Bench run (12 steps, source guidance 1, target guidance 2.3, cro
 control 0.7, blend threshold 0.55 on the target's blended word, rows starting from pure noise).
 Differences: the prompt alignment is P2P's (word swap for prompts of equal word count, else
 refinement), where the reference's refinement additionally maps each unaligned target token to the
-most text-embedding-similar source token of its gap (the same pairing for a swapped word); the
-reference's "mutual" source-blend words (`thresh_m`), absent from PIE-Bench's annotation and
-empty in its run, are not built; positive/negative prompts are the empty prompt, as there.
+most text-embedding-similar source token of its gap (the same pairing for a swapped word);
+positive/negative prompts are the empty prompt, as there.
+
+The reference's source blend ("mutual" words, `thresh_m`; its demo's "Source blend", e.g. the main
+object of a background edit) comes from `sample.meta["mutual_words"]` (words of both prompts):
+after every step but the first, where the source rows' maps of the mutual words that are not
+also target blend words pass `mutual_threshold`, the target row takes the source branch's latent
+(the input re-noised, so that region stays the input's); and after the second-to-last step, where
+the mutual rows' maps of the words that are both mutual and target blend words pass
+`blend_threshold`, it takes the mutual branch's (the reference's `use_xm`, e.g. "dog" for "a dog"
+-> "a running dog": the dog follows its source). PIE-Bench has no such words (the reference's run
+passes none); samples without them are unchanged (`mutual_blend: when_given`). `mutual_blend` and
+`mutual_threshold` are left out of the task key at their defaults (core/params.py `added_field`),
+so earlier runs keep their keys.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from editsweep.core.params import Params
+from editsweep.core.params import KeepsTaskKeys, Params, added_field
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.attention import LocalBlend, P2PControl
 from editsweep.diffusion.backbone import Backbone
@@ -48,7 +59,7 @@ from editsweep.diffusion.unified_attention import UnifiedControl, unified_unet
 from editsweep.methods.base import EncodesInput, State, register_method
 
 
-class InfEditParams(Params):
+class InfEditParams(KeepsTaskKeys):
     """One edit point (nothing is inverted, so every parameter is an edit parameter)."""
 
     steps: int = Field(12, ge=1, le=1000, description="DDCM steps on the backbone's DDIM timesteps")
@@ -71,6 +82,14 @@ class InfEditParams(Params):
     blend_threshold: float = Field(0.55, ge=0, le=1, description="threshold of the blend mask (thresh_e)")
     blend_temperature: float = Field(
         0.15, ge=0, le=10, description="the threshold is at least this / sqrt(alpha-bar_t) at step t"
+    )
+    mutual_blend: bool | Literal["when_given"] = added_field(
+        "when_given",
+        description="keep the source branch inside the source maps' mask of meta['mutual_words'] (the "
+        "reference's source blend); 'when_given': only for samples that have them",
+    )
+    mutual_threshold: float = added_field(
+        0.6, ge=0, le=1, description="threshold of the source blend mask (thresh_m; the reference's 0.6)"
     )
     start: Literal["noise", "noised_source"] = Field(
         "noise",
@@ -140,6 +159,9 @@ def infedit_latents(
     guidance = torch.tensor([first.source_guidance] * batch + target_guidance + [first.source_guidance] * t)
     control = _control(backbone, samples, points, steps)
     words = _blend_words(backbone, samples, points)
+    mutual = _mutual_words(backbone, samples, points)
+    source_only, both = mutual * (1 - words), mutual * words  # the reference's alpha_m - alpha_me, alpha_me
+    mutual_thresholds = torch.tensor([p.mutual_threshold for p in points for _ in samples], device=device)
     thresholds = torch.tensor([p.blend_threshold for p in points for _ in samples], device=device)
     temperatures = torch.tensor([p.blend_temperature for p in points for _ in samples], device=device)
     with unified_unet(backbone.unet, control):
@@ -153,9 +175,14 @@ def infedit_latents(
             if i > 0 and control.blend is not None:
                 # the reference's LocalBlend, after every step but the first
                 threshold = torch.maximum(temperatures / alpha**0.5, thresholds)
-                keep = control.blend_mask(words, threshold, tuple(x.shape[-2:]))
-                keep = keep | ~words.bool().any(1).view(-1, 1, 1, 1)
-                x[batch : batch + t] = torch.where(keep, x[batch : batch + t], x[batch + t :])
+                hw = tuple(x.shape[-2:])
+                keep = control.blend_mask(words, threshold, hw) | ~words.bool().any(1).view(-1, 1, 1, 1)
+                blended = torch.where(keep, x[batch : batch + t], x[batch + t :])
+                from_source = control.blend_mask(source_only, mutual_thresholds, hw, source=True)
+                blended = torch.where(from_source, x[:batch].repeat(n_points, 1, 1, 1), blended)
+                if i == steps - 2:  # the reference's use_xm: its step counter is one ahead at the callback
+                    blended = torch.where(control.blend_mask(both, thresholds, hw), x[batch + t :], blended)
+                x[batch : batch + t] = blended
     return predicted[batch : batch + t]
 
 
@@ -179,7 +206,7 @@ def _control(
         cross_steps=torch.tensor(cross_steps + [0] * t, device=device),
         self_steps=torch.zeros(2 * t, dtype=torch.long, device=device),
     )
-    blend = any(p.local_blend for p in points)
+    blend = any(p.local_blend or p.mutual_blend for p in points)
     return UnifiedControl(
         n_source=batch,
         source_index=torch.arange(batch, device=device).repeat(len(points)),
@@ -210,4 +237,29 @@ def _blend_words(backbone: Backbone, samples: Sequence[Sample], points: Sequence
         if not positions:
             raise ValueError(f"infedit local_blend: {blended[1]!r} is not in the target prompt of sample {sample.id!r}")
         words[row, positions] = 1.0
+    return words.to(backbone.device)
+
+
+def _mutual_words(backbone: Backbone, samples: Sequence[Sample], points: Sequence[InfEditParams]) -> torch.Tensor:
+    """(T, L) 0/1: the target-prompt tokens of each row's mutual words (meta['mutual_words']; none
+    where the row does not use them). Each must be a word of both prompts, as the reference requires."""
+    length = backbone.tokenizer.model_max_length
+    words = torch.zeros(len(points) * len(samples), length)
+    for row, (point, sample) in enumerate((p, s) for p in points for s in samples):
+        mutual = sample.meta.get("mutual_words")
+        if not point.mutual_blend or (not mutual and point.mutual_blend == "when_given"):
+            continue
+        if not mutual or isinstance(mutual, str):
+            raise ValueError(
+                f"infedit mutual_blend needs the sample's meta['mutual_words'] = [word, ...] (words of both "
+                f"prompts), or mutual_blend: when_given; sample {sample.id!r} has {mutual!r}"
+            )
+        for word in mutual:
+            positions = word_positions(backbone.tokenizer, sample.target_prompt, word)
+            if not positions or not word_positions(backbone.tokenizer, sample.source_prompt or "", word):
+                raise ValueError(
+                    f"infedit mutual_blend: {word!r} of meta['mutual_words'] must be in both prompts of sample "
+                    f"{sample.id!r} ({sample.source_prompt!r} -> {sample.target_prompt!r})"
+                )
+            words[row, positions] = 1.0
     return words.to(backbone.device)
