@@ -9,10 +9,8 @@ from the same noise. `edit` denoises with DDIM (eta 0) under the paper's two gui
 official script samples with Euler ancestral, which is not reproduced here). Points sharing a step
 count run through one batched loop, each row with its own scales and instruction.
 
-The instruction is the sample's `meta["instruction"]` (MagicBrush, InstructPix2Pix data) or
-`meta["editing_instruction"]` (PIE-Bench) when present, else a template filled from the prompts:
-the words that change (the sample's blended words, else the prompts' differing words, as
-diffusion/ledits.py's `sample_concepts`).
+The instruction is the sample's `meta["instruction"]` or `meta["editing_instruction"]` when present,
+else a template filled from the prompts (diffusion/instructions.py).
 
 The two are separate registered methods, not one method run on two backbones, so that rows and
 leaderboards name the model that made them: each refuses the other's released weights, and both
@@ -22,66 +20,29 @@ refuse backbones known to be text-to-image models (4 UNet input channels).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from string import Formatter
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import Backbone, require_unet, unet_refusal
 from editsweep.diffusion.ddim import make_schedule
 from editsweep.diffusion.inputs import images_tensor
 from editsweep.diffusion.instruct_pix2pix import UNET_IN_CHANNELS, image_conditioning, ip2p_sample
-from editsweep.diffusion.ledits import sample_concepts
+from editsweep.diffusion.instructions import InstructionParams, instruction
 from editsweep.methods.base import Method, Params, State, register_method
 
 INSTRUCT_PIX2PIX_WEIGHTS = "timbrooks/instruct-pix2pix"
 MAGICBRUSH_WEIGHTS = "vinesmsuic/magicbrush-jul7"  # MagicBrush's diffusers conversion (unverified here)
-TEMPLATE_FIELDS = ("source_prompt", "target_prompt", "source_word", "target_word")
-META_KEYS = ("instruction", "editing_instruction")
 
 
-class InstructPix2PixParams(Params):
+class InstructPix2PixParams(InstructionParams):
     """The sampler, the two guidance scales of Eq. 3 and where the instruction comes from."""
 
     steps: int = Field(100, ge=1, le=1000, description="DDIM steps")
     guidance: float = Field(7.5, ge=0, le=100, description="text guidance s_T")
     image_guidance: float = Field(1.5, ge=0, le=100, description="image guidance s_I")
-    instruction: Literal["auto", "template"] = Field(
-        "auto",
-        description="auto: the sample's meta['instruction'] or meta['editing_instruction'] when present, "
-        "else the template; template: always the template",
-    )
-    template: str = Field(
-        "turn the {source_word} into {target_word}",
-        description="instruction when the edit replaces words; fields: " + ", ".join(TEMPLATE_FIELDS),
-    )
-    template_add: str = Field(
-        "make it {target_prompt}", description="instruction when no word of the source is replaced (same fields)"
-    )
-
-    @field_validator("template", "template_add")
-    @classmethod
-    def _known_fields(cls, value: str) -> str:
-        fields = {name for _, name, _, _ in Formatter().parse(value) if name is not None}
-        if unknown := fields - set(TEMPLATE_FIELDS):
-            raise ValueError(f"unknown template fields {sorted(unknown)}; known: {', '.join(TEMPLATE_FIELDS)}")
-        return value
-
-
-def instruction(sample: Sample, params: InstructPix2PixParams) -> str:
-    """The edit instruction of a sample: from its meta, or the params' template (module docstring)."""
-    if params.instruction == "auto":
-        for key in META_KEYS:
-            if text := sample.meta.get(key):
-                return str(text)
-    added, removed = sample_concepts(sample)
-    fields = dict(
-        source_prompt=sample.source_prompt or "", target_prompt=sample.target_prompt, source_word=removed or "",
-        target_word=added,
-    )
-    return (params.template if removed else params.template_add).format(**fields)
 
 
 @register_method
