@@ -165,7 +165,7 @@ class QwenImageBackbone:
         noise: torch.Tensor,
         image_latents: torch.Tensor,
         text: tuple[torch.Tensor, torch.Tensor | None],
-        negative: tuple[torch.Tensor, torch.Tensor | None],
+        negative: tuple[torch.Tensor, torch.Tensor | None] | None,
         true_cfg_scale: torch.Tensor,
         steps: int,
         size: tuple[int, int],
@@ -173,7 +173,8 @@ class QwenImageBackbone:
     ) -> torch.Tensor:
         """The pipeline's denoising loop on packed latents, one `true_cfg_scale` per row: rows above 1
         use true classifier-free guidance against `negative`, rescaled to the conditional prediction's
-        norm per token (the pipeline's); the others the conditional prediction alone."""
+        norm per token (the pipeline's); the others the conditional prediction alone (`negative` may
+        then be None)."""
         latents = noise.to(self.device, self.dtype)
         image_latents = image_latents.to(self.device, self.dtype)
         f = self.vae_scale_factor * 2
@@ -181,6 +182,8 @@ class QwenImageBackbone:
         shapes = shapes * latents.shape[0]
         scale = true_cfg_scale.to(self.device, torch.float32).view(-1, 1, 1)
         guided = scale > 1
+        if negative is None and bool(guided.any()):
+            raise ValueError("a true_cfg_scale above 1 needs the negative prompt's embeddings")
         scheduler = self.scheduler(steps, latents.shape[1])
         for t in scheduler.timesteps:
             inputs = torch.cat([latents, image_latents], dim=1)
