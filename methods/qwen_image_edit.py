@@ -37,7 +37,8 @@ from editsweep.methods.base import Method, Params, State, register_method
 class QwenImageEditParams(InstructionParams):
     """The sampler, the true-CFG scale and negative prompt, and where the instruction comes from."""
 
-    steps: int = Field(50, ge=1, le=1000, description="Euler steps (the pipeline's default 50)")
+    # At 1 step the schedule's stretch to the terminal sigma (shift_terminal 0.02) divides by zero: NaN.
+    steps: int = Field(50, ge=2, le=1000, description="Euler steps (the pipeline's default 50; at least 2)")
     true_cfg_scale: float = Field(
         4.0, ge=0, le=50, description="true classifier-free guidance (the pipeline's default 4.0; <= 1: none)"
     )

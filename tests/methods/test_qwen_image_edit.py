@@ -77,6 +77,12 @@ def test_points_with_different_negative_prompts_run_together(method, qwen, sampl
     torch.testing.assert_close(together[1], alone, rtol=0, atol=1e-5)
 
 
+def test_one_step_is_refused_at_validation():
+    """FlowMatchEulerDiscreteScheduler's stretch to Qwen-Image's terminal sigma is 0/0 at one step."""
+    with pytest.raises(ValueError, match="steps"):
+        QwenImageEditParams(steps=1)
+
+
 def test_it_runs_on_the_qwen_image_family_only(method):
     assert method.refuse_family("qwen-image") is None
     assert "qwen-image" in method.refuse_family("sd")
@@ -96,5 +102,5 @@ def test_a_spec_pairing_it_with_another_family_is_refused(tmp_path):
 
 def test_an_input_off_the_16_px_grid_comes_back_at_its_size(method, qwen, samples):
     sample = Sample("off-grid", samples[0].image.resize((72, 72)), "a cat", "a dog")
-    (out,) = _edit(method, qwen, [sample], [QwenImageEditParams(steps=1)], [0])
+    (out,) = _edit(method, qwen, [sample], [QwenImageEditParams(steps=2)], [0])
     assert out.shape == (1, 3, 72, 72) and 0 <= out.min() and out.max() <= 1
