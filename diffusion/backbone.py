@@ -14,7 +14,8 @@ tested without downloading anything:
   `FlowBackbone`, as are SD3 and FLUX Hub ids and folders (`family_of`); `sd3-arch`, `flux-arch`:
   their full-size architectures (SD3-medium, FLUX.1-dev), for speed measurements on a GPU;
 - `tiny-qwen-image`: a small Qwen-Image-Edit pipeline (diffusion/qwen_image.py), loaded as a
-  `QwenImageBackbone`, as are `Qwen/Qwen-Image-Edit` and folders of a `QwenImageEditPipeline`.
+  `QwenImageBackbone`, as are `Qwen/Qwen-Image-Edit` and folders of a `QwenImageEditPipeline`;
+  `qwen-image-arch`: its full-size architecture, for speed measurements on a GPU.
 
 The `toy` preset is trained, not random: the SD-shaped models of `toy/models.py`, trained on the
 toy world (`toy/train.py`) and shipped with the package. Edits on it are real, but its numbers are
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
 # seeded random weights
 PRESETS = ("tiny", "sd-v1-arch", "tiny-ip2p", "tiny-inpaint", "tiny-sd3", "tiny-flux", "sd3-arch", "flux-arch")
-PRESETS += ("tiny-qwen-image",)  # diffusion/qwen_image.py
+PRESETS += ("tiny-qwen-image", "qwen-image-arch")  # diffusion/qwen_image.py
 TRAINED_PRESETS = ("toy",)  # weights shipped in the package (toy/weights/)
 TOY_WEIGHTS_PREFIX = "toy:"
 # UNet input channels of backbones known before loading: 4 for text-to-image Stable Diffusion, 8 for

@@ -20,6 +20,7 @@ tests/pipelines/qwenimage/test_qwenimage_edit.py, with an 8x VAE instead of 4x, 
 make 8x8 latents). Its tokenizer is NOT Qwen's (that ships with the Hub checkpoint): a byte-level
 BPE of 512 entries trained in memory on `_TOKENIZER_CORPUS`, with the same pre-tokenizer
 (transformers' `Qwen2Tokenizer`) and the special tokens the prompt template uses.
+`qwen-image-arch` is the full-size architecture with random weights (`_build_arch`), for GPU timings.
 `Qwen/Qwen-Image-Edit-2509` and later use `QwenImageEditPlusPipeline` (several input images, another
 template) and are not part of this family here.
 """
@@ -27,7 +28,7 @@ template) and are not part of this family here.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
@@ -53,9 +54,10 @@ from transformers import (
 
 from editsweep.core.hub import hf_cache_dir, hf_offline
 from editsweep.diffusion.backbone import BackboneLoadError, _missing_message, _seeded, backbone_source
+from editsweep.diffusion.inputs import to_pil
 
 FAMILY = "qwen-image"
-PRESETS = ("tiny-qwen-image",)
+PRESETS = ("tiny-qwen-image", "qwen-image-arch")
 KNOWN_IDS = {"Qwen/Qwen-Image-Edit": FAMILY}
 PIPELINE_CLASS = "QwenImageEditPipeline"  # model_index.json `_class_name` of its folders (diffusion/flow.py)
 RESOLUTION = 1024  # the pipeline's conditioning side (1024 x 1024 area) and default output size
@@ -94,10 +96,6 @@ class QwenImageBackbone:
     resolution: int = RESOLUTION  # image side the worker fits inputs to; squared, the conditioning area
     source: str = ""
     family: ClassVar[str] = FAMILY
-    _scheduler_config: dict = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._scheduler_config = dict(self.pipe.scheduler.config)
 
     @property
     def weights_source(self) -> str:
@@ -114,9 +112,7 @@ class QwenImageBackbone:
         an area of `resolution ** 2` at their aspect ratio (multiples of 32), as its `__call__`."""
         h, w = images.shape[2:]
         width, height, _ = calculate_dimensions(self.resolution**2, w / h)
-        pils = self.pipe.image_processor.numpy_to_pil(self.pipe.image_processor.pt_to_numpy(images.float().cpu()))
-        pils = [Image.fromarray(np.asarray(p)) for p in pils]  # rounded to 8 bits like a loaded image
-        return [self.pipe.image_processor.resize(p, height, width) for p in pils]
+        return [self.pipe.image_processor.resize(to_pil(image), height, width) for image in images]
 
     @torch.no_grad()
     def encode_instructions(
@@ -152,7 +148,7 @@ class QwenImageBackbone:
     def scheduler(self, steps: int, tokens: int) -> FlowMatchEulerDiscreteScheduler:
         """A fresh scheduler with the pipeline's timesteps: a uniform sigma grid 1 -> 1/steps, shifted
         by mu, which grows with the number of image tokens."""
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self._scheduler_config)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
         c = scheduler.config
         mu = calculate_shift(tokens, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), device=self.device, mu=mu)
@@ -224,7 +220,9 @@ def load_qwen_image_backbone(
     name: str, device: torch.device, dtype: torch.dtype, seed: int = 0
 ) -> QwenImageBackbone:
     """The Qwen-Image-Edit backbone from the `tiny-qwen-image` preset, a local folder or a Hub id."""
-    if name in PRESETS:
+    if name == "qwen-image-arch":
+        pipe, resolution = _build_arch(seed, device, dtype), RESOLUTION
+    elif name in PRESETS:
         pipe, resolution = _build_tiny(seed), TINY_RESOLUTION
     else:
         pipe, resolution = _load_pretrained(name, dtype), RESOLUTION
@@ -315,6 +313,20 @@ def _tiny_vae(seed: int) -> AutoencoderKLQwenImage:
     return vae
 
 
+def _scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """Qwen-Image-Edit's scheduler config: the shift grows with the image tokens, exponentially."""
+    return FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256,
+        base_shift=0.5,
+        max_image_seq_len=8192,
+        max_shift=0.9,
+        shift=1.0,
+        shift_terminal=0.02,
+        time_shift_type="exponential",
+        use_dynamic_shifting=True,
+    )
+
+
 def _build_tiny(seed: int) -> QwenImageEditPipeline:
     """The `tiny-qwen-image` pipeline: seeded random weights from small configs, offline."""
     tokenizer = tiny_tokenizer()
@@ -361,19 +373,8 @@ def _build_tiny(seed: int) -> QwenImageEditPipeline:
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
     )
-    # Qwen-Image-Edit's scheduler config (shift growing with the image tokens, exponential shifting).
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        base_image_seq_len=256,
-        base_shift=0.5,
-        max_image_seq_len=8192,
-        max_shift=0.9,
-        shift=1.0,
-        shift_terminal=0.02,
-        time_shift_type="exponential",
-        use_dynamic_shifting=True,
-    )
     pipe = QwenImageEditPipeline(
-        scheduler=scheduler,
+        scheduler=_scheduler(),
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -382,6 +383,57 @@ def _build_tiny(seed: int) -> QwenImageEditPipeline:
     )
     # The pipeline drops the template's system prefix by a token count (64) that holds for Qwen's
     # tokenizer; the tiny tokenizer's count for the same prefix:
+    prefix = pipe.prompt_template_encode.split("<|vision_start|>")[0]
+    pipe.prompt_template_encode_start_idx = len(tokenizer(prefix).input_ids)
+    return pipe
+
+
+def _build_arch(seed: int, device: torch.device, dtype: torch.dtype) -> QwenImageEditPipeline:
+    """The full-size Qwen-Image-Edit architecture with seeded random weights, for speed and memory
+    measurements (like `sd-v1-arch`), built directly on `device` in `dtype` (diffusion/flow.py
+    `_default_dtype`): the MMDiT (~20.4 B parameters; diffusers' defaults are Qwen-Image's config), the
+    Qwen-Image VAE (its defaults too) and a Qwen2.5-VL-7B text encoder (~8.3 B; its released config),
+    about 29 B parameters, so it is meant for a GPU. The prompts go through the tiny preset's
+    tokenizer (its special tokens' ids in the config), not Qwen's; the vocabulary keeps Qwen's size."""
+    from editsweep.diffusion.flow import _default_dtype
+
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            rope_scaling={"mrope_section": [16, 24, 24], "rope_type": "default", "type": "default"},
+            rope_theta=1e6,
+            vocab_size=152064,
+            max_position_embeddings=128000,
+            bos_token_id=ids[0],
+            eos_token_id=ids[2],
+            pad_token_id=ids[0],
+        ),
+        vision_config=dict(
+            depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, hidden_act="silu"
+        ),
+        vocab_size=152064,
+        vision_start_token_id=ids[3],
+        vision_end_token_id=ids[4],
+        image_token_id=ids[5],
+        video_token_id=ids[6],
+    )
+    with _seeded(seed), torch.device(device), _default_dtype(dtype):
+        pipe = QwenImageEditPipeline(
+            scheduler=_scheduler(),
+            vae=AutoencoderKLQwenImage(),
+            text_encoder=Qwen2_5_VLForConditionalGeneration(config),
+            tokenizer=tokenizer,
+            processor=Qwen2VLProcessor(
+                image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor()
+            ),
+            transformer=QwenImageTransformer2DModel(),
+        )
     prefix = pipe.prompt_template_encode.split("<|vision_start|>")[0]
     pipe.prompt_template_encode_start_idx = len(tokenizer(prefix).input_ids)
     return pipe

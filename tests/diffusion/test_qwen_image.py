@@ -124,3 +124,17 @@ def test_a_saved_diffusers_folder_loads_through_the_pipeline_class(qwen, tmp_pat
         (tmp_path / "broken").mkdir()
         (tmp_path / "broken" / "model_index.json").write_text(json.dumps({"_class_name": "QwenImageEditPipeline"}))
         load_backbone(str(tmp_path / "broken"))
+
+
+def test_the_full_size_architecture_preset_matches_the_released_model():
+    """Built on the meta device (no memory), in the dtype asked: Qwen-Image's 20.4 B MMDiT and
+    Qwen2.5-VL-7B's 8.3 B parameters."""
+    from editsweep.diffusion.qwen_image import _build_arch
+
+    pipe = _build_arch(0, torch.device("meta"), torch.bfloat16)
+    transformer = sum(p.numel() for p in pipe.transformer.parameters())
+    encoder = sum(p.numel() for p in pipe.text_encoder.parameters())
+    assert abs(transformer - 20.43e9) / 20.43e9 < 1e-2, transformer
+    assert abs(encoder - 8.29e9) / 8.29e9 < 1e-2, encoder
+    assert pipe.text_encoder.dtype == pipe.transformer.dtype == torch.bfloat16
+    assert family_of("qwen-image-arch") == "qwen-image"
