@@ -7,7 +7,8 @@ A `QwenImageBackbone` gives methods the pipeline's own steps, batch-first: `enco
 (the pipeline's prompt template and hidden-state extraction, with the image seen by the VL encoder),
 `image_latents` (the input's VAE latents, packed, that the transformer attends to next to the noisy
 ones), `sample` (the denoising loop of `QwenImageEditPipeline.__call__`, with one true-CFG scale per
-batch row) and `decode`. tests/diffusion/test_qwen_image.py checks it against the pipeline.
+batch row) and `decode_packed`; `encode_images` / `decode` on unpacked latents (B, C, h, w) as the
+other families have them (methods/vae_roundtrip.py). tests/diffusion/test_qwen_image.py checks it against the pipeline.
 
 The pipeline resizes the input to an area of 1024 x 1024 pixels at its aspect ratio for both the VL
 encoder and the VAE (`calculate_dimensions(1024 * 1024, ratio)`), the model's native resolution;
@@ -205,15 +206,30 @@ class QwenImageBackbone:
             latents = scheduler.step(pred, t, latents, return_dict=False)[0]
         return latents
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1], float32, from packed latents, as the pipeline's output."""
-        z = self.pipe._unpack_latents(latents, height, width, self.vae_scale_factor).to(self.pipe.vae.dtype)
+    def _latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.pipe.vae.config
-        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1).to(z)
-        std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1).to(z)
-        images = self.pipe.vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
-        return ((images.float() + 1) / 2).clamp(0, 1)
+        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(self.device, self.pipe.vae.dtype)
+        std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(self.device, self.pipe.vae.dtype)
+        return mean, std
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, h, w) of images (B, 3, H, W) in [0, 1]: the posterior mean, normalised by the
+        VAE's `latents_mean` / `latents_std` (the VAE sees one-frame videos)."""
+        x = (images.to(self.device, self.pipe.vae.dtype) * 2 - 1).unsqueeze(2)
+        mean, std = self._latent_stats()
+        return (self.pipe.vae.encode(x).latent_dist.mean[:, :, 0] - mean) / std
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1], float32, from normalised latents (B, C, h, w)."""
+        mean, std = self._latent_stats()
+        z = (latents.to(self.device, self.pipe.vae.dtype) * std + mean).unsqueeze(2)
+        return ((self.pipe.vae.decode(z, return_dict=False)[0][:, :, 0].float() + 1) / 2).clamp(0, 1)
+
+    def decode_packed(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] from packed latents, as the pipeline's output."""
+        return self.decode(self.pipe._unpack_latents(latents, height, width, self.vae_scale_factor)[:, :, 0])
 
 
 def load_qwen_image_backbone(

@@ -126,7 +126,7 @@ class QwenImageEdit(Method):
                 (height, width),
                 condition_size,
             )
-            images = backbone.decode(latents, height, width)
+            images = backbone.decode_packed(latents, height, width)
             if (height, width) != (out_h, out_w):
                 images = torch.nn.functional.interpolate(
                     images, size=(out_h, out_w), mode="bicubic", antialias=True

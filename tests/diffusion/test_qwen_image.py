@@ -49,7 +49,7 @@ def _ours(qwen, conditions, noise, prompts, scales, steps=3):
     latents = qwen.sample(
         noise, qwen.image_latents(conditions), text, negative, torch.tensor(scales), steps, (64, 64), (64, 64)
     )
-    return qwen.decode(latents, 64, 64)
+    return qwen.decode_packed(latents, 64, 64)
 
 
 def test_the_tiny_preset_loads_offline(qwen):
@@ -138,3 +138,15 @@ def test_the_full_size_architecture_preset_matches_the_released_model():
     assert abs(encoder - 8.29e9) / 8.29e9 < 1e-2, encoder
     assert pipe.text_encoder.dtype == pipe.transformer.dtype == torch.bfloat16
     assert family_of("qwen-image-arch") == "qwen-image"
+
+
+def test_encode_images_gives_the_pipelines_image_latents_unpacked(qwen):
+    """`encode_images` / `decode` work on unpacked latents like the other families' (vae_roundtrip)."""
+    import numpy as np
+
+    conditions, _ = _inputs(qwen, 2)
+    pixels = torch.from_numpy(np.stack([np.asarray(c, dtype=np.float32) / 255 for c in conditions])).permute(0, 3, 1, 2)
+    latents = qwen.encode_images(pixels)
+    assert latents.shape == (2, 4, 8, 8)
+    torch.testing.assert_close(qwen.pipe._pack_latents(latents, 2, 4, 8, 8), qwen.image_latents(conditions))
+    assert qwen.decode(latents).shape == (2, 3, 64, 64)
