@@ -8,7 +8,8 @@ A `QwenImageBackbone` gives methods the pipeline's own steps, batch-first: `enco
 `image_latents` (the input's VAE latents, packed, that the transformer attends to next to the noisy
 ones), `sample` (the denoising loop of `QwenImageEditPipeline.__call__`, with one true-CFG scale per
 batch row) and `decode_packed`; `encode_images` / `decode` on unpacked latents (B, C, h, w) as the
-other families have them (methods/vae_roundtrip.py). tests/diffusion/test_qwen_image.py checks it against the pipeline.
+other families have them (methods/vae_roundtrip.py). tests/diffusion/test_qwen_image.py checks it
+against the pipeline.
 
 The pipeline resizes the input to an area of 1024 x 1024 pixels at its aspect ratio for both the VL
 encoder and the VAE (`calculate_dimensions(1024 * 1024, ratio)`), the model's native resolution;
@@ -17,8 +18,8 @@ tiny preset, whose 1024 px conditioning would cost minutes on a CPU). The worker
 `resolution` (bench/worker.py `fit_square`), so generation runs at the input's size.
 
 `tiny-qwen-image` is built offline from small configs with seeded random weights (after diffusers'
-tests/pipelines/qwenimage/test_qwenimage_edit.py, with an 8x VAE instead of 4x, so that 64 px images
-make 8x8 latents). Its tokenizer is NOT Qwen's (that ships with the Hub checkpoint): a byte-level
+tests/pipelines/qwenimage/test_qwenimage_edit.py, with an 8x VAE instead of their 4x one, so that
+64 px images make 8x8 latents; the VL encoder sees the image at 56 x 56 px, 4 image tokens). Its tokenizer is NOT Qwen's (that ships with the Hub checkpoint): a byte-level
 BPE of 512 entries trained in memory on `_TOKENIZER_CORPUS`, with the same pre-tokenizer
 (transformers' `Qwen2Tokenizer`) and the special tokens the prompt template uses.
 `qwen-image-arch` is the full-size architecture with random weights (`_build_arch`), for GPU timings.
