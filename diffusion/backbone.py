@@ -12,7 +12,10 @@ tested without downloading anything:
   the masked image's latent), for the inpainting editor (methods/inpaint.py);
 - `tiny-sd3`, `tiny-flux`: small flow-matching backbones (diffusion/flow.py), loaded as a
   `FlowBackbone`, as are SD3 and FLUX Hub ids and folders (`family_of`); `sd3-arch`, `flux-arch`:
-  their full-size architectures (SD3-medium, FLUX.1-dev), for speed measurements on a GPU.
+  their full-size architectures (SD3-medium, FLUX.1-dev), for speed measurements on a GPU;
+- `tiny-qwen-image`: a small Qwen-Image-Edit pipeline (diffusion/qwen_image.py), loaded as a
+  `QwenImageBackbone`, as are `Qwen/Qwen-Image-Edit` and folders of a `QwenImageEditPipeline`;
+  `qwen-image-arch`: its full-size architecture, for speed measurements on a GPU.
 
 The `toy` preset is trained, not random: the SD-shaped models of `toy/models.py`, trained on the
 toy world (`toy/train.py`) and shipped with the package. Edits on it are real, but its numbers are
@@ -41,9 +44,11 @@ from editsweep.core.hub import hf_offline
 
 if TYPE_CHECKING:
     from editsweep.diffusion.flow import FlowBackbone
+    from editsweep.diffusion.qwen_image import QwenImageBackbone
 
 # seeded random weights
 PRESETS = ("tiny", "sd-v1-arch", "tiny-ip2p", "tiny-inpaint", "tiny-sd3", "tiny-flux", "sd3-arch", "flux-arch")
+PRESETS += ("tiny-qwen-image", "qwen-image-arch")  # diffusion/qwen_image.py
 TRAINED_PRESETS = ("toy",)  # weights shipped in the package (toy/weights/)
 TOY_WEIGHTS_PREFIX = "toy:"
 # UNet input channels of backbones known before loading: 4 for text-to-image Stable Diffusion, 8 for
@@ -205,12 +210,16 @@ def require_unet(backbone: Backbone, method: str, in_channels: int, use_instead:
 
 
 def family_of(name: str) -> str | None:
-    """The model family ('sd', 'sd3', 'flux') of a backbone as a spec names it, without loading it:
+    """The model family ('sd', 'sd3', 'flux', 'qwen-image') of a backbone as a spec names it, without loading it:
     presets by name, a local folder by its model_index.json, a Hub id from the known ids; None when
     unknown (`load_backbone` then reads the Hub id's model_index.json; failing that, it loads it as
     Stable Diffusion 1.x/2.x)."""
     from editsweep.diffusion.flow import FLOW_PRESETS, KNOWN_FLOW_IDS, folder_family
+    from editsweep.diffusion.qwen_image import FAMILY as QWEN_IMAGE, KNOWN_IDS as KNOWN_QWEN_IDS
+    from editsweep.diffusion.qwen_image import PRESETS as QWEN_PRESETS
 
+    if name in QWEN_PRESETS or name in KNOWN_QWEN_IDS:
+        return QWEN_IMAGE
     if name in FLOW_PRESETS:
         return FLOW_PRESETS[name]
     if name in PRESETS or name in TRAINED_PRESETS or name in KNOWN_UNET_IN_CHANNELS:
@@ -222,9 +231,10 @@ def family_of(name: str) -> str | None:
 
 def load_backbone(
     name: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", seed: int = 0
-) -> Backbone | FlowBackbone:
+) -> Backbone | FlowBackbone | QwenImageBackbone:
     """A backbone from a preset name, a local diffusers folder, or a Hugging Face Hub id: a
-    `FlowBackbone` for the SD3 and FLUX families (diffusion/flow.py), else a `Backbone`."""
+    `FlowBackbone` for the SD3 and FLUX families (diffusion/flow.py), a `QwenImageBackbone` for
+    Qwen-Image-Edit (diffusion/qwen_image.py), else a `Backbone`."""
     device = torch.device(device)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     family = family_of(name)
@@ -236,6 +246,10 @@ def load_backbone(
         from editsweep.diffusion.flow import load_flow_backbone
 
         return load_flow_backbone(name, family, device, dtype, seed)
+    if family == "qwen-image":
+        from editsweep.diffusion.qwen_image import load_qwen_image_backbone
+
+        return load_qwen_image_backbone(name, device, dtype, seed)
     source = ""
     if name == "toy":
         parts, source = _load_toy()

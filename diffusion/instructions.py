@@ -1,5 +1,5 @@
 """The edit instruction of a sample, for instruction editors (methods/instruct_pix2pix.py,
-methods/flux_kontext.py): the sample's `meta["instruction"]` (MagicBrush, InstructPix2Pix data)
+methods/flux_kontext.py, methods/qwen_image_edit.py): the sample's `meta["instruction"]` (MagicBrush, InstructPix2Pix data)
 or `meta["editing_instruction"]` (PIE-Bench) when present, else a template filled from the
 prompts: the words that change (the sample's blended words, else the prompts' differing words, as
 diffusion/ledits.py's `sample_concepts`).

@@ -29,6 +29,7 @@ from editsweep.methods import (  # noqa: F401  (registration side effect)
     p_plus,
     precomputed,
     prompt_tuning,
+    qwen_image_edit,
     rf_inversion,
     rf_solver,
     sdedit,

@@ -117,7 +117,8 @@ def test_tedbench_specs_plan_every_pair_with_a_local_copy(spec, tmp_path, capsys
 
 
 @pytest.mark.parametrize(("spec", "method"), [("pie-bench-instruct-pix2pix.yaml", "instruct_pix2pix"),
-                                              ("pie-bench-magicbrush.yaml", "magicbrush")])
+                                              ("pie-bench-magicbrush.yaml", "magicbrush"),
+                                              ("pie-bench-qwen-image-edit.yaml", "qwen_image_edit")])
 def test_pie_bench_instruction_specs_plan_one_group_per_image(spec, method, tmp_path, capsys):
     """No inversion: one group per image, the five image-guidance points of the trade-off curve in it."""
     path = with_root(spec, pie_folder(tmp_path / "pie", 3), tmp_path)

@@ -37,7 +37,7 @@ def test_quick_spec_runs_offline(path, tmp_path):
     assert rows["status"].eq("ok").all(), rows["error"].dropna().unique().tolist()
     assert rows["scores"].map(lambda s: "lpips" in s and "clip_t" in s).all()
     assert rows["random_weights"].all()  # and every row says so, with each model's source:
-    assert rows["weights"].str.contains(r"backbone=tiny(?:-ip2p|-inpaint|-sd3|-flux)?:random").all()
+    assert rows["weights"].str.contains(r"backbone=tiny(?:-ip2p|-inpaint|-sd3|-flux|-qwen-image)?:random").all()
     if path.stem == "style-diffusion":
         styled = rows[rows["method"] == "style_diffusion"]
         assert styled["weights"].str.contains("image_encoder=tiny:random").all()
