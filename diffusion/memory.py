@@ -25,11 +25,14 @@ than the VAE's `sample_size`) it blends overlapping tiles and changes the pixels
 to be part of the task key, and at a backbone's own resolution, the one editsweep feeds it, it
 never applies.
 
-Methods that install their own attention processors (diffusion/attention.py `p2p_unet`,
-mutual_attention.py, plug_and_play.py, per_layer.py, masks.py, unified_attention.py, ledits.py)
-replace the sliced processors while they run, in the layers they control and, for MasaCtrl and
-Plug-and-Play, with SDPA in the others; each puts the UNet's own processors, the sliced ones, back
-when it is done, so slicing holds again for the next method.
+Methods that install their own attention processors use them instead of the sliced ones while
+they run: Prompt-to-Prompt (diffusion/attention.py) and the unified attention of InfEdit
+(unified_attention.py) in every layer; MasaCtrl (mutual_attention.py) and Plug-and-Play
+(plug_and_play.py) in the layers they control, with SDPA in the others; the map recorders
+(masks.py, ledits.py) only in the layers they record, keeping the sliced ones elsewhere; per-layer
+conditioning (per_layer.py) wraps the sliced ones, so it stays sliced. Each puts the UNet's own processors, the sliced
+ones, back when it is done, so slicing holds again for the next call (tested for P2P, MasaCtrl and
+Plug-and-Play).
 """
 
 from __future__ import annotations

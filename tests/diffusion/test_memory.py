@@ -150,3 +150,20 @@ def test_bfloat16_sampling_agrees_with_float32(tiny_backbone, name, max_error, r
     assert ((a - b).pow(2).mean().sqrt() / b.std()).item() < rms_error
     pixels = (half.decode(a) - full.decode(b)).abs()
     assert pixels.max().item() < 0.1 and pixels.mean().item() < 0.01
+
+
+def test_the_layout_is_what_the_diffusers_pipeline_gives():
+    """diffusers' StableDiffusionPipeline.enable_attention_slicing on the same tiny parts sets the
+    same processors and slice sizes per layer as ours (VAE slicing is the VAE's own
+    `enable_slicing` in diffusers 0.42: the pipeline's `enable_vae_slicing` is gone)."""
+    from diffusers import StableDiffusionPipeline
+
+    ours, theirs = sliced("auto"), load_backbone("tiny")
+    pipe = StableDiffusionPipeline(
+        vae=theirs.vae, unet=theirs.unet, text_encoder=theirs.text_encoder, tokenizer=theirs.tokenizer,
+        scheduler=theirs.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.enable_attention_slicing("auto")
+    slices = {n: (type(p), p.slice_size) for n, p in theirs.unet.attn_processors.items()}
+    assert slices == {n: (type(p), p.slice_size) for n, p in ours.unet.attn_processors.items()}
+    assert {p.slice_size for p in ours.unet.attn_processors.values()} == {4}
