@@ -108,12 +108,11 @@ def run(name, invert, edit, samples, backbone, generators):
 @pytest.mark.parametrize(
     ("name", "invert", "edit"),
     [
-        ("ddim_edit", {"steps": 4}, {}),
         ("ddim_p2p", {"steps": 4}, {"cross_replace": 0.8, "self_replace": 0.4}),
         ("invert_edit", {"inversion": "ddim", "steps": 4}, {"editor": "masactrl", "start_step": 1, "start_layer": 1}),
         ("invert_edit", {"inversion": "ddim", "steps": 4}, {"editor": "pnp", "feature_layer": 2, "attention_layer": 2}),
     ],
-    ids=["ddim_edit", "p2p", "masactrl", "pnp"],
+    ids=["p2p", "masactrl", "pnp"],
 )
 def test_methods_with_their_own_processors_agree_and_give_slicing_back(
     tiny_backbone, generated_samples, generators, name, invert, edit
