@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from editsweep.bench.metrics.base import SCORERS, get_scorer_class
 from editsweep.core.params import numeric_type
 from editsweep.datasets.base import DATASETS, get_dataset_class
+from editsweep.diffusion.memory import MemoryOptions, memory_refusal
 from editsweep.methods.base import METHODS, get_method_class
 
 
@@ -51,11 +52,36 @@ class _Strict(BaseModel):
 
 
 class BackboneSpec(_Strict):
-    """Which diffusion model to load and how: a preset (`tiny`, `sd-v1-arch`), Hub id or folder."""
+    """Which diffusion model to load and how: a preset (`tiny`, `sd-v1-arch`), Hub id or folder.
+
+    The memory options (diffusion/memory.py) change where and in how many pieces the model
+    computes, not what: they are not part of task keys, so a sweep resumed with other options
+    skips what is done, and the manifest records them with the spec.
+    """
 
     name: str = "tiny"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    offload_text_encoders: bool = Field(
+        False, description="keep the text encoders on the CPU (in dtype); only the embeddings move to the device"
+    )
+    attention_slicing: str | int | None = Field(
+        None,
+        description="diffusers' UNet attention slicing: auto (half the heads per slice), max (one), "
+        "or heads per slice; not for SD3/FLUX",
+    )
+    vae_slicing: bool = Field(False, description="encode and decode one image of a batch at a time")
+
+    @field_validator("attention_slicing", mode="before")
+    @classmethod
+    def _slice_size(cls, value: Any) -> Any:
+        if value is None or value in ("auto", "max") or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("attention_slicing is 'auto', 'max', a number of heads per slice (>= 1), or null (off)")
+
+    def memory(self) -> MemoryOptions:
+        """The memory options, for diffusion/memory.py `apply_memory_options`."""
+        return MemoryOptions(self.offload_text_encoders, self.attention_slicing, self.vae_slicing)
 
 
 class DatasetSpec(_Strict):
@@ -509,17 +535,20 @@ def _absolute_backbone_paths(raw: dict[str, Any], base_dir: Path | None) -> dict
 
 
 def _check_backbones(spec: SweepSpec) -> list[str]:
-    """A backbone that names a local folder must be one, and a diffusers one.
+    """A backbone that names a local folder must be one, and a diffusers one; its memory options
+    must apply to its family (where the family is known by name).
 
     Hub ids are not checked here: the workers' cache or network decides (diffusion/backbone.py
     fails there with a message saying how to provide the weights), and `--dry-run` must work on a
     machine that has no weights.
     """
-    from editsweep.diffusion.backbone import backbone_source, diffusers_folder_problem
+    from editsweep.diffusion.backbone import backbone_source, diffusers_folder_problem, family_of
 
     problems = []
     for i, b in enumerate(spec.backbones):
         where = f"backbone[{i}].name" if isinstance(spec.backbone, list) else "backbone.name"
+        if (refused := memory_refusal(family_of(b.name), b.memory())) is not None:
+            problems.append(f"{where.removesuffix('.name')}.{refused}")
         if backbone_source(b.name) != "folder":
             continue
         folder = Path(b.name).expanduser()

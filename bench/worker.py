@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,7 +47,12 @@ from editsweep.datasets.base import Sample, get_dataset_class, sample_labels
 from editsweep.datasets.images import fit_square
 from editsweep.diffusion.backbone import load_backbone
 from editsweep.diffusion.inputs import images_tensor, to_pil
+from editsweep.diffusion.memory import MemoryOptions, apply_memory_options
 from editsweep.methods.base import Method, State, get_method_class
+
+if TYPE_CHECKING:
+    from editsweep.diffusion.backbone import Backbone
+    from editsweep.diffusion.flow import FlowBackbone
 
 PIXEL_TOLERANCE = 1e-3
 """How far outside [0, 1] an edit's pixels may be (rounding of a decoder) before it is a contract
@@ -179,8 +184,8 @@ class SweepWorker:
         use_cuda = self.spec.device == "cuda" or (self.spec.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda" if use_cuda else "cpu")
         first = self.spec.backbones[backbone_index % len(self.spec.backbones)]
-        self.backbone = load_backbone(first.name, self.device, first.dtype)
-        self.backbone_key = (first.name, first.dtype)
+        self.backbone_key = self._backbone_key((first.name, first.dtype))
+        self.backbone = self._load_backbone(self.backbone_key)
         self.scorers = [get_scorer_class(n)(p or {}, self.device) for n, p in self.spec.metrics.items()]
         # Keyed by instance (name, params): two entries of one dataset each load their own samples.
         self.datasets = {(d.name, d.params_json()): get_dataset_class(d.name)(d.params) for d in self.spec.datasets}
@@ -212,18 +217,35 @@ class SweepWorker:
     def info(self) -> dict[str, Any]:
         """Who this worker is, which backbone it holds, and how long it took to load its models."""
         return dict(
-            worker=self.name, device=self.device_name, backbone=self.backbone_key[0], init_seconds=self.init_seconds
+            worker=self.name,
+            device=self.device_name,
+            backbone=self.backbone_key[0],
+            memory=self.backbone_key[2].as_dict(),
+            init_seconds=self.init_seconds,
         )
 
-    def _use_backbone(self, key: tuple[str, str], report: UnitReport) -> None:
+    def _backbone_key(self, backbone: tuple[str, str]) -> tuple[str, str, MemoryOptions]:
+        """What a loaded backbone is: (name, dtype) as units name it, and the memory options its
+        spec entry gives (diffusion/memory.py), which the spec fixes per (name, dtype)."""
+        entry = next(b for b in self.spec.backbones if (b.name, b.dtype) == backbone)
+        return (*backbone, entry.memory())
+
+    def _load_backbone(self, key: tuple[str, str, MemoryOptions]) -> Backbone | FlowBackbone:
+        """The backbone loaded on this worker's device and laid out as its memory options say."""
+        backbone = load_backbone(key[0], self.device, key[1])
+        apply_memory_options(backbone, key[2])
+        return backbone
+
+    def _use_backbone(self, backbone: tuple[str, str], report: UnitReport) -> None:
         """Load the unit's backbone if it is not the one held (the driver keeps this rare)."""
+        key = self._backbone_key(backbone)
         if key == self.backbone_key:
             return
         t0 = time.perf_counter()
         self.backbone = None  # free the old weights before loading the new ones
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        self.backbone = load_backbone(key[0], self.device, key[1])
+        self.backbone = self._load_backbone(key)
         self.backbone_key = key
         report.backbone_loads += 1
         report.seconds["load"] += time.perf_counter() - t0

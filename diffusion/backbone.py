@@ -134,15 +134,16 @@ class Backbone:
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP text embeddings (B, 77, D) of the prompts, padded to the model's max length."""
+        """CLIP text embeddings (B, 77, D) of the prompts, padded to the model's max length, on the
+        device (computed where the text encoder is: the CPU when offloaded, diffusion/memory.py)."""
         ids = self.tokenizer(
             prompts,
             padding="max_length",
             max_length=self.tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0].to(self.dtype)
+        ).input_ids.to(self.text_encoder.device)
+        return self.text_encoder(ids)[0].to(self.device, self.dtype)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -163,13 +163,14 @@ class FlowBackbone:
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> FlowText:
-        """The pipeline's own prompt encoding: CLIP (pooled) and T5 token embeddings."""
-        kw = dict(device=self.device, max_sequence_length=self.max_sequence_length)
+        """The pipeline's own prompt encoding: CLIP (pooled) and T5 token embeddings, on the device
+        (computed where the text encoders are: the CPU when offloaded, diffusion/memory.py)."""
+        kw = dict(device=self.pipe.text_encoder.device, max_sequence_length=self.max_sequence_length)
         if self.family == "sd3":
             embeds, _, pooled, _ = self.pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False, **kw)
         else:
             embeds, pooled, _ = self.pipe.encode_prompt(prompts, None, **kw)
-        return FlowText(embeds.to(self.dtype), pooled.to(self.dtype))
+        return FlowText(embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype))
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

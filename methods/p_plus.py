@@ -108,14 +108,15 @@ def sample_words(samples: Sequence[Sample], configured: str | None) -> list[str]
 
 
 def token_ids(backbone: Backbone, prompts: Sequence[str]) -> torch.Tensor:
-    """(N, 77) token ids, padded as `Backbone.encode_text` pads."""
+    """(N, 77) token ids, padded as `Backbone.encode_text` pads, where the text encoder is (the CPU
+    when it is offloaded, diffusion/memory.py)."""
     return backbone.tokenizer(
         list(prompts),
         padding="max_length",
         max_length=backbone.tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
-    ).input_ids.to(backbone.device)
+    ).input_ids.to(backbone.text_encoder.device)
 
 
 def layer_states(backbone: Backbone, prompts: Sequence[str], tokens: torch.Tensor, token: int) -> torch.Tensor:
@@ -126,8 +127,8 @@ def layer_states(backbone: Backbone, prompts: Sequence[str], tokens: torch.Tenso
     layers = len(cross_attention_layers(backbone.unet))
     ids = token_ids(backbone, prompts).repeat_interleave(variants, dim=0)
     with inserted_token(backbone.text_encoder, token) as holder:
-        holder.vectors = tokens.flatten(0, 1)
-        states = backbone.text_encoder(ids)[0].float()
+        holder.vectors = tokens.flatten(0, 1).to(ids.device)
+        states = backbone.text_encoder(ids)[0].float().to(backbone.device)
     return states.view(batch, variants, *states.shape[1:]).expand(batch, layers, *states.shape[1:])
 
 

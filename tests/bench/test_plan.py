@@ -161,3 +161,12 @@ def test_tasks_are_slotted_and_their_keys_are_computed_once():
     # Tasks of one group share one group-key string object, and the interned parameter strings.
     groups = group_tasks(tasks)
     assert all(t.group_key is g.tasks[0].group_key and t.invert_params is g.tasks[0].invert_params for g in groups for t in g.tasks)
+
+
+def test_memory_options_do_not_change_task_keys():
+    """Offload and slicing change where the model computes, not what (tests/diffusion/test_memory.py)."""
+    raw = {"name": "m", "datasets": [{"name": "synthetic", "params": {"n": 2}}], "methods": [{"name": "ddim_edit"}]}
+    memory = {"name": "tiny", "offload_text_encoders": True, "attention_slicing": "auto", "vae_slicing": True}
+    plain, _ = plan(load_spec(raw))
+    sliced, _ = plan(load_spec({**raw, "backbone": memory}))
+    assert [t.task_key for t in sliced] == [t.task_key for t in plain]

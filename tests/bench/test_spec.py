@@ -258,3 +258,30 @@ def test_non_finite_parameters_are_refused_since_json_cannot_hold_them():
     bad = minimal(methods=[{"name": "null_text", "invert": {"epsilon": [1e-5, float("inf")]}}])
     with pytest.raises(SpecError, match=r"methods\[0\]\.invert\.epsilon: inf is not a finite number"):
         load_spec(bad)
+
+
+# --- issue 15, item 1: memory options of big backbones (diffusion/memory.py) ---
+
+
+def test_memory_options_validate_with_the_key_path():
+    memory = {"name": "tiny", "offload_text_encoders": True, "attention_slicing": "max"}
+    b = load_spec(minimal(backbone=memory)).backbone
+    assert (b.offload_text_encoders, b.attention_slicing, b.vae_slicing) == (True, "max", False)
+    assert load_spec(minimal(backbone={"name": "tiny", "attention_slicing": 2})).backbone.attention_slicing == 2
+    for bad in (0, "half", True):
+        with pytest.raises(SpecError, match=r"backbone\.(BackboneSpec\.)?attention_slicing: .*'auto', 'max', a number"):
+            load_spec(minimal(backbone={"name": "tiny", "attention_slicing": bad}))
+    with pytest.raises(SpecError, match=r"backbone\.(BackboneSpec\.)?vae_tiling: Extra inputs"):
+        load_spec(minimal(backbone={"name": "tiny", "vae_tiling": True}))
+
+
+def test_attention_slicing_is_refused_for_flow_backbones_naming_the_entry():
+    flow = [{"name": "flow_inversion", "invert": {"steps": 2}}]
+    memory = {"name": "tiny-flux", "offload_text_encoders": True, "vae_slicing": True}
+    assert load_spec(minimal(methods=flow, backbone=memory)).backbone.memory().any
+    refused = r"backbone\.attention_slicing: diffusers offers no attention slicing for 'flux'.*FluxTransformer2DModel"
+    with pytest.raises(SpecError, match=refused):
+        load_spec(minimal(methods=flow, backbone={"name": "tiny-flux", "attention_slicing": "auto"}))
+    both = [{"name": "tiny-flux"}, {"name": "tiny-sd3", "attention_slicing": "auto"}]
+    with pytest.raises(SpecError, match=r"backbone\[1\]\.attention_slicing: .*'sd3'"):
+        load_spec(minimal(methods=flow, backbone=both))

@@ -374,3 +374,20 @@ def test_check_edit_output_clamps_within_tolerance_and_keeps_nan_for_its_image()
     out = check_edit_output("m", [first, torch.full((2, 3, 4, 4), -0.0009)], n_points=2, batch=2, size=(4, 4))
     assert out.shape == (4, 3, 4, 4) and torch.isnan(out[1]).all()
     assert (out[0] == 1).all() and (out[2:] == 0).all()
+
+
+def test_the_worker_lays_out_its_backbone_by_the_memory_options(make_spec, tmp_path, plugin):
+    """The options of the backbone's spec entry are applied after loading and are part of what the
+    worker holds (a unit of another entry reloads); the info that goes to the manifest records them."""
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    memory = {"name": "tiny", "attention_slicing": "auto", "vae_slicing": True, "offload_text_encoders": True}
+    spec = make_spec([{"name": "counting_ddim", "invert": {"steps": 2}}], n=1, backbone=memory)
+    worker = SweepWorker(spec, str(tmp_path), "run-test")
+    assert all(isinstance(p, SlicedAttnProcessor) for p in worker.backbone.unet.attn_processors.values())
+    assert worker.backbone.vae.use_slicing
+    assert worker.info()["memory"] == {"offload_text_encoders": True, "attention_slicing": "auto", "vae_slicing": True}
+    assert worker.backbone_key == ("tiny", "float32", spec.backbone.memory())
+    _, units = plan(spec)
+    reports = [worker.process(u) for u in units]
+    assert all(r["status"] == "ok" for rep in reports for r in rep.rows) and sum(r.backbone_loads for r in reports) == 0
