@@ -113,8 +113,9 @@ def unet_epsilon(
     hw = tuple(latents.shape[-2:])
     states, added = backbone.unet_text(embeddings.to(unet_dtype), hw)
     kwargs = None if values is None else {"value_states": backbone.unet_text(values.to(unet_dtype), hw)[0]}
+    extra = {} if added is None else {"added_cond_kwargs": added}
     out = backbone.unet(
-        latents.to(unet_dtype), t, encoder_hidden_states=states, cross_attention_kwargs=kwargs, added_cond_kwargs=added
+        latents.to(unet_dtype), t, encoder_hidden_states=states, cross_attention_kwargs=kwargs, **extra
     ).sample.float()
     return to_epsilon(backbone, out, latents, alpha)
 

@@ -44,4 +44,4 @@ def test_unknown_family_fails_only_the_refusing_methods_tasks_at_load(flux_in_th
     rows = store.read_results().set_index("method")
     assert rows.loc["flowedit", "status"] == "ok"
     assert rows.loc["sdedit", "status"] == "error"
-    assert "sdedit runs on backbone families sd, not 'flux'" in rows.loc["sdedit", "error"]
+    assert "sdedit runs on backbone families sd, sdxl, not 'flux'" in rows.loc["sdedit", "error"]
