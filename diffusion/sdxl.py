@@ -101,7 +101,8 @@ class SDXLBackbone(Backbone):
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """(B, 78, D): the pipeline's token embeddings and, as the last token, its pooled embedding
         zero-padded to D; zeros for "" under `force_zeros_for_empty_prompt`."""
-        embeds, _, pooled, _ = self.pipe.encode_prompt(list(prompts), device=self.device, do_classifier_free_guidance=False)
+        encoded = self.pipe.encode_prompt(list(prompts), device=self.device, do_classifier_free_guidance=False)
+        embeds, pooled = encoded[0], encoded[2]
         pooled = torch.nn.functional.pad(pooled, (0, embeds.shape[-1] - pooled.shape[-1]))
         packed = torch.cat([embeds, pooled[:, None].to(embeds.dtype)], dim=1)
         if self.force_zeros_for_empty_prompt:
@@ -186,11 +187,11 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> DiffusionPipeline:
         raise BackboneLoadError(f"StableDiffusionXLPipeline: {_missing_message(source, False)}\ncause: {err}") from err
 
 
-def _clip(hidden: int, layers: int, heads: int, act: str, projection: bool) -> CLIPTextModel:
+def _clip(hidden: int, mlp: int, layers: int, heads: int, act: str, projection: bool) -> CLIPTextModel:
     config = CLIPTextConfig(
         vocab_size=49408,
         hidden_size=hidden,
-        intermediate_size=4 * hidden if hidden > 32 else 64,
+        intermediate_size=mlp,
         projection_dim=hidden,
         num_attention_heads=heads,
         num_hidden_layers=layers,
@@ -241,8 +242,8 @@ def _build_tiny(seed: int, unet_in_channels: int = 4) -> tuple:
             norm_num_groups=32,
         )
         vae = _vae((32, 32, 64, 64), 1, 64)
-        text_encoder = _clip(32, 2, 4, "quick_gelu", projection=False)
-        text_encoder_2 = _clip(pooled, 2, 4, "gelu", projection=True)
+        text_encoder = _clip(32, 64, 2, 4, "quick_gelu", projection=False)
+        text_encoder_2 = _clip(pooled, 64, 2, 4, "gelu", projection=True)
     _condition(unet, vae, seed)
     tok = clip_bpe_tokenizer()
     return unet, vae, text_encoder, text_encoder_2, tok, tok, DDIMScheduler(**SD_SCHEDULER)
@@ -272,7 +273,7 @@ def _build_arch(seed: int, device: torch.device, dtype: torch.dtype) -> tuple:
             projection_class_embeddings_input_dim=2816,
         )
         vae = _vae((128, 256, 512, 512), 2, 1024)
-        text_encoder = _clip(768, 12, 12, "quick_gelu", projection=False)
-        text_encoder_2 = _clip(1280, 32, 20, "gelu", projection=True)
+        text_encoder = _clip(768, 3072, 12, 12, "quick_gelu", projection=False)  # CLIP ViT-L/14
+        text_encoder_2 = _clip(1280, 5120, 32, 20, "gelu", projection=True)  # OpenCLIP ViT-bigG/14
     tok = clip_bpe_tokenizer()
     return unet, vae, text_encoder, text_encoder_2, tok, tok, DDIMScheduler(**SD_SCHEDULER)

@@ -119,7 +119,8 @@ class InstructPix2Pix(Method):
     def _use_instead(cls) -> str:
         return (
             f"it needs an instruction model's UNet ({UNET_IN_CHANNELS} input channels: latent and image latent); "
-            f"use {cls.released_weights!r}, a local diffusers folder of such a model, or the offline {cls.offline_preset!r}"
+            f"use {cls.released_weights!r}, a local diffusers folder of such a model, "
+            f"or the offline {cls.offline_preset!r}"
         )
 
     def invert(

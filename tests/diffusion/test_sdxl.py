@@ -128,3 +128,17 @@ def test_full_size_architecture_preset_matches_sdxl_base():
     assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
     assert sum(p.numel() for p in text_encoder_2.parameters()) == 694_659_840
     assert unet.dtype == text_encoder.dtype == torch.bfloat16 and unet.config.cross_attention_dim == 2048
+
+
+def test_an_unknown_hub_id_is_loaded_by_the_family_its_model_index_names(monkeypatch, tmp_path):
+    """Offline, with only model_index.json in the cache: the SDXL loader runs and says what is missing."""
+    snapshot = tmp_path / "models--someone--my-sdxl" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    (tmp_path / "models--someone--my-sdxl" / "refs").mkdir()
+    (tmp_path / "models--someone--my-sdxl" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert family_of("someone/my-sdxl") is None  # not known at validation
+    with pytest.raises(BackboneLoadError, match=r"StableDiffusionXLPipeline: .*someone/my-sdxl"):
+        load_backbone("someone/my-sdxl")
