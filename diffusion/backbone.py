@@ -10,6 +10,8 @@ tested without downloading anything:
   input image's latent), for the instruction-editing methods (methods/instruct_pix2pix.py);
 - `tiny-inpaint`: `tiny` with an inpainting UNet (9 input channels: the noisy latent, the mask and
   the masked image's latent), for the inpainting editor (methods/inpaint.py);
+- `tiny-sdxl`, `tiny-sdxl-ip2p`, `sdxl-arch`: SDXL (diffusion/sdxl.py), loaded as an `SDXLBackbone`, as
+  are SDXL Hub ids and folders;
 - `tiny-sd3`, `tiny-flux`: small flow-matching backbones (diffusion/flow.py), loaded as a
   `FlowBackbone`, as are SD3 and FLUX Hub ids and folders (`family_of`); `sd3-arch`, `flux-arch`:
   their full-size architectures (SD3-medium, FLUX.1-dev), for speed measurements on a GPU;
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 # seeded random weights
 PRESETS = ("tiny", "sd-v1-arch", "tiny-ip2p", "tiny-inpaint", "tiny-sd3", "tiny-flux", "sd3-arch", "flux-arch")
 PRESETS += ("tiny-qwen-image", "qwen-image-arch")  # diffusion/qwen_image.py
+PRESETS += ("tiny-sdxl", "tiny-sdxl-ip2p", "sdxl-arch")  # diffusion/sdxl.py
 TRAINED_PRESETS = ("toy",)  # weights shipped in the package (toy/weights/)
 TOY_WEIGHTS_PREFIX = "toy:"
 # UNet input channels of backbones known before loading: 4 for text-to-image Stable Diffusion, 8 for
@@ -72,6 +75,11 @@ KNOWN_UNET_IN_CHANNELS = {
     "runwayml/stable-diffusion-inpainting": 9,
     "stable-diffusion-v1-5/stable-diffusion-inpainting": 9,
     "stabilityai/stable-diffusion-2-inpainting": 9,
+    "tiny-sdxl": 4,
+    "sdxl-arch": 4,
+    "stabilityai/stable-diffusion-xl-base-1.0": 4,
+    "tiny-sdxl-ip2p": 8,
+    "diffusers/sdxl-instructpix2pix-768": 8,
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -145,16 +153,24 @@ class Backbone:
         ).input_ids.to(self.text_encoder.device)
         return self.text_encoder(ids)[0].to(self.device, self.dtype)
 
+    def unet_text(
+        self, embeddings: torch.Tensor, latent_hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """What the UNet takes from `encode_text`'s tensor: its `encoder_hidden_states` and
+        `added_cond_kwargs` (SD: the tensor itself, none; SDXL unpacks it, diffusion/sdxl.py)."""
+        return embeddings, None
+
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Latents (B, 4, h, w) of images (B, 3, H, W) in [0, 1]: the posterior mean, scaled."""
-        x = images.to(self.device, self.dtype) * 2 - 1
-        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+        """Latents (B, 4, h, w) of images (B, 3, H, W) in [0, 1]: the posterior mean, scaled. The VAE
+        runs in its own dtype (SDXL's stays float32 in a float16 backbone)."""
+        x = images.to(self.device, self.vae.dtype) * 2 - 1
+        return (self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor).to(self.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1], float32, from scaled latents."""
-        x = self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample
+        x = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return ((x.float() + 1) / 2).clamp(0, 1)
 
 
@@ -211,16 +227,19 @@ def require_unet(backbone: Backbone, method: str, in_channels: int, use_instead:
 
 
 def family_of(name: str) -> str | None:
-    """The model family ('sd', 'sd3', 'flux', 'qwen-image') of a backbone as a spec names it, without loading it:
+    """The model family ('sd', 'sdxl', 'sd3', 'flux', 'qwen-image') of a backbone as a spec names it, without loading it:
     presets by name, a local folder by its model_index.json, a Hub id from the known ids; None when
     unknown (`load_backbone` then reads the Hub id's model_index.json; failing that, it loads it as
     Stable Diffusion 1.x/2.x)."""
     from editsweep.diffusion.flow import FLOW_PRESETS, KNOWN_FLOW_IDS, folder_family
     from editsweep.diffusion.qwen_image import FAMILY as QWEN_IMAGE, KNOWN_IDS as KNOWN_QWEN_IDS
     from editsweep.diffusion.qwen_image import PRESETS as QWEN_PRESETS
+    from editsweep.diffusion.sdxl import KNOWN_SDXL_IDS, SDXL_PRESETS
 
     if name in QWEN_PRESETS or name in KNOWN_QWEN_IDS:
         return QWEN_IMAGE
+    if name in SDXL_PRESETS or name in KNOWN_SDXL_IDS:
+        return "sdxl"
     if name in FLOW_PRESETS:
         return FLOW_PRESETS[name]
     if name in PRESETS or name in TRAINED_PRESETS or name in KNOWN_UNET_IN_CHANNELS:
@@ -234,8 +253,9 @@ def load_backbone(
     name: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", seed: int = 0
 ) -> Backbone | FlowBackbone | QwenImageBackbone:
     """A backbone from a preset name, a local diffusers folder, or a Hugging Face Hub id: a
-    `FlowBackbone` for the SD3 and FLUX families (diffusion/flow.py), a `QwenImageBackbone` for
-    Qwen-Image-Edit (diffusion/qwen_image.py), else a `Backbone`."""
+    `FlowBackbone` for the SD3 and FLUX families (diffusion/flow.py), an `SDXLBackbone` for SDXL
+    (diffusion/sdxl.py), a `QwenImageBackbone` for Qwen-Image-Edit (diffusion/qwen_image.py), else a
+    `Backbone`."""
     device = torch.device(device)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     family = family_of(name)
@@ -251,6 +271,10 @@ def load_backbone(
         from editsweep.diffusion.qwen_image import load_qwen_image_backbone
 
         return load_qwen_image_backbone(name, device, dtype, seed)
+    if family == "sdxl":
+        from editsweep.diffusion.sdxl import load_sdxl_backbone
+
+        return load_sdxl_backbone(name, device, dtype, seed)
     source = ""
     if name == "toy":
         parts, source = _load_toy()

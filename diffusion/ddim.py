@@ -107,11 +107,15 @@ def unet_epsilon(
     values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One UNet call, row by row (no guidance): its float32 noise prediction, as epsilon. `values`
-    as in `predict_noise` (one per row)."""
+    as in `predict_noise` (one per row). The text goes through `Backbone.unet_text` (SDXL's pooled and
+    size conditioning, diffusion/sdxl.py)."""
     unet_dtype = backbone.unet.dtype
-    kwargs = None if values is None else {"value_states": values.to(unet_dtype)}
+    hw = tuple(latents.shape[-2:])
+    states, added = backbone.unet_text(embeddings.to(unet_dtype), hw)
+    kwargs = None if values is None else {"value_states": backbone.unet_text(values.to(unet_dtype), hw)[0]}
+    extra = {} if added is None else {"added_cond_kwargs": added}
     out = backbone.unet(
-        latents.to(unet_dtype), t, encoder_hidden_states=embeddings.to(unet_dtype), cross_attention_kwargs=kwargs
+        latents.to(unet_dtype), t, encoder_hidden_states=states, cross_attention_kwargs=kwargs, **extra
     ).sample.float()
     return to_epsilon(backbone, out, latents, alpha)
 

@@ -67,7 +67,7 @@ KNOWN_FLOW_IDS = {
     "black-forest-labs/FLUX.1-Kontext-dev": "flux",  # FluxKontextPipeline: a FLUX.1-dev-shaped transformer
 }
 # model_index.json `_class_name` prefix -> family, for local folders.
-PIPELINE_FAMILIES = {"StableDiffusion3": "sd3", "Flux": "flux"}
+PIPELINE_FAMILIES = {"StableDiffusion3": "sd3", "Flux": "flux", "StableDiffusionXL": "sdxl"}
 PIPELINE_FAMILIES["QwenImageEditPipeline"] = "qwen-image"  # not QwenImageEditPlusPipeline (diffusion/qwen_image.py)
 PIPELINES = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}
 # The T5 prompt length each family's pipeline uses by default (FLUX.1-schnell was trained with 256);
@@ -76,7 +76,7 @@ MAX_SEQUENCE_LENGTH = {"sd3": 256, "flux": 512, "tiny": 32}
 
 
 def folder_family(folder: Path) -> str | None:
-    """The family ('sd', 'sd3', 'flux', 'qwen-image') of a local diffusers folder by its model_index.json, or None."""
+    """The family ('sd', 'sdxl', 'sd3', 'flux', 'qwen-image') of a local diffusers folder by its model_index.json, or None."""
     index = folder / "model_index.json"
     if not index.exists():
         return None

@@ -28,8 +28,8 @@ UNET_IN_CHANNELS = 8  # the noisy latent (4) and the image latent (4)
 def image_conditioning(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
     """The image latents c_I (B, 4, h, w) of images (B, 3, H, W) in [0, 1]: the VAE posterior's
     mode, unscaled, as the pipeline's `prepare_image_latents` (`sample_mode="argmax"`)."""
-    x = images.to(backbone.device, backbone.dtype) * 2 - 1
-    return backbone.vae.encode(x).latent_dist.mode()
+    x = images.to(backbone.device, backbone.vae.dtype) * 2 - 1
+    return backbone.vae.encode(x).latent_dist.mode().to(backbone.dtype)
 
 
 def predict_noise_ip2p(

@@ -94,6 +94,7 @@ class BlendedLatentDiffusion(EncodesInput):
     """Noise, denoise with the target prompt, keep the input's noised latent outside the mask."""
 
     name = "blended_latent"
+    families = ("sd", "sdxl")  # the UNet only through diffusion/ddim.py's unet_epsilon (SDXL: diffusion/sdxl.py)
     InvertParams = BlendedInvertParams
     EditParams = BlendedEditParams
 

@@ -17,7 +17,7 @@ class Copy(Method):
     """Output = input: LPIPS 0, PSNR infinite, and the CLIP-T of doing nothing."""
 
     name = "copy"
-    families = ("sd", "sd3", "flux", "qwen-image")  # uses only what every backbone has
+    families = ("sd", "sd3", "flux", "sdxl", "qwen-image")  # uses only what every backbone has
 
     def invert(
         self,

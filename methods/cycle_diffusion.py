@@ -64,6 +64,7 @@ class CycleDiffusion(Method):
     """The latent code of the input under the source prompt, decoded under the target prompt."""
 
     name = "cycle_diffusion"
+    families = ("sd", "sdxl")  # the UNet only through diffusion/ddim.py's unet_epsilon (SDXL: diffusion/sdxl.py)
     InvertParams = CycleInvertParams
     EditParams = CycleEditParams
 

@@ -41,6 +41,7 @@ class DDIMEdit(Method):
     """DDIM inversion (source prompt) then DDIM sampling (target prompt), no attention control."""
 
     name = "ddim_edit"
+    families = ("sd", "sdxl")  # the UNet only through diffusion/ddim.py's unet_epsilon (SDXL: diffusion/sdxl.py)
     InvertParams = DDIMInvertParams
     EditParams = DDIMEditParams
 

@@ -18,6 +18,7 @@ class DDIMP2P(InversionEditorPair):
     """DDIM inversion (guidance 1) and P2P editing with a null unconditional embedding."""
 
     name = "ddim_p2p"
+    families = ("sd", "sdxl")  # the UNet only through diffusion/ddim.py's unet_epsilon (SDXL: diffusion/sdxl.py)
     inversion = "ddim"
     editor = "p2p"
     InvertParams = DDIMParams

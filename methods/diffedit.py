@@ -61,6 +61,7 @@ class DiffEdit(Method):
     """Mask from noise-prediction differences, unconditional DDIM encoding, mask-guided decoding."""
 
     name = "diffedit"
+    families = ("sd", "sdxl")  # the UNet only through diffusion/ddim.py's unet_epsilon (SDXL: diffusion/sdxl.py)
     InvertParams = DiffEditInvertParams
     EditParams = DiffEditEditParams
 

@@ -18,6 +18,7 @@ class DirectInversion(InversionEditorPair):
     """DDIM inversion, then P2P with the source branch pinned to the inversion trajectory."""
 
     name = "direct_inversion"
+    families = ("sd", "sdxl")  # the UNet only through diffusion/ddim.py's unet_epsilon (SDXL: diffusion/sdxl.py)
     inversion = "direct"
     editor = "p2p"
     InvertParams = DDIMParams

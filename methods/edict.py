@@ -28,6 +28,7 @@ class EDICT(InversionEditorPair):
     """EDICT inversion, then coupled sampling under the target prompt."""
 
     name = "edict"
+    families = ("sd", "sdxl")  # the UNet only through diffusion/ddim.py's unet_epsilon (SDXL: diffusion/sdxl.py)
     inversion = "edict"
     editor = "plain"
     InvertParams = EDICTParams

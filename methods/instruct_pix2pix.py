@@ -15,6 +15,15 @@ present, else a template filled from the prompts (diffusion/instructions.py).
 The two are separate registered methods, not one method run on two backbones, so that rows and
 leaderboards name the model that made them: each refuses the other's released weights, and both
 refuse backbones known to be text-to-image models (4 UNet input channels).
+
+`instruct_pix2pix_sdxl`: the same sampler on SDXL (family `sdxl`, diffusion/sdxl.py), for diffusers'
+InstructPix2Pix SDXL model (`diffusers/sdxl-instructpix2pix-768`, trained by the diffusers team on
+InstructPix2Pix's data at 768 px) or the offline `tiny-sdxl-ip2p`. A separate method because it is a
+different model with other defaults: `StableDiffusionXLInstructPix2PixPipeline`'s text guidance 5.0
+(image guidance 1.5, 100 steps), and rows name it. It equals that pipeline with DDIM
+(tests/diffusion/test_instruct_pix2pix.py): image latents unscaled, the unconditional text zeros
+(`force_zeros_for_empty_prompt`), pooled and size conditioning as the backbone packs them. Not
+handled: CosXL Edit checkpoints (`is_cosxl_edit`, scaled image latents).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from editsweep.diffusion.instructions import InstructionParams, instruction
 from editsweep.methods.base import Method, Params, State, register_method
 
 INSTRUCT_PIX2PIX_WEIGHTS = "timbrooks/instruct-pix2pix"
+INSTRUCT_PIX2PIX_SDXL_WEIGHTS = "diffusers/sdxl-instructpix2pix-768"
 MAGICBRUSH_WEIGHTS = "vinesmsuic/magicbrush-jul7"  # MagicBrush's diffusers conversion (unverified here)
 
 
@@ -52,6 +62,7 @@ class InstructPix2Pix(Method):
     name = "instruct_pix2pix"
     EditParams = InstructPix2PixParams
     released_weights: ClassVar[str] = INSTRUCT_PIX2PIX_WEIGHTS
+    offline_preset: ClassVar[str] = "tiny-ip2p"
 
     @classmethod
     def refuse_backbone(cls, backbone: str) -> str | None:
@@ -69,7 +80,8 @@ class InstructPix2Pix(Method):
     def _use_instead(cls) -> str:
         return (
             f"it needs an instruction model's UNet ({UNET_IN_CHANNELS} input channels: latent and image latent); "
-            f"use {cls.released_weights!r}, a local diffusers folder of such a model, or the offline 'tiny-ip2p'"
+            f"use {cls.released_weights!r}, a local diffusers folder of such a model, "
+            f"or the offline {cls.offline_preset!r}"
         )
 
     def invert(
@@ -126,3 +138,20 @@ class MagicBrush(InstructPix2Pix):
 
     name = "magicbrush"
     released_weights = MAGICBRUSH_WEIGHTS
+
+
+class InstructPix2PixSDXLParams(InstructPix2PixParams):
+    """InstructPix2PixParams with `StableDiffusionXLInstructPix2PixPipeline`'s text guidance."""
+
+    guidance: float = Field(5.0, ge=0, le=100, description="text guidance s_T (the SDXL pipeline's 5.0)")
+
+
+@register_method
+class InstructPix2PixSDXL(InstructPix2Pix):
+    """InstructPix2Pix's sampler on an SDXL instruction model (module docstring)."""
+
+    name = "instruct_pix2pix_sdxl"
+    EditParams = InstructPix2PixSDXLParams
+    families = ("sdxl",)
+    released_weights = INSTRUCT_PIX2PIX_SDXL_WEIGHTS
+    offline_preset = "tiny-sdxl-ip2p"

@@ -18,6 +18,7 @@ class NegativePromptInversion(InversionEditorPair):
     """DDIM inversion, then P2P with the source prompt as the negative (unconditional) prompt."""
 
     name = "negative_prompt"
+    families = ("sd", "sdxl")  # the UNet only through diffusion/ddim.py's unet_epsilon (SDXL: diffusion/sdxl.py)
     inversion = "negative_prompt"
     editor = "p2p"
     InvertParams = DDIMParams

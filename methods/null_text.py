@@ -18,6 +18,7 @@ class NullTextInversion(InversionEditorPair):
     """Null-text inversion, then P2P editing with the tuned per-step null embeddings."""
 
     name = "null_text"
+    families = ("sd", "sdxl")  # the UNet only through diffusion/ddim.py's unet_epsilon (SDXL: diffusion/sdxl.py)
     inversion = "null_text"
     editor = "p2p"
     InvertParams = NullTextParams

@@ -92,7 +92,7 @@ class Precomputed(Method):
     """Returns the images found in `folder`, one per (sample, seed), for every edit point."""
 
     name = "precomputed"
-    families = ("sd", "sd3", "flux", "qwen-image")  # uses only what every backbone has
+    families = ("sd", "sd3", "flux", "sdxl", "qwen-image")  # uses only what every backbone has
     InvertParams = PrecomputedInvertParams
 
     def invert(

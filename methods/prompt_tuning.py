@@ -111,6 +111,7 @@ class PromptTuning(Method):
     """Prompt Tuning Inversion: per-step tuned conditional embeddings, interpolated with the target."""
 
     name = "prompt_tuning"
+    families = ("sd", "sdxl")  # the UNet only through diffusion/ddim.py's unet_epsilon (SDXL: diffusion/sdxl.py)
     InvertParams = PTIInvertParams
     EditParams = PTIEditParams
 

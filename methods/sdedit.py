@@ -31,6 +31,7 @@ class SDEdit(EncodesInput):
     """Partial noising then guided DDIM denoising towards the target prompt."""
 
     name = "sdedit"
+    families = ("sd", "sdxl")  # the UNet only through diffusion/ddim.py's unet_epsilon (SDXL: diffusion/sdxl.py)
     EditParams = SDEditParams
 
     def edit(

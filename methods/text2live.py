@@ -270,7 +270,7 @@ class Text2Live(Method):
     """A per-image RGBA edit layer trained with CLIP losses, composited on the input."""
 
     name = "text2live"
-    families = ("sd", "sd3", "flux", "qwen-image")  # uses only the backbone's device: no diffusion model at all
+    families = ("sd", "sd3", "flux", "sdxl", "qwen-image")  # uses only the backbone's device: no diffusion model at all
     InvertParams = Text2LiveParams
     EditParams = Text2LiveEditParams
 

@@ -21,7 +21,7 @@ class VaeRoundtrip(EncodesInput):
     """Output = the backbone VAE's reconstruction of the input (encode, then decode)."""
 
     name = "vae_roundtrip"
-    families = ("sd", "sd3", "flux", "qwen-image")  # uses only what every backbone has
+    families = ("sd", "sd3", "flux", "sdxl", "qwen-image")  # uses only what every backbone has
 
     def edit(
         self,

@@ -53,7 +53,7 @@ def test_unknown_family_fails_only_the_refusing_methods_tasks_at_load(flux_in_th
     rows = results[results["method"] != "invert_edit"].set_index("method")
     assert rows.loc["flowedit", "status"] == "ok"
     assert rows.loc["sdedit", "status"] == "error"
-    assert "sdedit runs on backbone families sd, not 'flux'" in rows.loc["sdedit", "error"]
+    assert "sdedit runs on backbone families sd, sdxl, not 'flux'" in rows.loc["sdedit", "error"]
     # an inversion x editor pair: only the pair whose inversion is of another family fails
     assert pairs.loc["flow", "status"] == "ok"
     assert pairs.loc["ddim", "status"] == "error"

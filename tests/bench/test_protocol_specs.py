@@ -215,3 +215,10 @@ def test_pie_bench_instruction_editors_spec_plans_one_group_per_image(tmp_path, 
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "  flux_kontext: 12 tasks, 3 groups" in out, out
+
+
+def test_pie_bench_instruct_pix2pix_sdxl_spec_plans_one_group_per_image(tmp_path, capsys):
+    """InstructPix2Pix on SDXL: text x image guidance (2 x 5 points) in one group per image."""
+    path = with_root("pie-bench-instruct-pix2pix-sdxl.yaml", pie_folder(tmp_path / "pie", 3), tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
+    assert "  instruct_pix2pix_sdxl: 30 tasks, 3 groups" in capsys.readouterr().out

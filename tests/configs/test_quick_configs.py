@@ -37,7 +37,7 @@ def test_quick_spec_runs_offline(path, tmp_path):
     assert rows["status"].eq("ok").all(), rows["error"].dropna().unique().tolist()
     assert rows["scores"].map(lambda s: "lpips" in s and "clip_t" in s).all()
     assert rows["random_weights"].all()  # and every row says so, with each model's source:
-    assert rows["weights"].str.contains(r"backbone=tiny(?:-ip2p|-inpaint|-sd3|-flux|-qwen-image)?:random").all()
+    assert rows["weights"].str.contains(r"backbone=tiny(?:-ip2p|-inpaint|-sd3|-flux|-sdxl|-sdxl-ip2p|-qwen-image)?:random").all()
     if path.stem == "style-diffusion":
         styled = rows[rows["method"] == "style_diffusion"]
         assert styled["weights"].str.contains("image_encoder=tiny:random").all()
@@ -52,3 +52,13 @@ def test_quick_spec_runs_offline(path, tmp_path):
         assert rows["weights"].str.contains("cyclenet=tiny:random").all()
     if path.stem == "blended-diffusion":
         assert rows["weights"].str.contains("guidance_clip=tiny-clip:random").all()
+
+
+def test_every_method_declared_for_sdxl_runs_in_an_sdxl_quick_spec():
+    """Issue 15's acceptance: each method declaring the `sdxl` family is in a quick spec on tiny-sdxl
+    or tiny-sdxl-ip2p (precomputed and text2live use no diffusion model: their own tests cover them)."""
+    from editsweep.methods.base import METHODS
+
+    declared = {name for name in METHODS if "sdxl" in METHODS[name].families} - {"precomputed", "text2live"}
+    quick = {m.name for p in QUICK if "sdxl" in p.stem for m in load_spec(p).methods}
+    assert declared and declared <= quick, sorted(declared - quick)

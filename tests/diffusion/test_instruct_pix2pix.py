@@ -95,3 +95,34 @@ def test_unit_scales_are_the_text_and_image_branch_alone(backbone, inputs):
     shortcut = predict_noise_ip2p(backbone, noise, t, conditioning, cond, uncond, one, one)
     near_one = predict_noise_ip2p(backbone, noise, t, conditioning, cond, uncond, one, one + 1e-7)
     torch.testing.assert_close(shortcut, near_one, rtol=0, atol=1e-5)
+
+
+def test_sdxl_sampling_matches_the_diffusers_pipeline(inputs):
+    """tiny-sdxl-ip2p against `StableDiffusionXLInstructPix2PixPipeline` with DDIM: the same image
+    latents (unscaled mode), zeros as the unconditional text (force_zeros_for_empty_prompt), the
+    pooled and size conditioning from the backbone's packed text (diffusion/sdxl.py)."""
+    from diffusers import StableDiffusionXLInstructPix2PixPipeline
+
+    sdxl = load_backbone("tiny-sdxl-ip2p")
+    assert sdxl.family == "sdxl" and sdxl.unet_in_channels == 8
+    images, noise = inputs
+    pipe = StableDiffusionXLInstructPix2PixPipeline(
+        **{k: v for k, v in sdxl.pipe.components.items() if k in ("vae", "unet", "tokenizer", "tokenizer_2")},
+        text_encoder=sdxl.text_encoder,
+        text_encoder_2=sdxl.text_encoder_2,
+        scheduler=DDIMScheduler.from_config(sdxl.scheduler.config),
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(
+        prompt=PROMPTS, image=images, num_inference_steps=6, guidance_scale=5.0, image_guidance_scale=1.5,
+        latents=noise.clone(), output_type="latent",
+    ).images
+    conditioning = image_conditioning(sdxl, images)
+    ours = ip2p_sample(
+        sdxl, noise, make_schedule(sdxl, 6), conditioning, sdxl.encode_text(PROMPTS), sdxl.encode_text(["", ""]),
+        torch.tensor([5.0, 5.0]), torch.tensor([1.5, 1.5]),
+    )
+    assert (ours - noise).abs().max() > 1  # the check is not vacuous
+    # Measured: 5.7e-6 on latents of magnitude up to ~25.
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=5e-5)

@@ -86,7 +86,7 @@ def _spec(backbone: str, method: str) -> dict:
 def test_families_are_checked_at_validation():
     with pytest.raises(SpecError, match=r"flowedit runs on backbone families sd3, flux, not 'sd'"):
         load_spec(_spec("tiny", "flowedit"))
-    with pytest.raises(SpecError, match=r"sdedit runs on backbone families sd, not 'flux'"):
+    with pytest.raises(SpecError, match=r"sdedit runs on backbone families sd, sdxl, not 'flux'"):
         load_spec(_spec("black-forest-labs/FLUX.1-dev", "sdedit"))
     load_spec(_spec("tiny-sd3", "flowedit"))
     load_spec(_spec("someone/unknown", "sdedit"))  # unknown family: decided when loaded
@@ -98,7 +98,7 @@ def test_list_methods_shows_each_methods_families(capsys):
     assert main(["list", "methods"]) == 0
     out = capsys.readouterr().out
     assert "flowedit: " in out and out.split("flowedit: ")[1].split("\n")[1] == "  families: sd3, flux"
-    assert out.split("\nsdedit: ")[1].split("\n")[1] == "  families: sd"
+    assert out.split("\nsdedit: ")[1].split("\n")[1] == "  families: sd, sdxl"
 
 
 def test_baselines_run_on_every_family(backbone, samples, generators):

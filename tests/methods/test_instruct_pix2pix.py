@@ -203,3 +203,17 @@ def test_unknown_folders_are_checked_by_the_worker_for_this_method_only(tmp_path
     for key in [("instruct_pix2pix", instruct), ("copy", text_to_image), ("copy", instruct)]:
         assert rows.loc[key, "status"] == "ok", rows.loc[key, "error"]
     assert f"backbone={instruct}" in rows.loc[("instruct_pix2pix", instruct), "weights"]
+
+
+def test_the_sdxl_variant_has_its_pipelines_defaults_and_backbones():
+    """`instruct_pix2pix_sdxl`: the SDXL pipeline's text guidance 5.0; SDXL instruction models only."""
+    cls = get_method_class("instruct_pix2pix_sdxl")
+    assert cls.families == ("sdxl",) and cls.EditParams().guidance == 5.0 and cls.EditParams().steps == 100
+    for backbone in ("tiny-sdxl-ip2p", "diffusers/sdxl-instructpix2pix-768"):
+        load_spec(spec("instruct_pix2pix_sdxl", backbone))
+    with pytest.raises(SpecError, match=r"cannot run on backbone 'tiny-sdxl' .*'tiny-sdxl-ip2p'"):
+        load_spec(spec("instruct_pix2pix_sdxl", "tiny-sdxl"))
+    with pytest.raises(SpecError, match="instruct_pix2pix_sdxl runs on backbone families sdxl, not 'sd'"):
+        load_spec(spec("instruct_pix2pix_sdxl", "tiny-ip2p"))
+    with pytest.raises(SpecError, match="instruct_pix2pix runs on backbone families sd, not 'sdxl'"):
+        load_spec(spec("instruct_pix2pix", "diffusers/sdxl-instructpix2pix-768"))

@@ -65,3 +65,21 @@ def test_batch_equals_images_one_by_one(tiny_backbone, generated_samples, genera
 
 def test_unet_stays_frozen(tiny_backbone):
     assert not any(p.requires_grad for p in tiny_backbone.unet.parameters())
+
+
+def test_beats_ddim_reconstruction_under_guidance_on_sdxl(generated_samples):
+    """On tiny-sdxl the tuned null text is the packed tensor (77 tokens + pooled, diffusion/sdxl.py):
+    its optimisation reaches the pooled `text_embeds` too. Measured on 3 images, 10 steps: relative
+    latent MSE 0.036 (Null-text) vs 0.126 (DDIM)."""
+    from editsweep.diffusion.backbone import load_backbone
+
+    sdxl = load_backbone("tiny-sdxl")
+    latents = sdxl.encode_images(images_tensor(generated_samples, sdxl.device))
+    trajectory = invert_source(sdxl, generated_samples, STEPS)
+    cond = sdxl.encode_text([s.source_prompt for s in generated_samples])
+    with torch.enable_grad():
+        tuned = optimize_null_text(sdxl, trajectory, cond, make_schedule(sdxl, STEPS), NullTextParams(steps=STEPS))
+    assert tuned.shape == (STEPS, 3, 78, 64) and tuned[:, :, 77, :32].abs().sum() > 0
+    ddim = relative_error(reconstruct(sdxl, generated_samples, trajectory, sdxl.encode_text([""] * 3)), latents)
+    nti = relative_error(reconstruct(sdxl, generated_samples, trajectory, tuned), latents)
+    assert nti < 0.4 * ddim
