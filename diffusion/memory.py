@@ -1,6 +1,6 @@
 """Memory options for big backbones, applied once after loading (bench/worker.py), for both kinds
-of backbone: diffusion/backbone.py `Backbone` (SD 1.x/2.x UNets) and diffusion/flow.py
-`FlowBackbone` (SD3, FLUX MMDiTs).
+of backbone: diffusion/backbone.py `Backbone` (SD 1.x/2.x and SDXL UNets), diffusion/flow.py
+`FlowBackbone` (SD3, FLUX MMDiTs) and diffusion/qwen_image.py `QwenImageBackbone`.
 
 Every option is one diffusers or torch mechanism that changes where or in how many pieces a
 computation runs, never what it computes, so results agree with the plain backbone to float
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 NO_ATTENTION_SLICING = {
     "sd3": "SD3Transformer2DModel",
     "flux": "FluxTransformer2DModel",
+    "qwen-image": "QwenImageTransformer2DModel",
 }
 
 SliceSize = Literal["auto", "max"] | int
@@ -103,7 +104,9 @@ def apply_memory_options(backbone: Backbone | FlowBackbone, options: MemoryOptio
     Raises ValueError for attention slicing on a model that diffusers cannot slice (a Hub id or
     folder whose family spec validation could not know).
     """
-    denoiser = backbone.transformer if hasattr(backbone, "pipe") else backbone.unet
+    from editsweep.diffusion.backbone import Backbone  # SD 1.x/2.x and SDXL: a UNet
+
+    denoiser = backbone.unet if isinstance(backbone, Backbone) else backbone.pipe.transformer
     if options.attention_slicing is not None:
         if not hasattr(denoiser, "set_attention_slice"):
             raise ValueError(
@@ -118,7 +121,7 @@ def apply_memory_options(backbone: Backbone | FlowBackbone, options: MemoryOptio
                 "(a number is heads per slice; 'auto' and 'max' always fit)"
             ) from err
     if options.vae_slicing:
-        backbone.vae.enable_slicing()
+        (backbone.vae if isinstance(backbone, Backbone) else backbone.pipe.vae).enable_slicing()
     if options.offload_text_encoders:
         for encoder in text_encoders(backbone):
             encoder.to("cpu")

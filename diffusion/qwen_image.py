@@ -122,9 +122,10 @@ class QwenImageBackbone:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The pipeline's prompt encoding: Qwen2.5-VL's last hidden states of the template holding the
         image and the instruction (system prefix dropped), (B, L, D) padded, and their mask (None
-        when nothing is padded)."""
-        embeds, mask = self.pipe.encode_prompt(prompts, image=images, device=self.device)
-        return embeds.to(self.dtype), mask
+        when nothing is padded); computed where the text encoder is (the CPU when offloaded,
+        diffusion/memory.py), returned on the device."""
+        embeds, mask = self.pipe.encode_prompt(prompts, image=images, device=self.pipe.text_encoder.device)
+        return embeds.to(self.device, self.dtype), None if mask is None else mask.to(self.device)
 
     @torch.no_grad()
     def image_latents(self, images: list[Image.Image]) -> torch.Tensor:

@@ -100,9 +100,10 @@ class SDXLBackbone(Backbone):
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """(B, 78, D): the pipeline's token embeddings and, as the last token, its pooled embedding
-        zero-padded to D; zeros for "" under `force_zeros_for_empty_prompt`."""
-        encoded = self.pipe.encode_prompt(list(prompts), device=self.device, do_classifier_free_guidance=False)
-        embeds, pooled = encoded[0], encoded[2]
+        zero-padded to D; zeros for "" under `force_zeros_for_empty_prompt`. Computed where the text encoders are (the
+        CPU when offloaded, diffusion/memory.py), returned on the device."""
+        encoded = self.pipe.encode_prompt(list(prompts), device=self.text_encoder.device, do_classifier_free_guidance=False)
+        embeds, pooled = encoded[0].to(self.device), encoded[2].to(self.device)
         pooled = torch.nn.functional.pad(pooled, (0, embeds.shape[-1] - pooled.shape[-1]))
         packed = torch.cat([embeds, pooled[:, None].to(embeds.dtype)], dim=1)
         if self.force_zeros_for_empty_prompt:

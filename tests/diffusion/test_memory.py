@@ -58,19 +58,19 @@ def test_vae_slicing_and_text_encoder_offload_agree(tiny_backbone):
     torch.testing.assert_close(sample_tiny(backbone), sample_tiny(tiny_backbone), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-flux"])
-def test_offloaded_prompts_are_encoded_on_the_cpu_and_land_on_the_device(name):
+@pytest.mark.parametrize(("name", "encoders"), [("tiny", 1), ("tiny-sdxl", 2), ("tiny-flux", 2)])
+def test_offloaded_prompts_are_encoded_on_the_cpu_and_land_on_the_device(name, encoders):
     """A `meta` device stands in for the GPU: the text encoders run on the CPU (real weights), and
     only the embeddings move to the backbone's device."""
     backbone = load_backbone(name)
     plain = backbone.encode_text(PROMPTS)
-    apply_memory_options(backbone, MemoryOptions(offload_text_encoders=True))
-    assert len(text_encoders(backbone)) == (2 if name == "tiny-flux" else 1)
+    apply_memory_options(backbone, MemoryOptions(offload_text_encoders=True, vae_slicing=True))
+    assert len(text_encoders(backbone)) == encoders
     backbone.device = torch.device("meta")
     moved = backbone.encode_text(PROMPTS)
-    tensors = [moved] if name == "tiny" else [moved.embeds, moved.pooled]
+    tensors = [moved] if name != "tiny-flux" else [moved.embeds, moved.pooled]
     assert all(t.device.type == "meta" for t in tensors)
-    expected = [plain] if name == "tiny" else [plain.embeds, plain.pooled]
+    expected = [plain] if name != "tiny-flux" else [plain.embeds, plain.pooled]
     assert [t.shape for t in tensors] == [t.shape for t in expected]
 
 
@@ -83,13 +83,14 @@ def test_flow_backbone_offload_and_vae_slicing_agree():
     torch.testing.assert_close(backbone.decode(latents), plain.decode(latents), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3"])
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3", "tiny-qwen-image"])
 def test_attention_slicing_is_refused_for_transformers(name):
     options = MemoryOptions(attention_slicing="auto")
     family = name.removeprefix("tiny-")
     assert "no attention slicing" in memory_refusal(family, options)
     assert memory_refusal("sd", options) is None and memory_refusal(family, MemoryOptions(vae_slicing=True)) is None
-    with pytest.raises(ValueError, match=r"no attention slicing for (Flux|SD3)Transformer2DModel"):
+    assert memory_refusal("sdxl", options) is None
+    with pytest.raises(ValueError, match=r"no attention slicing for (Flux|SD3|QwenImage)Transformer2DModel"):
         apply_memory_options(load_backbone(name), options)
 
 
@@ -166,3 +167,19 @@ def test_the_layout_is_what_the_diffusers_pipeline_gives():
     slices = {n: (type(p), p.slice_size) for n, p in theirs.unet.attn_processors.items()}
     assert slices == {n: (type(p), p.slice_size) for n, p in ours.unet.attn_processors.items()}
     assert {p.slice_size for p in ours.unet.attn_processors.values()} == {4}
+
+
+def test_qwen_image_instructions_are_encoded_on_the_cpu_and_land_on_the_device():
+    """Qwen-Image-Edit's Qwen2.5-VL reads the image with the instruction: offloaded, it runs on the
+    CPU, and the embeddings and mask move to the backbone's device (a `meta` stand-in)."""
+    from PIL import Image
+
+    backbone = load_backbone("tiny-qwen-image")
+    images = [Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))]
+    plain, _ = backbone.encode_instructions(PROMPTS, images)
+    apply_memory_options(backbone, MemoryOptions(offload_text_encoders=True, vae_slicing=True))
+    assert len(text_encoders(backbone)) == 1 and backbone.pipe.vae.use_slicing
+    backbone.device = torch.device("meta")
+    moved, mask = backbone.encode_instructions(PROMPTS, images)
+    assert moved.device.type == "meta" and moved.shape == plain.shape
+    assert mask is None or mask.device.type == "meta"
