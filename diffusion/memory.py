@@ -1,4 +1,4 @@
-"""Memory options for big backbones, applied once after loading (bench/worker.py), for both kinds
+"""Memory options for big backbones, applied once after loading (bench/worker.py), for every kind
 of backbone: diffusion/backbone.py `Backbone` (SD 1.x/2.x and SDXL UNets), diffusion/flow.py
 `FlowBackbone` (SD3, FLUX MMDiTs) and diffusion/qwen_image.py `QwenImageBackbone`.
 
