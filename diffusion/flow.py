@@ -43,13 +43,12 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from pydantic import Field
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from editsweep.core.hub import hf_cache_dir, hf_offline
+from editsweep.core.hub import hf_cache_dir, hf_offline, load_cache_first
 from editsweep.core.params import Params
 from editsweep.diffusion.backbone import (
     BackboneLoadError,
     _missing_message,
     _seeded,
-    backbone_source,
     clip_bpe_tokenizer,
 )
 
@@ -536,20 +535,17 @@ _MORE_FILES = (
 
 def _load_pretrained(source: str, family: str, dtype: torch.dtype) -> StableDiffusion3Pipeline | FluxPipeline:
     """The family's pipeline from the local cache or folder (safetensors only), else the Hub."""
-    is_folder = backbone_source(source) == "folder"
-    src = str(Path(source).expanduser()) if is_folder else source
     cls = PIPELINES[family]
-    kw = dict(dtype=dtype, use_safetensors=True, cache_dir=hf_cache_dir())
-    with contextlib.suppress(OSError, ValueError):
-        return cls.from_pretrained(src, local_files_only=True, **kw)
-    if is_folder or hf_offline():
-        raise BackboneLoadError(f"{cls.__name__}: {_missing_message(source, is_folder)}{_MORE_FILES}")
-    try:
-        return cls.from_pretrained(src, **kw)
-    except (OSError, ValueError) as err:
-        raise BackboneLoadError(
-            f"{cls.__name__}: {_missing_message(source, False)}{_MORE_FILES}\ncause: {err}"
-        ) from err
+
+    def load(src: str, local_only: bool) -> StableDiffusion3Pipeline | FluxPipeline:
+        return cls.from_pretrained(
+            src, local_files_only=local_only, dtype=dtype, use_safetensors=True, cache_dir=hf_cache_dir()
+        )
+
+    def missing(is_folder: bool) -> str:
+        return f"{cls.__name__}: {_missing_message(source, is_folder)}{_MORE_FILES}"
+
+    return load_cache_first(source, load, missing, BackboneLoadError)
 
 
 def _clip(seed: int, projection: bool) -> CLIPTextModel | CLIPTextModelWithProjection:

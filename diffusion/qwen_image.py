@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -54,8 +53,8 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from editsweep.core.hub import hf_cache_dir, hf_offline
-from editsweep.diffusion.backbone import BackboneLoadError, _missing_message, _seeded, backbone_source
+from editsweep.core.hub import hf_cache_dir, load_cache_first
+from editsweep.diffusion.backbone import BackboneLoadError, _missing_message, _seeded
 from editsweep.diffusion.inputs import to_pil
 
 FAMILY = "qwen-image"
@@ -255,24 +254,22 @@ def load_qwen_image_backbone(
 
 def _load_pretrained(source: str, dtype: torch.dtype) -> QwenImageEditPipeline:
     """The pipeline from the local cache or folder (safetensors only), else the Hub."""
-    is_folder = backbone_source(source) == "folder"
-    src = str(Path(source).expanduser()) if is_folder else source
-    kw = dict(dtype=dtype, use_safetensors=True, cache_dir=hf_cache_dir())
-    try:
-        return QwenImageEditPipeline.from_pretrained(src, local_files_only=True, **kw)
-    except (OSError, ValueError):
+
+    def load(src: str, local_only: bool) -> QwenImageEditPipeline:
+        return QwenImageEditPipeline.from_pretrained(
+            src, local_files_only=local_only, dtype=dtype, use_safetensors=True, cache_dir=hf_cache_dir()
+        )
+
+    def missing(is_folder: bool) -> str:
         if is_folder:
-            raise BackboneLoadError(
+            return (
                 f"cannot load a Qwen-Image-Edit backbone from {source}: it needs model_index.json and the "
                 "transformer/, vae/, text_encoder/ (safetensors weights), tokenizer/, processor/ and scheduler/ "
                 f"subfolders of a {PIPELINE_CLASS}"
-            ) from None
-        if hf_offline():
-            raise BackboneLoadError(f"{PIPELINE_CLASS}: {_missing_message(source, False)}") from None
-    try:
-        return QwenImageEditPipeline.from_pretrained(src, **kw)
-    except (OSError, ValueError) as err:
-        raise BackboneLoadError(f"{PIPELINE_CLASS}: {_missing_message(source, False)}\ncause: {err}") from err
+            )
+        return f"{PIPELINE_CLASS}: {_missing_message(source, False)}"
+
+    return load_cache_first(source, load, missing, BackboneLoadError)
 
 
 @lru_cache(maxsize=1)

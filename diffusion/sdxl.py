@@ -39,16 +39,14 @@ tests: attention only at the second level, linear projections, `text_time` added
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from editsweep.core.hub import hf_cache_dir, hf_offline
+from editsweep.core.hub import hf_cache_dir, load_cache_first
 from editsweep.diffusion.backbone import (
     SD_SCHEDULER,
     Backbone,
@@ -57,7 +55,6 @@ from editsweep.diffusion.backbone import (
     _condition,
     _missing_message,
     _seeded,
-    backbone_source,
     clip_bpe_tokenizer,
 )
 
@@ -175,17 +172,16 @@ def _parts_of(pipe: DiffusionPipeline, name: str) -> tuple:
 
 def _load_pretrained(source: str, dtype: torch.dtype) -> DiffusionPipeline:
     """The pipeline named by the folder's or Hub id's model_index.json (safetensors only), cache first."""
-    is_folder = backbone_source(source) == "folder"
-    src = str(Path(source).expanduser()) if is_folder else source
-    kw = dict(dtype=dtype, use_safetensors=True, cache_dir=hf_cache_dir())
-    with contextlib.suppress(OSError, ValueError):
-        return DiffusionPipeline.from_pretrained(src, local_files_only=True, **kw)
-    if is_folder or hf_offline():
-        raise BackboneLoadError(f"StableDiffusionXLPipeline: {_missing_message(source, is_folder)}")
-    try:
-        return DiffusionPipeline.from_pretrained(src, **kw)
-    except (OSError, ValueError) as err:
-        raise BackboneLoadError(f"StableDiffusionXLPipeline: {_missing_message(source, False)}\ncause: {err}") from err
+
+    def load(src: str, local_only: bool) -> DiffusionPipeline:
+        return DiffusionPipeline.from_pretrained(
+            src, local_files_only=local_only, dtype=dtype, use_safetensors=True, cache_dir=hf_cache_dir()
+        )
+
+    def missing(is_folder: bool) -> str:
+        return f"StableDiffusionXLPipeline: {_missing_message(source, is_folder)}"
+
+    return load_cache_first(source, load, missing, BackboneLoadError)
 
 
 def _clip(hidden: int, mlp: int, layers: int, heads: int, act: str, projection: bool) -> CLIPTextModel:
