@@ -21,6 +21,7 @@ class P2PEditor(Editor):
     """Prompt-to-Prompt editing of the inverted rows."""
 
     name = "p2p"
+    families = ("sd", "sdxl")  # only the UNet's cross-attention and noise prediction (diffusion/sdxl.py)
     Params = P2PParams
 
     def edit(

@@ -32,7 +32,7 @@ class PlainEditor(Editor):
 
     name = "plain"
     Params = PlainParams
-    families = ("sd", "sd3", "flux")
+    families = ("sd", "sdxl", "sd3", "flux")
 
     def edit(
         self,

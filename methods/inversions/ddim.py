@@ -23,6 +23,7 @@ class DDIMInversion(Inversion):
     """DDIM inversion; editing starts from its noisiest latent with the null unconditional embedding."""
 
     name = "ddim"
+    families = ("sd", "sdxl")  # only the UNet's cross-attention and noise prediction (diffusion/sdxl.py)
     Params = DDIMParams
 
     def invert(

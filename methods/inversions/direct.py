@@ -25,6 +25,7 @@ class DirectInversion(Inversion):
     """DDIM inversion whose trajectory pins the editor's source rows."""
 
     name = "direct"
+    families = ("sd", "sdxl")  # only the UNet's cross-attention and noise prediction (diffusion/sdxl.py)
     Params = DDIMParams
 
     def invert(

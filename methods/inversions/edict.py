@@ -33,6 +33,7 @@ class EDICTInversion(Inversion):
     """EDICT inversion: the coupled pair at `strength` of the schedule, sampled back by the editor."""
 
     name = "edict"
+    families = ("sd", "sdxl")  # only the UNet's cross-attention and noise prediction (diffusion/sdxl.py)
     Params = EDICTParams
     calls_denoiser = True
 

@@ -24,6 +24,7 @@ class NegativePromptInversion(Inversion):
     """DDIM inversion; the source prompt replaces the null embedding as the negative prompt."""
 
     name = "negative_prompt"
+    families = ("sd", "sdxl")  # only the UNet's cross-attention and noise prediction (diffusion/sdxl.py)
     Params = DDIMParams
 
     def invert(

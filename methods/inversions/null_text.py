@@ -26,6 +26,7 @@ class NullTextInversion(Inversion):
     """Null-text inversion: the pivot's noisy latent and the tuned per-step null embeddings."""
 
     name = "null_text"
+    families = ("sd", "sdxl")  # only the UNet's cross-attention and noise prediction (diffusion/sdxl.py)
     Params = NullTextParams
     fixes_guidance = True
 

@@ -57,4 +57,4 @@ def test_unknown_family_fails_only_the_refusing_methods_tasks_at_load(flux_in_th
     # an inversion x editor pair: only the pair whose inversion is of another family fails
     assert pairs.loc["flow", "status"] == "ok"
     assert pairs.loc["ddim", "status"] == "error"
-    assert "inversion 'ddim' runs on backbone families sd, not 'flux'" in pairs.loc["ddim", "error"]
+    assert "inversion 'ddim' runs on backbone families sd, sdxl, not 'flux'" in pairs.loc["ddim", "error"]

@@ -54,11 +54,18 @@ def test_quick_spec_runs_offline(path, tmp_path):
         assert rows["weights"].str.contains("guidance_clip=tiny-clip:random").all()
 
 
-def test_every_method_declared_for_sdxl_runs_in_an_sdxl_quick_spec():
-    """Issue 15's acceptance: each method declaring the `sdxl` family is in a quick spec on tiny-sdxl
-    or tiny-sdxl-ip2p (precomputed and text2live use no diffusion model: their own tests cover them)."""
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux", "qwen-image"])
+def test_every_method_declared_for_a_family_runs_in_a_quick_spec_on_it(family):
+    """Issue 15's acceptance: each method declaring one of its backbone families is in a quick spec on a tiny
+    preset of that family (precomputed and text2live use no diffusion model: their own tests cover
+    them on every family)."""
+    from editsweep.diffusion.backbone import family_of
     from editsweep.methods.base import METHODS
 
-    declared = {name for name in METHODS if "sdxl" in METHODS[name].families} - {"precomputed", "text2live"}
-    quick = {m.name for p in QUICK if "sdxl" in p.stem for m in load_spec(p).methods}
+    declared = {name for name in METHODS if family in METHODS[name].families} - {"precomputed", "text2live"}
+    quick = set()
+    for path in QUICK:
+        spec = load_spec(path)
+        if any(family_of(b.name) == family for b in spec.backbones):
+            quick |= {m.name for m in spec.methods}
     assert declared and declared <= quick, sorted(declared - quick)

@@ -129,11 +129,11 @@ def test_one_inversion_per_group_shared_by_every_editor_and_point():
     ("invert", "edit", "backbone", "reason"),
     [
         ({"inversion": "flow"}, {"editor": "p2p"}, "tiny-flux",
-         r"editor 'p2p' \(backbone families sd\) cannot run on inversion 'flow' \(sd3, flux\): they share no backbone family"),
+         r"editor 'p2p' \(backbone families sd, sdxl\) cannot run on inversion 'flow' \(sd3, flux\): they share no backbone family"),
         ({"inversion": "ddim"}, {"editor": "value_sharing"}, "tiny",
          r"editor 'value_sharing' \(backbone families sd3, flux\) cannot run on inversion 'ddim'"),
         ({"inversion": "ddim"}, {"editor": "plain"}, "tiny-flux",
-         r"backbone 'tiny-flux': inversion 'ddim' runs on backbone families sd, not 'flux'"),
+         r"backbone 'tiny-flux': inversion 'ddim' runs on backbone families sd, sdxl, not 'flux'"),
         ({"inversion": "flow"}, {"editor": "plain"}, "tiny",
          r"backbone 'tiny': inversion 'flow' runs on backbone families sd3, flux, not 'sd'"),
         ({"inversion": "null_text"}, {"editor": "masactrl_mmdit"}, "tiny",
