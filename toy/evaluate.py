@@ -127,17 +127,19 @@ def reconstruction(backbone: Backbone, n: int = 16, steps: int = 50, seed: int =
     ]
     gens = [torch.Generator().manual_seed(i) for i in range(n)]
     results = {}
+    # One inversion per method, shared by its edit points (as the worker shares it).
     runs = {
-        "ddim_g1": ("ddim_edit", {"steps": steps}, {"guidance": 1.0}),
-        "ddim_edit_g7.5": ("ddim_edit", {"steps": steps}, {"guidance": 7.5}),
-        "null_text_g7.5": ("null_text", {"steps": steps, "guidance": 7.5}, {}),
+        "ddim_edit": ({"steps": steps}, {"ddim_g1": {"guidance": 1.0}, "ddim_edit_g7.5": {"guidance": 7.5}}),
+        "null_text": ({"steps": steps, "guidance": 7.5}, {"null_text_g7.5": {}}),
     }
-    for key, (name, invert, edit) in runs.items():
+    for name, (invert, points) in runs.items():
         method = get_method_class(name)()
         invert_params = method.InvertParams(**invert)
         state = method.invert(backbone, samples, invert_params, gens)
-        (out,) = method.edit(backbone, state, samples, invert_params, [method.EditParams(**edit)], gens)
-        results[key] = _mean_psnr(psnr(out, reference))
+        edits = [method.EditParams(**edit) for edit in points.values()]
+        outs = method.edit(backbone, state, samples, invert_params, edits, gens)
+        for key, out in zip(points, outs, strict=True):
+            results[key] = _mean_psnr(psnr(out, reference))
     results["null_text_margin_db"] = results["null_text_g7.5"] - results["ddim_edit_g7.5"]
     return results
 

@@ -45,7 +45,7 @@ def test_list_shows_inversions_and_editors_with_their_parameters(capsys):
     assert "masactrl:" in out and "start_layer=10" in out and "cross_replace=0.8" in out
     assert "pnp:" in out and "feature_threshold=0.8" in out and "plain:" in out
     assert "pix2pix_zero:" in out and "xa_guidance=0.1" in out
-    assert "plain: Sampling of the target prompt from the inversion, one loop per guidance scale.\n  families: sd, sd3, flux" in out
+    assert "plain: Sampling of the target prompt from the inversion, one loop per guidance scale.\n  families: sd, sdxl, sd3, flux" in out
     assert "value_sharing:" in out and "  families: sd3, flux\n" in out
 
 
