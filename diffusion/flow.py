@@ -508,6 +508,45 @@ def fireflow_step(
     return x + h * v_mid, v_mid
 
 
+
+def rf_solver_solve(
+    backbone: FlowBackbone,
+    x: torch.Tensor,
+    path: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+    text: FlowText,
+    guidance: torch.Tensor,
+    negative: FlowText | None,
+    sharing: ValueSharing | None = None,
+) -> torch.Tensor:
+    """`euler_solve`'s twin with RF-Solver's second-order step (2 model calls a step): the solver of
+    the `rf_solver` method and inversion."""
+    for sigma, sigma_next, step in path:
+        x = rf_solver_step(backbone, x, sigma, sigma_next, text, guidance, negative, sharing, step)
+    return x
+
+
+def fireflow_solve(
+    backbone: FlowBackbone,
+    x: torch.Tensor,
+    path: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+    text: FlowText,
+    guidance: torch.Tensor,
+    negative: FlowText | None,
+    sharing: ValueSharing | None = None,
+) -> torch.Tensor:
+    """`euler_solve`'s twin with FireFlow's midpoint step, the midpoint velocity carried from step to
+    step: the solver of the `fireflow` method and inversion."""
+    v = None
+    for sigma, sigma_next, step in path:
+        x, v = fireflow_step(backbone, x, v, sigma, sigma_next, text, guidance, negative, sharing, step)
+    return x
+
+
+# The guidance of the second-order solvers (RF-Solver, FireFlow): the papers' for FLUX (both passes)
+# and, for SD3, the pipeline's while editing and 1 while inverting.
+SOLVER_INVERSION_GUIDANCE = {"flux": 2.0, "sd3": 1.0}
+SOLVER_EDIT_GUIDANCE = {"flux": 2.0, "sd3": PIPELINE_GUIDANCE["sd3"]}
+
 def load_flow_backbone(name: str, family: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> FlowBackbone:
     """A flow backbone from a preset (`tiny-sd3`, `tiny-flux`), a local diffusers folder or a Hub id."""
     if name in ARCH_PRESETS:

@@ -33,7 +33,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from editsweep.diffusion.flow import FlowBackbone, FlowText, ValueSharing, fireflow_step
+from editsweep.diffusion.flow import FlowBackbone, FlowText, ValueSharing, fireflow_solve
 from editsweep.methods.base import register_method
 from editsweep.methods.flow_solver import FlowSolverMethod, SolverEditParams, SolverInversionParams
 
@@ -73,7 +73,4 @@ class FireFlow(FlowSolverMethod):
     ) -> torch.Tensor:
         """Integrates the flow ODE along `path`, (sigma, sigma', editing step) triples, carrying the
         midpoint velocity from step to step."""
-        v = None
-        for sigma, sigma_next, step in path:
-            x, v = fireflow_step(backbone, x, v, sigma, sigma_next, text, guidance, negative, sharing, step)
-        return x
+        return fireflow_solve(backbone, x, path, text, guidance, negative, sharing)

@@ -17,7 +17,8 @@ from pydantic import Field, model_validator
 
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.flow import (
-    PIPELINE_GUIDANCE,
+    SOLVER_EDIT_GUIDANCE,
+    SOLVER_INVERSION_GUIDANCE,
     FlowBackbone,
     FlowText,
     ValueSharing,
@@ -28,9 +29,6 @@ from editsweep.diffusion.flow import (
 from editsweep.diffusion.inputs import images_tensor, source_prompts, target_prompts
 from editsweep.methods.base import Method, Params, State
 
-# The paper's guidance (FLUX, both passes) and, for SD3, the pipeline's (editing) and 1 (inversion).
-INVERSION_GUIDANCE = {"flux": 2.0, "sd3": 1.0}
-EDIT_GUIDANCE = {"flux": 2.0, "sd3": PIPELINE_GUIDANCE["sd3"]}
 
 
 class SolverInversionParams(Params):
@@ -104,7 +102,7 @@ class FlowSolverMethod(Method):
     ) -> State:
         x = backbone.encode_images(images_tensor(samples, backbone.device)).float()
         sigmas = backbone.sigmas(params.steps, x.shape[-1])
-        scale = INVERSION_GUIDANCE[backbone.family] if params.inversion_guidance is None else params.inversion_guidance
+        scale = SOLVER_INVERSION_GUIDANCE[backbone.family] if params.inversion_guidance is None else params.inversion_guidance
         guidance = torch.full((len(samples),), scale)
         text = backbone.encode_text(source_prompts(samples))
         negative = negative_text(backbone, len(samples), guidance)
@@ -129,7 +127,7 @@ class FlowSolverMethod(Method):
         batch, points = len(samples), len(edit_params)
         x = state["latents"].float().repeat(points, 1, 1, 1)
         sigmas = backbone.sigmas(invert_params.steps, x.shape[-1])
-        default = EDIT_GUIDANCE[backbone.family]
+        default = SOLVER_EDIT_GUIDANCE[backbone.family]
         guidance = torch.tensor([default if p.guidance is None else p.guidance for p in edit_params])
         guidance = guidance.repeat_interleave(batch)
         negative = negative_text(backbone, batch * points, guidance)

@@ -32,7 +32,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from editsweep.diffusion.flow import FlowBackbone, FlowText, ValueSharing, rf_solver_step
+from editsweep.diffusion.flow import FlowBackbone, FlowText, ValueSharing, rf_solver_solve
 from editsweep.methods.base import register_method
 from editsweep.methods.flow_solver import FlowSolverMethod, SolverEditParams, SolverInversionParams
 
@@ -71,6 +71,4 @@ class RFSolver(FlowSolverMethod):
         sharing: ValueSharing | None,
     ) -> torch.Tensor:
         """Integrates the flow ODE along `path` with RF-Solver's second-order step (2 model calls a step)."""
-        for sigma, sigma_next, step in path:
-            x = rf_solver_step(backbone, x, sigma, sigma_next, text, guidance, negative, sharing, step)
-        return x
+        return rf_solver_solve(backbone, x, path, text, guidance, negative, sharing)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from editsweep.diffusion.flow import SOLVER_EDIT_GUIDANCE, SOLVER_INVERSION_GUIDANCE, fireflow_solve
 from editsweep.diffusion.flow_inverted import Solve
-from editsweep.methods.fireflow import FireFlow
-from editsweep.methods.flow_solver import EDIT_GUIDANCE, INVERSION_GUIDANCE
 from editsweep.methods.inversions.base import register_inversion
 from editsweep.methods.inversions.flow import INJECT_DESCRIPTION, FlowMatchingInversion, FlowPairInversionParams
 
@@ -36,8 +35,8 @@ class FireFlowInversion(FlowMatchingInversion):
 
     name = "fireflow"
     Params = FireFlowPairParams
-    inversion_defaults = INVERSION_GUIDANCE
-    edit_defaults = EDIT_GUIDANCE
+    inversion_defaults = SOLVER_INVERSION_GUIDANCE
+    edit_defaults = SOLVER_EDIT_GUIDANCE
 
     def solver(self) -> Solve:
-        return FireFlow().solve
+        return fireflow_solve

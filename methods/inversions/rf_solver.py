@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from editsweep.diffusion.flow import SOLVER_EDIT_GUIDANCE, SOLVER_INVERSION_GUIDANCE, rf_solver_solve
 from editsweep.diffusion.flow_inverted import Solve
-from editsweep.methods.flow_solver import EDIT_GUIDANCE, INVERSION_GUIDANCE
 from editsweep.methods.inversions.base import register_inversion
 from editsweep.methods.inversions.flow import INJECT_DESCRIPTION, FlowMatchingInversion, FlowPairInversionParams
-from editsweep.methods.rf_solver import RFSolver
 
 
 class RFSolverPairParams(FlowPairInversionParams):
@@ -37,8 +36,8 @@ class RFSolverInversion(FlowMatchingInversion):
 
     name = "rf_solver"
     Params = RFSolverPairParams
-    inversion_defaults = INVERSION_GUIDANCE
-    edit_defaults = EDIT_GUIDANCE
+    inversion_defaults = SOLVER_INVERSION_GUIDANCE
+    edit_defaults = SOLVER_EDIT_GUIDANCE
 
     def solver(self) -> Solve:
-        return RFSolver().solve
+        return rf_solver_solve
