@@ -11,8 +11,22 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as bench/runner.py: workers share this venv
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if (_workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    # Each pytest-xdist worker gets its share of the cores (torch reads this at import), so that two
+    # workers' thread pools do not oversubscribe them.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RAY_FIXTURES = frozenset({"ray_session", "fake_gpu_ray", "spawn_driver"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts Ray joins one pytest-xdist group: README's `-n 2 --dist loadgroup`
+    runs the group in one worker, so a parallel run still has one Ray instance (and no two tests
+    share the machine's cores with two clusters), while the other tests spread over both workers."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(scope="session")
