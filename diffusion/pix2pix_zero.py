@@ -12,8 +12,8 @@ Follows the paper's code (`pix2pixzero/pix2pix-zero`: `src/utils/ddim_inv.py`,
   lambda_kl on the KL divergence of the map's mean and variance from N(0, 1). Shifts are drawn
   in [1, size // 2) as the paper's code (`randrange`, fixed in 2024: its README says the first
   release's roll "would sometimes not get applied"); the diffusers pipeline draws them in
-  [0, size // 2), as that release, where a shift of 0 turns a term into the squared second moment, which pulls the
-  noise towards zero against the KL term. Every loss is per sample and every shift drawn from
+  [0, size // 2), as that release, where a shift of 0 turns a term into the squared second
+  moment, which pulls the noise towards zero against the KL term. Every loss is per sample and every shift drawn from
   the sample's own generator (channel by channel, level by level, as both codes draw them), so a
   sample's inversion does not depend on its batch (the diffusers pipeline takes one KL over the
   whole batch).
