@@ -13,10 +13,10 @@ Follows the paper's code (`pix2pixzero/pix2pix-zero`: `src/utils/ddim_inv.py`,
   in [1, size // 2) as the paper's code (`randrange`, fixed in 2024: its README says the first
   release's roll "would sometimes not get applied"); the diffusers pipeline draws them in
   [0, size // 2), as that release, where a shift of 0 turns a term into the squared second
-  moment, which pulls the noise towards zero against the KL term. Every loss is per sample and every shift drawn from
-  the sample's own generator (channel by channel, level by level, as both codes draw them), so a
-  sample's inversion does not depend on its batch (the diffusers pipeline takes one KL over the
-  whole batch).
+  moment, which pulls the noise towards zero against the KL term. Every loss is per sample and
+  every shift drawn from the sample's own generator (channel by channel, level by level, as both
+  codes draw them), so a sample's inversion does not depend on its batch (the diffusers pipeline
+  takes one KL over the whole batch).
 - **edit direction** (`edit_direction`): the mean text embedding of the target sentences minus
   that of the source sentences, added to the source prompt's embedding.
 - **cross-attention guidance** (`xa_guided_rows`): a reference pass denoises the source rows and
