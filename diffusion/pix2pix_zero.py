@@ -10,12 +10,13 @@ Follows the paper's code (`pix2pixzero/pix2pix-zero`: `src/utils/ddim_inv.py`,
   auto-correlation loss (squared mean of the noise times itself rolled by a random shift along
   each spatial axis, on a pyramid of 2x average-pooled maps down to 8 px) and one step of
   lambda_kl on the KL divergence of the map's mean and variance from N(0, 1). Shifts are drawn
-  in [1, size // 2) as the paper's code (`randrange`); the diffusers pipeline draws them in
-  [0, size // 2), where a shift of 0 turns a term into the squared second moment, which pulls the
-  noise towards zero against the KL term. Every loss is per sample and every shift drawn from
-  the sample's own generator (channel by channel, level by level, as both codes draw them), so a
-  sample's inversion does not depend on its batch (the diffusers pipeline takes one KL over the
-  whole batch).
+  in [1, size // 2) as the paper's code (`randrange`, fixed in 2024: its README says the first
+  release's roll "would sometimes not get applied"); the diffusers pipeline draws them in
+  [0, size // 2), as that release, where a shift of 0 turns a term into the squared second
+  moment, which pulls the noise towards zero against the KL term. Every loss is per sample and
+  every shift drawn from the sample's own generator (channel by channel, level by level, as both
+  codes draw them), so a sample's inversion does not depend on its batch (the diffusers pipeline
+  takes one KL over the whole batch).
 - **edit direction** (`edit_direction`): the mean text embedding of the target sentences minus
   that of the source sentences, added to the source prompt's embedding.
 - **cross-attention guidance** (`xa_guided_rows`): a reference pass denoises the source rows and
