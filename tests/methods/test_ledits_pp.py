@@ -156,7 +156,8 @@ def test_concepts_from_prompts_adds_the_target_prompt_and_removes_the_source_pro
     prompts = LeditsEditParams(concepts_from="prompts")
     assert prompts.concepts(sample) == [("a blue car on a road", False, 0), ("a red car on a road", True, 1)]
     assert prompts.concepts(Sample("t", None, "a cat", None)) == [("a cat", False, 0)]
-    assert not {"concepts_from", "m1_resolution"} & set(LeditsEditParams().model_dump())
+    assert not {"concepts_from", "m1_resolution"} & set(LeditsEditParams().model_dump(mode="json"))
+    assert prompts.model_dump(mode="json")["concepts_from"] == "prompts"
     captions = (sample.target_prompt, sample.source_prompt)
     given = LeditsEditParams(editing_prompt=captions, reverse_editing_direction=(False, True))
     method, params = LeditsPP(), LeditsInvertParams(steps=4)
