@@ -118,7 +118,7 @@ class Concepts:
     threshold: torch.Tensor  # (R,) quantile of its masks
     attention: torch.Tensor  # (R,) bool: M1 (cross-attention) is part of its mask
     m2_from: torch.Tensor  # (R,) long: M2 is part of its mask at timesteps <= this
-    queries: torch.Tensor  # (R,) long: the number of queries (side squared) of the maps its M1 uses
+    level: torch.Tensor  # (R,) long: the UNet level of the maps its M1 uses (`mask_level`; -1: no M1)
 
     @staticmethod
     def mask_controls(mask: str, intersect_from: int) -> tuple[bool, int]:
@@ -142,15 +142,16 @@ def semantic_guidance(
 
     `eps_uncond` (E, C, h, w); `eps_concepts` (R, C, h, w); `maps` per number of queries (R, queries,
     keys), the concept rows' head- and layer-averaged cross-attention at that resolution, each row's
-    M1 from those at `concepts.queries` (None when no row uses M1).
+    M1 from those at its `concepts.level` (None when no row uses M1).
     """
     base = eps_uncond[concepts.item]
     terms = (eps_concepts - base) * concepts.scale.view(-1, 1, 1, 1).to(base)
     hw = terms.shape[2:]
     mask = torch.ones_like(terms)
-    for queries in concepts.queries[concepts.attention].unique().tolist():
-        rows = (concepts.queries == queries) & concepts.attention
-        mask[rows.to(terms.device)] = _attention_mask(maps[queries][rows], concepts, rows, hw).to(terms)
+    for level in concepts.level[concepts.attention].unique().tolist():
+        rows = (concepts.level == level) & concepts.attention
+        side = tuple(-(-n // 2**level) for n in hw)  # a UNet level rounds odd sides up
+        mask[rows.to(terms.device)] = _attention_mask(maps[side[0] * side[1]][rows], concepts, rows, side, hw).to(terms)
     m2_rows = timestep <= concepts.m2_from
     if bool(m2_rows.any()):
         m2 = _above_quantile(terms.abs().sum(1).flatten(1), concepts.threshold).view(-1, 1, *hw).to(terms)
@@ -160,12 +161,13 @@ def semantic_guidance(
     return eps_uncond + torch.zeros_like(eps_uncond).index_add_(0, concepts.item.to(terms.device), terms)
 
 
-def _attention_mask(maps: torch.Tensor, concepts: Concepts, rows: torch.Tensor, hw: torch.Size) -> torch.Tensor:
-    """M1 of the concept `rows` from their maps (rows, queries, keys), nearest-upsampled to `hw`."""
-    side = int(maps.shape[1] ** 0.5)
-    attention = (maps.float() * concepts.tokens[rows, None].to(maps.device)).sum(-1).view(-1, 1, side, side)
+def _attention_mask(
+    maps: torch.Tensor, concepts: Concepts, rows: torch.Tensor, side: tuple[int, int], hw: torch.Size
+) -> torch.Tensor:
+    """M1 of the concept `rows` from their maps (rows, queries, keys) of `side` (h, w), nearest-upsampled to `hw`."""
+    attention = (maps.float() * concepts.tokens[rows, None].to(maps.device)).sum(-1).view(-1, 1, *side)
     attention = gaussian_blur(attention, [3, 3], [SMOOTHING_SIGMA] * 2)
-    m1 = _above_quantile(attention.flatten(1), concepts.threshold[rows]).view(-1, 1, side, side).float()
+    m1 = _above_quantile(attention.flatten(1), concepts.threshold[rows]).view(-1, 1, *side).float()
     return F.interpolate(m1, size=hw)
 
 

@@ -15,8 +15,9 @@ Two added parameters, at their defaults the above (so earlier task keys hold, co
 - `concepts_from: prompts` reads the sample's concepts as whole captions: its target prompt added,
   its source prompt removed. Under equal scales and overlapping masks the two terms sum to
   s_e * (eps_target - eps_source), so what the captions share cancels and their difference acts. A
-  text encoder trained on whole captions only (the toy's) places no attention of a lone colour word
-  on the object (M1 of the words' tokens: 10% of its cells on the object's mask, the captions' 81%).
+  text encoder trained on whole captions only (the toy's) puts a lone colour word's attention
+  mostly off the object (M1 of the words' tokens: 10% of its cells on the object's mask, the
+  captions' 81%).
 - `m1_resolution` is the share of the latent side M1's maps are taken at: the reference's 1/4 (SD:
   16x16 maps of a 64x64 latent, a cell of 32 px) generalised; a UNet without cross-attention there
   falls back to its coarsest maps (`diffusion.ledits.mask_level`). The toy's 8x8 latent has maps at
@@ -208,7 +209,7 @@ class LeditsPP(Method):
         x = state["start"].float().repeat(len(edit_params), 1, 1, 1)
         noise_maps = state["noise_maps"].float().repeat(1, len(edit_params), 1, 1, 1)
         recorder = ConceptMaps(skip=n_items)
-        levels = {level for p in edit_params if (level := _m1_level(backbone, p, x.shape[-1])) is not None}
+        levels = set(concepts.level[concepts.attention].tolist())
         with recording_unet(backbone.unet, recorder, levels):
             for i in range(schedule.steps):
                 a_from, a_to = schedule.alphas[i].item(), schedule.alphas[i + 1].item()
@@ -227,8 +228,7 @@ class LeditsPP(Method):
         rows: list[tuple] = []
         for p, point in enumerate(points):
             attention, m2_from = Concepts.mask_controls(point.mask, point.intersect_from)
-            level = _m1_level(backbone, point, latent_side)
-            queries = 0 if level is None else (latent_side >> level) ** 2
+            level = -1 if point.mask == "noise" else mask_level(backbone.unet, latent_side, point.m1_resolution)
             for b, sample in enumerate(samples):
                 for prompt, reverse, k in point.concepts(sample):
                     scale = _value(point.edit_guidance_scale, k, 0.0) * (-1 if reverse else 1)
@@ -236,11 +236,11 @@ class LeditsPP(Method):
                     cooldown = int(_value(point.edit_cooldown_steps, k, 10**9))
                     threshold = _value(point.edit_threshold, k, 0.0)
                     rows.append(
-                        (p * len(samples) + b, prompt, scale, warmup, cooldown, threshold, attention, m2_from, queries)
+                        (p * len(samples) + b, prompt, scale, warmup, cooldown, threshold, attention, m2_from, level)
                     )
         if not rows:
             raise ValueError("LEDITS++ needs at least one edit concept")
-        item, prompts, scale, warmup, cooldown, threshold, attention, m2_from, queries = zip(*rows, strict=True)
+        item, prompts, scale, warmup, cooldown, threshold, attention, m2_from, level = zip(*rows, strict=True)
         return Concepts(
             item=torch.tensor(item),
             tokens=_concept_tokens(backbone, list(prompts)),
@@ -250,15 +250,8 @@ class LeditsPP(Method):
             threshold=torch.tensor(threshold),
             attention=torch.tensor(attention),
             m2_from=torch.tensor(m2_from),
-            queries=torch.tensor(queries),
+            level=torch.tensor(level),
         ), list(prompts)
-
-
-def _m1_level(backbone: Backbone, point: LeditsEditParams, latent_side: int) -> int | None:
-    """The UNet level of the maps `point`'s M1 is made from (None: its mask has no M1)."""
-    if point.mask == "noise":
-        return None
-    return mask_level(backbone.unet, latent_side, point.m1_resolution)
 
 
 def _concept_tokens(backbone: Backbone, prompts: list[str]) -> torch.Tensor:

@@ -2,9 +2,11 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, LEditsPPPipelineStableDiffusion, UNet2DConditionModel
+from PIL import Image
 
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.ddim import make_schedule
@@ -180,3 +182,12 @@ def test_m1_resolution_picks_the_level_and_points_may_differ_in_one_call(deep_ba
         (alone,) = method.edit(deep_backbone, state, [sample], params, [point], generators(1))
         assert torch.allclose(alone, image, atol=1e-5)
     assert (together[0] - together[1]).abs().max() > 1e-3
+
+
+def test_a_non_square_image_gets_non_square_maps(tiny_backbone, generators):
+    """A 64x96 image (an 8x12 latent): M1's maps keep the latent's aspect."""
+    image = Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8))
+    sample, method, params = Sample("w", image, "a blue car", "a red car"), LeditsPP(), LeditsInvertParams(steps=3)
+    state = method.invert(tiny_backbone, [sample], params, generators(1))
+    (edited,) = method.edit(tiny_backbone, state, [sample], params, [LeditsEditParams()], generators(1))
+    assert edited.shape == (1, 3, 64, 96) and torch.isfinite(edited).all()
