@@ -5,16 +5,17 @@ estimate inside its own implicit mask.
 After diffusers' `LEditsPPPipelineStableDiffusion` (`pipelines/ledits_pp/pipeline_leditspp_stable_diffusion.py`,
 `__call__`): concept c's term is s_c * (eps_c - eps_u) (negated for a removal), from warm-up step on and
 before its cool-down step, multiplied by a mask: M1, the cross-attention maps of the concept's tokens
-(mean over the heads and down/up layers at 1/4 of the latent side, summed over the tokens, smoothed by
-a 3x3 Gaussian, above their `threshold` quantile), intersected with M2 (the channel-summed magnitude of
-the term above its `threshold` quantile) at timesteps <= `intersect_from` (the reference's 800), or either alone.
+(mean over the heads and down/up layers at 1/4 of the latent side, or another share: `mask_level`;
+summed over the tokens, smoothed by a 3x3 Gaussian, above their `threshold` quantile), intersected
+with M2 (the channel-summed magnitude of the term above its `threshold` quantile) at timesteps <=
+`intersect_from` (the reference's 800), or either alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -46,16 +47,16 @@ def sample_concepts(sample: Sample) -> tuple[str, str | None]:
     return (" ".join(added) or sample.target_prompt), (" ".join(removed) or None)
 
 
-def mask_level(unet: UNet2DConditionModel, latent_side: int) -> int:
+def mask_level(unet: UNet2DConditionModel, latent_side: int, resolution: float = 0.25) -> int:
     """The UNet level (0: the latent's resolution, each level half the previous) whose
-    cross-attention maps make M1: the reference's 1/4 of the latent side (SD: 16x16 of 64x64) when
-    a down or up block has cross-attention there, else the finest coarser-or-equal level there is,
-    else the coarsest (small UNets: tiny's maps are all at the latent's side)."""
+    cross-attention maps make M1: the finest level at or below `resolution` x the latent side (the
+    reference's 1/4: SD's 16x16 maps of a 64x64 latent) where a down or up block has cross-attention,
+    else the coarsest level there is (small UNets: tiny's maps are all at the latent's side; the toy's
+    8x8 latent has none at 2x2, so 1/4 falls back to its 4x4 maps, while 1.0 takes its 8x8 ones)."""
     levels = sorted(level for name in unet.attn_processors if (level := _level(unet, name)) is not None)
     if not levels:
         raise ValueError("LEDITS++ needs cross-attention in the UNet's down or up blocks")
-    target = latent_side // 4
-    at_or_below = [lv for lv in levels if latent_side >> lv <= target]
+    at_or_below = [lv for lv in levels if latent_side >> lv <= latent_side * resolution]
     return min(at_or_below) if at_or_below else max(levels)
 
 
@@ -71,28 +72,29 @@ def _level(unet: UNet2DConditionModel, name: str) -> int | None:
 @dataclass
 class ConceptMaps:
     """Records the cross-attention maps (rows past the first `skip`, every head) of the layers it is
-    installed on, for one UNet call at a time."""
+    installed on, for one UNet call at a time, by resolution (number of queries)."""
 
     skip: int
-    maps: list[torch.Tensor] = field(default_factory=list)
+    maps: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
     def __call__(self, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
-        self.maps.append(probs[self.skip :])
+        self.maps.setdefault(probs.shape[-2], []).append(probs[self.skip :])
         return probs
 
-    def take(self) -> torch.Tensor:
-        """(rows, queries, keys): the mean over every recorded layer and head; forgets them."""
-        maps, self.maps = torch.cat(self.maps, dim=1), []
-        return maps.mean(1)
+    def take(self) -> dict[int, torch.Tensor]:
+        """Per number of queries, (rows, queries, keys): the mean over the layers and heads recorded
+        at that resolution; forgets them."""
+        maps, self.maps = self.maps, {}
+        return {queries: torch.cat(layers, dim=1).mean(1) for queries, layers in maps.items()}
 
 
 @contextlib.contextmanager
-def recording_unet(unet: UNet2DConditionModel, recorder: ConceptMaps, level: int) -> Iterator[None]:
-    """The UNet with `recorder` on the cross-attention of the down/up blocks at `level` (the rest
+def recording_unet(unet: UNet2DConditionModel, recorder: ConceptMaps, levels: Collection[int]) -> Iterator[None]:
+    """The UNet with `recorder` on the cross-attention of the down/up blocks at `levels` (the rest
     keeps its processors) for the duration of a block."""
     original = unet.attn_processors
     unet.set_attn_processor(
-        {name: P2PAttnProcessor(recorder) if _level(unet, name) == level else proc for name, proc in original.items()}
+        {name: P2PAttnProcessor(recorder) if _level(unet, name) in levels else proc for name, proc in original.items()}
     )
     try:
         yield
@@ -116,6 +118,7 @@ class Concepts:
     threshold: torch.Tensor  # (R,) quantile of its masks
     attention: torch.Tensor  # (R,) bool: M1 (cross-attention) is part of its mask
     m2_from: torch.Tensor  # (R,) long: M2 is part of its mask at timesteps <= this
+    level: torch.Tensor  # (R,) long: the UNet level of the maps its M1 uses (`mask_level`; -1: no M1)
 
     @staticmethod
     def mask_controls(mask: str, intersect_from: int) -> tuple[bool, int]:
@@ -130,27 +133,25 @@ class Concepts:
 def semantic_guidance(
     eps_uncond: torch.Tensor,
     eps_concepts: torch.Tensor,
-    maps: torch.Tensor | None,
+    maps: dict[int, torch.Tensor] | None,
     concepts: Concepts,
     step: int,
     timestep: int,
 ) -> torch.Tensor:
     """eps_u + the masked sum of the concepts' terms, one row per edit item.
 
-    `eps_uncond` (E, C, h, w); `eps_concepts` (R, C, h, w); `maps` (R, queries, keys), the concept
-    rows' head- and layer-averaged cross-attention (None when no row uses M1).
+    `eps_uncond` (E, C, h, w); `eps_concepts` (R, C, h, w); `maps` per number of queries (R, queries,
+    keys), the concept rows' head- and layer-averaged cross-attention at that resolution, each row's
+    M1 from those at its `concepts.level` (None when no row uses M1).
     """
     base = eps_uncond[concepts.item]
     terms = (eps_concepts - base) * concepts.scale.view(-1, 1, 1, 1).to(base)
-    channels, hw = terms.shape[1], terms.shape[2:]
+    hw = terms.shape[2:]
     mask = torch.ones_like(terms)
-    if bool(concepts.attention.any()):
-        side = int(maps.shape[1] ** 0.5)
-        attention = (maps.float() * concepts.tokens[:, None].to(maps.device)).sum(-1).view(-1, 1, side, side)
-        attention = gaussian_blur(attention, [3, 3], [SMOOTHING_SIGMA] * 2)
-        m1 = _above_quantile(attention.flatten(1), concepts.threshold).view(-1, 1, side, side).float()
-        m1 = F.interpolate(m1, size=hw).repeat(1, channels, 1, 1).to(terms)
-        mask = torch.where(concepts.attention.view(-1, 1, 1, 1).to(terms.device), m1, mask)
+    for level in concepts.level[concepts.attention].unique().tolist():
+        rows = (concepts.level == level) & concepts.attention
+        side = tuple(-(-n // 2**level) for n in hw)  # a UNet level rounds odd sides up
+        mask[rows.to(terms.device)] = _attention_mask(maps[side[0] * side[1]][rows], concepts, rows, side, hw).to(terms)
     m2_rows = timestep <= concepts.m2_from
     if bool(m2_rows.any()):
         m2 = _above_quantile(terms.abs().sum(1).flatten(1), concepts.threshold).view(-1, 1, *hw).to(terms)
@@ -158,6 +159,16 @@ def semantic_guidance(
     active = (concepts.warmup <= step) & (step < concepts.cooldown)
     terms = terms * mask * active.view(-1, 1, 1, 1).to(terms)
     return eps_uncond + torch.zeros_like(eps_uncond).index_add_(0, concepts.item.to(terms.device), terms)
+
+
+def _attention_mask(
+    maps: torch.Tensor, concepts: Concepts, rows: torch.Tensor, side: tuple[int, int], hw: torch.Size
+) -> torch.Tensor:
+    """M1 of the concept `rows` from their maps (rows, queries, keys) of `side` (h, w), nearest-upsampled to `hw`."""
+    attention = (maps.float() * concepts.tokens[rows, None].to(maps.device)).sum(-1).view(-1, 1, *side)
+    attention = gaussian_blur(attention, [3, 3], [SMOOTHING_SIGMA] * 2)
+    m1 = _above_quantile(attention.flatten(1), concepts.threshold[rows]).view(-1, 1, *side).float()
+    return F.interpolate(m1, size=hw)
 
 
 def _above_quantile(values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

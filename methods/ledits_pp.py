@@ -10,6 +10,20 @@ threshold 0.9, intersected masks with M2 from timestep 800. Concepts are the poi
 `editing_prompt`, or the sample's: its target word added and its source word removed
 (`sample_concepts`, from PIE-Bench's blended words or the prompts' differing words).
 
+Two added parameters, at their defaults the above (so earlier task keys hold, core/params.py
+`added_field`), for text encoders and UNets unlike SD's (measured on the toy world, BENCHMARKS.md):
+- `concepts_from: prompts` reads the sample's concepts as whole captions: its target prompt added,
+  its source prompt removed. Under equal scales and overlapping masks the two terms sum to
+  s_e * (eps_target - eps_source), so what the captions share cancels and their difference acts. A
+  text encoder trained on whole captions only (the toy's) puts a lone colour word's attention
+  mostly off the object (M1 of the words' tokens: 10% of its cells on the object's mask, the
+  captions' 81%).
+- `m1_resolution` is the share of the latent side M1's maps are taken at: the reference's 1/4 (SD:
+  16x16 maps of a 64x64 latent, a cell of 32 px) generalised; a UNet without cross-attention there
+  falls back to its coarsest maps (`diffusion.ledits.mask_level`). The toy's 8x8 latent has maps at
+  8x8 and 4x4 only, so 1/4 takes the 4x4 ones, whose cells (8 of its 32 px) are as large as its small
+  objects (10 px) and straddle them; 1.0 takes the 8x8 ones.
+
 A method of its own, not an editor on the inversions of methods/inversions/: its loop has no source
 rows and no classifier-free scale (each concept has its own), which the `Editor` API assumes.
 
@@ -32,7 +46,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from editsweep.core.params import Params
+from editsweep.core.params import KeepsTaskKeys, Params, added_field
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.backbone import Backbone
 from editsweep.diffusion.ddim import Schedule, make_schedule, predict_noise
@@ -80,7 +94,7 @@ Floats = float | tuple[float, ...]
 Ints = int | tuple[int, ...]
 
 
-class LeditsEditParams(Params):
+class LeditsEditParams(KeepsTaskKeys):
     """One edit point: its concepts and their controls (a value, or one per concept)."""
 
     editing_prompt: tuple[str, ...] = Field(
@@ -90,6 +104,11 @@ class LeditsEditParams(Params):
         (), description="per editing_prompt concept: remove it (empty: add all)"
     )
     remove_source: bool = Field(True, description="with the sample's concepts: remove its source word too")
+    concepts_from: Literal["words", "prompts"] = added_field(
+        "words",
+        description="the sample's concepts: its changed words, or its whole target prompt added and "
+        "(remove_source) its whole source prompt removed",
+    )
     edit_guidance_scale: Floats = Field(5.0, description="s_e: guidance scale per concept, >= 0")
     edit_warmup_steps: Ints = Field(0, description="steps before a concept acts, >= 0")
     edit_cooldown_steps: Ints | None = Field(None, description="the step a concept stops at (None: never)")
@@ -99,6 +118,13 @@ class LeditsEditParams(Params):
         description="implicit mask: cross-attention (M1) and noise-estimate (M2) masks intersected, or one alone",
     )
     intersect_from: int = Field(800, ge=0, le=1000, description="M2 joins M1 at timesteps <= this (intersect)")
+    m1_resolution: float = added_field(
+        0.25,
+        gt=0,
+        le=1,
+        description="M1's cross-attention maps at this share of the latent side (the reference's 1/4), "
+        "else the UNet's coarsest maps (diffusion.ledits.mask_level)",
+    )
 
     @model_validator(mode="after")
     def _per_concept(self) -> LeditsEditParams:
@@ -125,7 +151,10 @@ class LeditsEditParams(Params):
         if self.editing_prompt:
             reverse = self.reverse_editing_direction or (False,) * len(self.editing_prompt)
             return [(c, r, k) for k, (c, r) in enumerate(zip(self.editing_prompt, reverse, strict=True))]
-        added, removed = sample_concepts(sample)
+        if self.concepts_from == "prompts":
+            added, removed = sample.target_prompt, sample.source_prompt or None
+        else:
+            added, removed = sample_concepts(sample)
         return [(added, False, 0)] + ([(removed, True, 1)] if self.remove_source and removed else [])
 
 
@@ -172,15 +201,16 @@ class LeditsPP(Method):
         generators: Sequence[torch.Generator],
     ) -> list[torch.Tensor]:
         batch, n_items = len(samples), len(edit_params) * len(samples)
-        concepts, prompts = self._concepts(backbone, samples, edit_params)
+        latent_side = state["start"].shape[-1]
+        concepts, prompts = self._concepts(backbone, samples, edit_params, latent_side)
         embeds = torch.cat([backbone.encode_text([""] * n_items), backbone.encode_text(prompts)])
         schedule = invert_params.schedule(backbone)
         maps_needed = bool(concepts.attention.any())
         x = state["start"].float().repeat(len(edit_params), 1, 1, 1)
         noise_maps = state["noise_maps"].float().repeat(1, len(edit_params), 1, 1, 1)
         recorder = ConceptMaps(skip=n_items)
-        level = mask_level(backbone.unet, x.shape[-1]) if maps_needed else -1
-        with recording_unet(backbone.unet, recorder, level):
+        levels = set(concepts.level[concepts.attention].tolist())
+        with recording_unet(backbone.unet, recorder, levels):
             for i in range(schedule.steps):
                 a_from, a_to = schedule.alphas[i].item(), schedule.alphas[i + 1].item()
                 rows = torch.cat([x, x[concepts.item]])
@@ -192,22 +222,25 @@ class LeditsPP(Method):
 
     @staticmethod
     def _concepts(
-        backbone: Backbone, samples: Sequence[Sample], points: Sequence[LeditsEditParams]
+        backbone: Backbone, samples: Sequence[Sample], points: Sequence[LeditsEditParams], latent_side: int
     ) -> tuple[Concepts, list[str]]:
         """Every concept row of the batch (items point-major, then sample) and its prompt."""
         rows: list[tuple] = []
         for p, point in enumerate(points):
             attention, m2_from = Concepts.mask_controls(point.mask, point.intersect_from)
+            level = -1 if point.mask == "noise" else mask_level(backbone.unet, latent_side, point.m1_resolution)
             for b, sample in enumerate(samples):
                 for prompt, reverse, k in point.concepts(sample):
                     scale = _value(point.edit_guidance_scale, k, 0.0) * (-1 if reverse else 1)
                     warmup = int(_value(point.edit_warmup_steps, k, 0))
                     cooldown = int(_value(point.edit_cooldown_steps, k, 10**9))
                     threshold = _value(point.edit_threshold, k, 0.0)
-                    rows.append((p * len(samples) + b, prompt, scale, warmup, cooldown, threshold, attention, m2_from))
+                    rows.append(
+                        (p * len(samples) + b, prompt, scale, warmup, cooldown, threshold, attention, m2_from, level)
+                    )
         if not rows:
             raise ValueError("LEDITS++ needs at least one edit concept")
-        item, prompts, scale, warmup, cooldown, threshold, attention, m2_from = zip(*rows, strict=True)
+        item, prompts, scale, warmup, cooldown, threshold, attention, m2_from, level = zip(*rows, strict=True)
         return Concepts(
             item=torch.tensor(item),
             tokens=_concept_tokens(backbone, list(prompts)),
@@ -217,6 +250,7 @@ class LeditsPP(Method):
             threshold=torch.tensor(threshold),
             attention=torch.tensor(attention),
             m2_from=torch.tensor(m2_from),
+            level=torch.tensor(level),
         ), list(prompts)
 
 

@@ -2,14 +2,16 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, LEditsPPPipelineStableDiffusion, UNet2DConditionModel
+from PIL import Image
 
 from editsweep.datasets.base import Sample
 from editsweep.diffusion.ddim import make_schedule
 from editsweep.diffusion.inputs import images_tensor
-from editsweep.diffusion.ledits import sample_concepts
+from editsweep.diffusion.ledits import mask_level, sample_concepts
 from editsweep.methods.ledits_pp import LeditsEditParams, LeditsInvertParams, LeditsPP
 
 STEPS = 6  # int(6 * 1.15) = 6: nothing skipped, and the first timestep (831) is above 800 (M1 alone)
@@ -145,3 +147,47 @@ def test_per_concept_values_must_match_the_concepts():
         LeditsEditParams(editing_prompt=("a", "b", "c"), edit_threshold=(0.9, 0.8))
     with pytest.raises(ValueError, match="edit_guidance_scale"):
         LeditsEditParams(edit_guidance_scale=-1.0)
+
+
+def test_concepts_from_prompts_adds_the_target_prompt_and_removes_the_source_prompt(
+    tiny_backbone, generated_samples, generators
+):
+    """`concepts_from: prompts` is the same edit as the two captions given as concepts; at its
+    defaults neither added field enters the dump (so the task key)."""
+    sample = Sample("s", generated_samples[0].image, "a blue car on a road", "a red car on a road")
+    prompts = LeditsEditParams(concepts_from="prompts")
+    assert prompts.concepts(sample) == [("a blue car on a road", False, 0), ("a red car on a road", True, 1)]
+    assert prompts.concepts(Sample("t", None, "a cat", None)) == [("a cat", False, 0)]
+    assert not {"concepts_from", "m1_resolution"} & set(LeditsEditParams().model_dump(mode="json"))
+    assert prompts.model_dump(mode="json")["concepts_from"] == "prompts"
+    captions = (sample.target_prompt, sample.source_prompt)
+    given = LeditsEditParams(editing_prompt=captions, reverse_editing_direction=(False, True))
+    method, params = LeditsPP(), LeditsInvertParams(steps=4)
+    state = method.invert(tiny_backbone, [sample], params, generators(1))
+    ours, reference = method.edit(tiny_backbone, state, [sample], params, [prompts, given], generators(1))
+    assert torch.equal(ours, reference)
+
+
+def test_m1_resolution_picks_the_level_and_points_may_differ_in_one_call(deep_backbone, generated_samples, generators):
+    """The share of the latent side M1's maps are at picks the UNet level (the three-level UNet has
+    maps at 8, 4 and 2 of its 8x8 latent); two points with different shares in one call (maps
+    recorded at both levels) equal each alone, and the share acts."""
+    assert [mask_level(deep_backbone.unet, 8, r) for r in (0.25, 0.5, 1.0)] == [2, 1, 0]
+    assert mask_level(deep_backbone.unet, 8, 0.1) == 2  # none that fine: the coarsest
+    sample, method, params = generated_samples[0], LeditsPP(), LeditsInvertParams(steps=STEPS)
+    points = [LeditsEditParams(editing_prompt=CONCEPTS, m1_resolution=r) for r in (0.25, 1.0)]
+    state = method.invert(deep_backbone, [sample], params, generators(1))
+    together = method.edit(deep_backbone, state, [sample], params, points, generators(1))
+    for point, image in zip(points, together, strict=True):
+        (alone,) = method.edit(deep_backbone, state, [sample], params, [point], generators(1))
+        assert torch.allclose(alone, image, atol=1e-5)
+    assert (together[0] - together[1]).abs().max() > 1e-3
+
+
+def test_a_non_square_image_gets_non_square_maps(tiny_backbone, generators):
+    """A 64x96 image (an 8x12 latent): M1's maps keep the latent's aspect."""
+    image = Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8))
+    sample, method, params = Sample("w", image, "a blue car", "a red car"), LeditsPP(), LeditsInvertParams(steps=3)
+    state = method.invert(tiny_backbone, [sample], params, generators(1))
+    (edited,) = method.edit(tiny_backbone, state, [sample], params, [LeditsEditParams()], generators(1))
+    assert edited.shape == (1, 3, 64, 96) and torch.isfinite(edited).all()

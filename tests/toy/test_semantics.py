@@ -247,22 +247,25 @@ def test_editor_recolours_the_object_and_keeps_the_rest(toy, name, invert, edit,
     assert sum(p >= 24.0 for p in psnr) >= kept and min(psnr) >= floor, (reached, psnr)
 
 
-def test_ledits_pp_keeps_the_background_but_rarely_recolours_the_toy_world(toy):
-    """LEDITS++ at diffusers' defaults (30 steps after skipping 15%, edit guidance 5, threshold 0.9,
-    concepts from each sample: its target colour word added, its source colour word removed) on 8
-    colour swaps; measured: 1/8 reach the target colour (2/8 at edit guidance 10), 8/8 keep >= 24 dB
-    PSNR outside the object's mask (24.5-48.0 dB); 5/8 keep the source's colour and 2/8 lose the
-    object (the detector finds nothing at its position; presumably removing the source colour word
-    removes the object with it). A failure on this world, not the method's
-    design: its concepts are single colour words, which the toy text encoder only saw inside whole
-    captions (a guess, not checked). Pinned: the background and an object at the edited position."""
+def test_ledits_pp_recolours_the_toy_world_with_whole_prompts_and_its_finest_maps(toy):
+    """LEDITS++ at diffusers' defaults (30 steps after skipping 15%, edit guidance 5, warm-up 0,
+    threshold 0.9) but `concepts_from: prompts` (the target caption added, the source caption
+    removed) and `m1_resolution: 1.0` (M1 from the toy's 8x8 maps) on 8 colour swaps; measured: 6/8
+    reach the target colour, 6/8 keep >= 24 dB PSNR outside the object's mask (14.7-35.5 dB; the
+    worst, query 2 on a two-tone background, loses the object).
+
+    What limits the defaults (measured, same 8 queries; methods/ledits_pp.py): the colour words
+    alone, 1/8 recoloured, 8/8 kept (24.5-48.0 dB): the toy text encoder, trained on whole captions,
+    puts 10% of a lone word's M1 cells on the object's mask (the captions: 81%), and without any
+    mask (threshold 0) the words recolour 3/8 while repainting the background (6.6-24.5 dB). Whole
+    prompts alone (M1 at the reference's 1/4, which falls back to the toy's 4x4 maps): 4/8; 4/8.
+    The 8x8 maps alone: 2/8; 8/8. Run with
+    `OMP_NUM_THREADS=1 uv run pytest tests/toy/test_semantics.py -k ledits -x -q`."""
     samples = _colour_swaps(toy, 8)
-    edited = _edited(toy, samples, "ledits_pp", {}, {})
+    edited = _edited(toy, samples, "ledits_pp", {}, {"concepts_from": "prompts", "m1_resolution": 1.0})
     reached, psnr = _recoloured_and_kept(samples, edited)
-    positions = [s.meta["target_scene"]["objects"][0]["position"] for s in samples]
-    present = [bool(detector.detect(image).at(position)) for image, position in zip(edited, positions)]
-    assert sum(p >= 24.0 for p in psnr) >= 7 and min(psnr) >= 23.0, (reached, psnr)
-    assert sum(present) >= 5, (present, reached)
+    assert sum(reached) >= 5, (reached, psnr)
+    assert sum(p >= 24.0 for p in psnr) >= 5 and min(psnr) >= 13.0, (reached, psnr)
 
 
 @pytest.mark.slow  # 12-16 s: two InfEdit runs of 8 queries
