@@ -20,13 +20,13 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RAY_FIXTURES = frozenset({"ray_session", "fake_gpu_ray", "spawn_driver"})
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Every test that starts Ray joins one pytest-xdist group: README's `-n 2 --dist loadgroup`
     runs the group in one worker, so a parallel run still has one Ray instance (and no two tests
-    share the machine's cores with two clusters), while the other tests spread over both workers."""
-    for item in items:
-        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+    share the machine's cores with two clusters), while the other tests spread over both workers.
+    Marked as each test is collected: pytest-xdist reads the groups in its collection hook."""
+    if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(scope="session")

