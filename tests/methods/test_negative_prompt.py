@@ -1,6 +1,5 @@
 import dataclasses
 
-import torch
 
 from editsweep.diffusion.ddim import DDIMParams, invert_source, make_schedule
 from editsweep.diffusion.inputs import images_tensor
