@@ -27,13 +27,11 @@ runs at 1 and the editing at the pipeline's 7.0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
-import torch
 from pydantic import Field
 
-from editsweep.diffusion.flow import FlowBackbone, FlowText, ValueSharing, fireflow_solve
+from editsweep.diffusion.flow import fireflow_solve
 from editsweep.methods.base import register_method
 from editsweep.methods.flow_solver import FlowSolverMethod, SolverEditParams, SolverInversionParams
 
@@ -61,16 +59,4 @@ class FireFlow(FlowSolverMethod):
     InvertParams = FireFlowInversionParams
     EditParams = FireFlowEditParams
 
-    def solve(
-        self,
-        backbone: FlowBackbone,
-        x: torch.Tensor,
-        path: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
-        text: FlowText,
-        guidance: torch.Tensor,
-        negative: FlowText | None,
-        sharing: ValueSharing | None,
-    ) -> torch.Tensor:
-        """Integrates the flow ODE along `path`, (sigma, sigma', editing step) triples, carrying the
-        midpoint velocity from step to step."""
-        return fireflow_solve(backbone, x, path, text, guidance, negative, sharing)
+    solve = staticmethod(fireflow_solve)

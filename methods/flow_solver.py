@@ -8,7 +8,6 @@ presets build on methods/pairs.py.
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -20,12 +19,12 @@ from editsweep.diffusion.flow import (
     SOLVER_EDIT_GUIDANCE,
     SOLVER_INVERSION_GUIDANCE,
     FlowBackbone,
-    FlowText,
     ValueSharing,
     edit_start,
     negative_text,
     value_sharing,
 )
+from editsweep.diffusion.flow_inverted import Solve
 from editsweep.diffusion.inputs import images_tensor, source_prompts, target_prompts
 from editsweep.methods.base import Method, Params, State
 
@@ -77,20 +76,9 @@ class FlowSolverMethod(Method):
 
     families = ("sd3", "flux")
 
-    @abstractmethod
-    def solve(
-        self,
-        backbone: FlowBackbone,
-        x: torch.Tensor,
-        path: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
-        text: FlowText,
-        guidance: torch.Tensor,
-        negative: FlowText | None,
-        sharing: ValueSharing | None,
-    ) -> torch.Tensor:
-        """Integrates the flow ODE along `path`, (sigma, sigma', editing step) triples, with the method's
-        solver; `sharing` (or None) is switched per model call by the solver's step."""
-        raise NotImplementedError
+    # The method's solver (diffusion/flow.py), as a staticmethod: integrates the flow ODE along a path
+    # of (sigma, sigma', editing step) triples, switching `sharing` (or None) per model call.
+    solve: ClassVar[Solve]
 
     def invert(
         self,

@@ -26,13 +26,11 @@ pipeline's 7.0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
-import torch
 from pydantic import Field
 
-from editsweep.diffusion.flow import FlowBackbone, FlowText, ValueSharing, rf_solver_solve
+from editsweep.diffusion.flow import rf_solver_solve
 from editsweep.methods.base import register_method
 from editsweep.methods.flow_solver import FlowSolverMethod, SolverEditParams, SolverInversionParams
 
@@ -60,15 +58,4 @@ class RFSolver(FlowSolverMethod):
     InvertParams = RFSolverInversionParams
     EditParams = RFSolverEditParams
 
-    def solve(
-        self,
-        backbone: FlowBackbone,
-        x: torch.Tensor,
-        path: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
-        text: FlowText,
-        guidance: torch.Tensor,
-        negative: FlowText | None,
-        sharing: ValueSharing | None,
-    ) -> torch.Tensor:
-        """Integrates the flow ODE along `path` with RF-Solver's second-order step (2 model calls a step)."""
-        return rf_solver_solve(backbone, x, path, text, guidance, negative, sharing)
+    solve = staticmethod(rf_solver_solve)
