@@ -136,7 +136,7 @@ def _weights(args: argparse.Namespace) -> int:
     return 0
 
 
-TOY_CHECKS = ("vae", "generation", "reconstruction", "clip", "color_swap")
+TOY_CHECKS = ("vae", "generation", "layout", "reconstruction", "clip", "color_swap")
 
 
 def _toy(args: argparse.Namespace) -> int:

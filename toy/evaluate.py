@@ -8,6 +8,8 @@ is what is checked:
 - `vae_round_trip`: PSNR of decode(encode(x)) against x;
 - `generation`: text-to-image at guidance 7.5 with 50 DDIM steps, every colour x shape prompt
   ("a red star") with several seeds: is the named colour / shape what the detector reads?
+- `layout`: text-to-image from whole captions of held-out one-object scenes ("a small red star at
+  the top on a blue background"): is each named attribute, position included, what the detector reads?
 - `reconstruction`: DDIM inversion then sampling at guidance 1 against the VAE round trip, and at
   guidance 7.5 `ddim_edit` against `null_text` (the gap Null-text inversion exists to close);
 - `clip_zero_shot`: the toy CLIP's zero-shot colour and shape accuracy over colour x shape prompts;
@@ -68,6 +70,25 @@ def vae_round_trip(backbone: Backbone, n: int = 256, seed: int = 0) -> dict[str,
 
 
 @torch.no_grad()
+def sample_images(backbone: Backbone, prompts: Sequence[str], steps: int, guidance: float, seed: int = 0) -> torch.Tensor:
+    """Text-to-image with DDIM: one image per prompt, (N, 3, H, W) in [0, 1], noise from `seed`."""
+    from editsweep.diffusion.ddim import ddim_sample, make_schedule
+
+    gen = torch.Generator().manual_seed(seed)
+    side = backbone.unet.config.sample_size
+    noise = torch.randn((len(prompts), backbone.unet.config.in_channels, side, side), generator=gen)
+    schedule = make_schedule(backbone, steps)
+    images = []
+    for start in range(0, len(prompts), 96):
+        batch = list(prompts[start : start + 96])
+        cond = backbone.encode_text(batch)
+        uncond = backbone.encode_text([""] * len(batch))
+        latents = ddim_sample(backbone, noise[start : start + 96], schedule, cond, uncond, guidance)
+        images.append(backbone.decode(latents))
+    return torch.cat(images)
+
+
+@torch.no_grad()
 def generation(
     backbone: Backbone, seeds: int = 4, steps: int = 50, guidance: float = 7.5, prompts: Sequence[str] = PROMPTS
 ) -> dict[str, Any]:
@@ -76,21 +97,8 @@ def generation(
     An image counts for colour when its largest detected object has the named colour, for shape
     when that object has the named shape (so one wrong object is a miss, not a hit by luck).
     """
-    from editsweep.diffusion.ddim import ddim_sample, make_schedule
-
     prompts = [p for p in prompts for _ in range(seeds)]
-    gen = torch.Generator().manual_seed(0)
-    side = backbone.unet.config.sample_size
-    noise = torch.randn((len(prompts), backbone.unet.config.in_channels, side, side), generator=gen)
-    schedule = make_schedule(backbone, steps)
-    images = []
-    for start in range(0, len(prompts), 96):
-        batch = prompts[start : start + 96]
-        cond = backbone.encode_text(batch)
-        uncond = backbone.encode_text([""] * len(batch))
-        latents = ddim_sample(backbone, noise[start : start + 96], schedule, cond, uncond, guidance)
-        images.append(backbone.decode(latents))
-    images_all = torch.cat(images)
+    images_all = sample_images(backbone, prompts, steps, guidance)
     color_ok, shape_ok, per_prompt = [], [], {}
     for prompt, image in zip(prompts, images_all):
         _, color, shape = prompt.split()
@@ -105,6 +113,41 @@ def generation(
         "n": len(prompts),
         "worst_prompts": sorted(per_prompt, key=lambda p: np.mean(per_prompt[p]))[:5],
         "images": images_all,
+    }
+
+
+LAYOUT_ATTRIBUTES = ("color", "shape", "size", "position")
+
+
+def layout(
+    backbone: Backbone, n: int = 240, steps: int = 50, guidance: float = 7.5, seed: int = 0
+) -> dict[str, Any]:
+    """Text-to-image from the full captions of `n` held-out one-object scenes (size, position and
+    background named, as in the `shapes` queries): the share of images whose largest detected object
+    has the caption's colour / shape / size / position, whose background is the caption's, and
+    which hold exactly one object; position also per named position.
+
+    This is what pure generation (SDEdit at strength 1) gets right of a whole caption, the
+    ceiling of a sweep's CLIP-T at high strength on this world (BENCHMARKS.md, issue 11).
+    """
+    scenes = held_out_scenes(n, seed, n_objects=1)
+    images = sample_images(backbone, [s.caption() for s in scenes], steps, guidance)
+    hits: dict[str, list[bool]] = {key: [] for key in (*LAYOUT_ATTRIBUTES, "background", "one_object")}
+    by_position: dict[str, list[bool]] = {position: [] for position in world.POSITIONS}
+    for scene, image in zip(scenes, images):
+        found = detector.detect(image)
+        main = max(found.objects, key=lambda o: o.area) if found.objects else None
+        truth = scene.objects[0]
+        for key in LAYOUT_ATTRIBUTES:
+            hits[key].append(main is not None and getattr(main, key) == getattr(truth, key))
+        hits["background"].append(set(found.background) == set(scene.background))
+        hits["one_object"].append(len(found.objects) == 1)
+        by_position[truth.position].append(hits["position"][-1])
+    return {
+        **{f"{key}_acc": float(np.mean(values)) for key, values in hits.items()},
+        "position_acc_by_position": {p: float(np.mean(v)) for p, v in by_position.items() if v},
+        "n": n,
+        "images": images,
     }
 
 
@@ -245,6 +288,10 @@ def run_all(out: Path, spec_path: Path, checks: Sequence[str]) -> dict[str, Any]
         result = generation(backbone)
         save_grid(result.pop("images"), columns=4 * 6, path=out / "generation.png")
         figures["generation"] = result
+    if "layout" in checks:
+        result = layout(backbone)
+        save_grid(result.pop("images"), columns=24, path=out / "layout.png")
+        figures["layout"] = result
     if "reconstruction" in checks:
         figures["reconstruction"] = reconstruction(backbone)
     if "clip" in checks:
