@@ -1,6 +1,5 @@
 import dataclasses
 
-
 from editsweep.diffusion.ddim import DDIMParams, invert_source, make_schedule
 from editsweep.diffusion.inputs import images_tensor
 from editsweep.diffusion.p2p import GuidedP2PParams, p2p_latents

@@ -68,7 +68,6 @@ def test_generation_draws_the_named_colour_and_shape(toy):
     assert result["color_acc"] >= 0.9 and result["shape_acc"] >= 0.8, result
 
 
-
 def test_layout_draws_whole_captions_but_position(toy):
     """Whole captions of 40 held-out scenes; measured on 240 (`editsweep toy eval --checks layout`):
     colour, size and background >= 92%, position 42.5% (centre 100%, the four sides 22-57%): the
@@ -77,6 +76,7 @@ def test_layout_draws_whole_captions_but_position(toy):
     assert result["images"].shape == (40, 3, 32, 32)
     assert min(result["color_acc"], result["size_acc"], result["background_acc"]) >= 0.85, result
     assert result["position_acc_by_position"]["center"] >= 0.75, result
+
 
 def test_ddim_inversion_reconstructs_at_guidance_1(toy):
     figures = evaluate.reconstruction(toy, n=4, steps=50)
